@@ -1,0 +1,292 @@
+"""Stable Diffusion text-to-image backend: one prompt per class, images resized to the data set's format."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import diffusers
+import torch
+import torch.nn.functional as F
+from diffusers import (
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    PNDMScheduler,
+    StableDiffusionPipeline,
+)
+
+from generation.prompts import class_prompts, resolve_class_names
+
+logger = logging.getLogger(__name__)
+
+BACKEND = "stable_diffusion"
+
+SCHEDULERS = {
+    "dpm++": DPMSolverMultistepScheduler,
+    "ddim": DDIMScheduler,
+    "pndm": PNDMScheduler,
+    "euler": EulerDiscreteScheduler,
+    "euler_a": EulerAncestralDiscreteScheduler,
+}
+
+# An image whose every pixel is below one 8-bit step is pure black once stored as 8 bits: it carries
+# no class information. That is what the safety checker puts in place of a flagged image (exact 0),
+# and what a float16 VAE overflow leaves after clamping; a real dark photo always has some brighter pixel.
+BLACK_THRESHOLD = 1 / 255
+
+# Rounds of replacements for dropped images before giving up on a class: bounds the cost when a
+# prompt keeps being flagged.
+MAX_REPLACEMENT_ROUNDS = 3
+
+# RGB -> luma (ITU-R BT.601), the weights of PIL's "L" mode and torchvision's rgb_to_grayscale.
+_LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+
+
+class GeneratorUnavailableError(RuntimeError):
+    """The model cannot be loaded here; the message says what the user must do."""
+
+
+def unusable_images(images: torch.Tensor) -> torch.Tensor:
+    """Boolean mask (N,) of images that must not become training data: (near-)black or not finite."""
+    flat = images.flatten(1)
+    return ~torch.isfinite(flat).all(dim=1) | (flat.amax(dim=1) < BLACK_THRESHOLD)
+
+
+def image_seed(seed: int, class_id: int, index: int) -> int:
+    """The seed of the ``index``-th candidate image of ``class_id``.
+
+    A hash of the triple, so an image depends on nothing else: not on the other classes in the plan,
+    not on its position in a batch, not on the batch size.
+    """
+    digest = hashlib.blake2b(f"{seed}:{class_id}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1  # torch seeds must fit in int64
+
+
+def _looks_like_path(model: str) -> bool:
+    """True for things only a file system path can be (a hub id is ``name`` or ``owner/name``)."""
+    return os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1 or "\\" in model
+
+
+class TextToImageGenerator:
+    """Generates class images with a Stable Diffusion pipeline from one text prompt per class.
+
+    Every argument is required: the defaults live in ``conf/generator/stable_diffusion.yaml``.
+    The pipeline loads on the first ``generate`` (constructing is cheap), in float16 on CUDA and
+    float32 elsewhere. After each ``generate``, ``last_dropped`` counts the images discarded as
+    unusable (black or flagged by the safety checker) and ``last_shortfall`` maps each class that
+    came out short, even after replacements, to how many images it lacks.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str,
+        class_names: Sequence[str],
+        prompt_template: str,
+        negative_prompt: str | None,
+        guidance_scale: float,
+        num_inference_steps: int,
+        scheduler: str,
+        generation_resolution: int,
+        target_size: int,
+        target_channels: int,
+        batch_size: int,
+        device: str,
+        local_files_only: bool,
+        safety_checker: bool,
+    ) -> None:
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"Unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}.")
+        if generation_resolution <= 0 or generation_resolution % 8:
+            raise ValueError(
+                f"generation_resolution must be a positive multiple of 8 (the VAE downsamples by 8), "
+                f"got {generation_resolution}."
+            )
+        if target_channels not in (1, 3):
+            raise ValueError(f"target_channels must be 1 (grayscale) or 3 (RGB), got {target_channels}.")
+        for name, value in [("target_size", target_size), ("batch_size", batch_size),
+                            ("num_inference_steps", num_inference_steps)]:
+            if value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}.")
+        self.model = model
+        self.prompts = class_prompts(prompt_template, class_names)
+        self.negative_prompt = negative_prompt
+        self.guidance_scale = float(guidance_scale)
+        self.num_inference_steps = int(num_inference_steps)
+        self.scheduler = scheduler
+        self.generation_resolution = int(generation_resolution)
+        self.target_size = int(target_size)
+        self.target_channels = int(target_channels)
+        self.batch_size = int(batch_size)
+        self.device = torch.device("cuda" if device == "auto" and torch.cuda.is_available()
+                                   else "cpu" if device == "auto" else device)
+        self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
+        self.local_files_only = bool(local_files_only)
+        self.safety_checker = bool(safety_checker)
+        self.last_dropped = 0
+        self.last_shortfall: dict[int, int] = {}
+        self._pipe: StableDiffusionPipeline | None = None
+
+    def fingerprint(self) -> dict:
+        """Everything but plan and seed that determines the images (batch_size does not, by design)."""
+        model = self.model
+        if Path(model).expanduser().is_dir():  # a folder is known by where it is, an id by its name
+            model = str(Path(model).expanduser().resolve())
+        return {
+            "backend": BACKEND, "model": model, "scheduler": self.scheduler,
+            "num_inference_steps": self.num_inference_steps, "guidance_scale": self.guidance_scale,
+            "prompts": list(self.prompts), "negative_prompt": self.negative_prompt,
+            "generation_resolution": self.generation_resolution, "target_size": self.target_size,
+            "target_channels": self.target_channels, "device_type": self.device.type,
+            "dtype": str(self.dtype).removeprefix("torch."), "safety_checker": self.safety_checker,
+            "black_threshold": BLACK_THRESHOLD, "diffusers": diffusers.__version__,
+        }
+
+    def generate(self, plan: Mapping[int, int], *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``plan[c]`` images of each class ``c`` (fewer if too many come out unusable), classes ascending."""
+        counts = self._checked_plan(plan)
+        kept: dict[int, list[torch.Tensor]] = {c: [] for c in counts}
+        next_index = dict(counts)  # replacements continue each class's candidate sequence
+        jobs = [(c, i) for c in counts for i in range(counts[c])]
+        dropped = 0
+        for _ in range(1 + MAX_REPLACEMENT_ROUNDS):
+            for start in range(0, len(jobs), self.batch_size):
+                batch = jobs[start:start + self.batch_size]
+                images, usable = self._generate_batch(batch, seed)
+                for (class_id, _), image, ok in zip(batch, images, usable.tolist()):
+                    if ok:
+                        kept[class_id].append(image)
+                dropped += len(batch) - int(usable.sum())
+            jobs = []
+            for class_id in counts:
+                missing = counts[class_id] - len(kept[class_id])
+                jobs += [(class_id, next_index[class_id] + k) for k in range(missing)]
+                next_index[class_id] += missing
+            if not jobs:
+                break
+        self.last_dropped = dropped
+        self.last_shortfall = {c: counts[c] - len(kept[c]) for c in counts if len(kept[c]) < counts[c]}
+        if dropped:
+            logger.warning("Dropped %d black/flagged generated images; classes still short: %s",
+                           dropped, self.last_shortfall or "none")
+        images = [image for c in counts for image in kept[c]]
+        labels = [c for c in counts for _ in kept[c]]
+        if not images:
+            size, channels = self.target_size, self.target_channels
+            return torch.empty(0, channels, size, size), torch.empty(0, dtype=torch.int64)
+        return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
+
+    def _checked_plan(self, plan: Mapping[int, int]) -> dict[int, int]:
+        """The plan's positive entries in ascending class order, after checking ids and counts."""
+        for class_id, count in plan.items():
+            if not 0 <= int(class_id) < len(self.prompts):
+                raise ValueError(f"Class {class_id} is outside 0..{len(self.prompts) - 1}.")
+            if int(count) < 0:
+                raise ValueError(f"Class {class_id}: cannot generate {count} images.")
+        return {int(c): int(plan[c]) for c in sorted(plan) if int(plan[c]) > 0}
+
+    def _generate_batch(self, batch: list[tuple[int, int]], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images at the target format for the (class, candidate index) pairs, and which are usable."""
+        pipe = self._pipeline()
+        # CPU generators give the same initial noise on every device.
+        generators = [torch.Generator().manual_seed(image_seed(seed, c, i)) for c, i in batch]
+        negative = None if self.negative_prompt is None else [self.negative_prompt] * len(batch)
+        with torch.inference_mode():
+            output = pipe(
+                prompt=[self.prompts[c] for c, _ in batch], negative_prompt=negative,
+                height=self.generation_resolution, width=self.generation_resolution,
+                num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
+                generator=generators, output_type="pt",
+            )
+        images = output.images.float().cpu()
+        usable = ~unusable_images(images)
+        if output.nsfw_content_detected is not None:
+            usable &= ~torch.tensor(output.nsfw_content_detected, dtype=torch.bool)
+        return self._to_target_format(images), usable
+
+    def _to_target_format(self, images: torch.Tensor) -> torch.Tensor:
+        """Downsample with antialiasing (plain bilinear would alias at 512 -> 32) and convert channels."""
+        if images.shape[-1] != self.target_size:
+            size = (self.target_size, self.target_size)
+            images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
+        if self.target_channels == 1:
+            images = (images * _LUMA).sum(dim=1, keepdim=True)
+        return images.clamp(0, 1).contiguous()
+
+    def _pipeline(self) -> StableDiffusionPipeline:
+        """The pipeline, loaded on first use with the chosen scheduler."""
+        if self._pipe is None:
+            pipe = self._load()
+            pipe.scheduler = SCHEDULERS[self.scheduler].from_config(pipe.scheduler.config)
+            pipe.set_progress_bar_config(disable=True)
+            self._pipe = pipe.to(self.device)
+        return self._pipe
+
+    def _load(self) -> StableDiffusionPipeline:
+        """``from_pretrained``, turning every "the model is not here" failure into an instruction."""
+        folder = Path(self.model).expanduser()
+        download = f"hf download stable-diffusion-v1-5/stable-diffusion-v1-5 --local-dir {folder}"
+        if not folder.is_dir() and _looks_like_path(self.model):
+            raise GeneratorUnavailableError(
+                f"Stable Diffusion folder {self.model!r} does not exist. On a machine with internet, "
+                f"download a model into it (e.g. `{download}`), or set generator.model to an existing "
+                "folder or to a Hugging Face Hub id."
+            )
+        kwargs = {} if self.safety_checker else {"safety_checker": None, "requires_safety_checker": False}
+        try:
+            pipe = StableDiffusionPipeline.from_pretrained(
+                str(folder) if folder.is_dir() else self.model, dtype=self.dtype,
+                local_files_only=self.local_files_only, **kwargs,
+            )
+        except (OSError, ValueError) as error:  # LocalEntryNotFoundError, HTTP errors, bad repo ids
+            if folder.is_dir():
+                raise GeneratorUnavailableError(
+                    f"Could not load the Stable Diffusion folder {self.model!r} (incomplete download?): {error}. "
+                    f"Re-download it while online, e.g. `{download}`."
+                ) from error
+            raise GeneratorUnavailableError(
+                f"Stable Diffusion model {self.model!r} is neither a local folder nor available from the "
+                f"Hugging Face Hub here ({type(error).__name__}). Either go online (unset HF_HUB_OFFLINE, set "
+                f"generator.local_files_only=false) so it downloads into the cache, or, on a machine with "
+                f"internet, run `hf download {self.model} --local-dir <dir>` and set generator.model=<dir>."
+            ) from error
+        if self.safety_checker and pipe.safety_checker is None:
+            raise GeneratorUnavailableError(
+                f"generator.safety_checker=true, but model {self.model!r} has no safety checker: "
+                "use a model that ships one, or set generator.safety_checker=false."
+            )
+        return pipe
+
+
+_SETTINGS = (
+    "model", "class_names", "prompt_template", "negative_prompt", "guidance_scale", "num_inference_steps",
+    "scheduler", "generation_resolution", "batch_size", "device", "local_files_only", "safety_checker",
+)
+
+
+def from_config(
+    cfg: Mapping, *, target_size: int, target_channels: int, class_names_default: Sequence[str]
+) -> TextToImageGenerator:
+    """Build the generator from the ``generator`` config group (``conf/generator/stable_diffusion.yaml``).
+
+    ``class_names: null`` means the data set's built-in names; unknown or missing keys are errors,
+    because a misspelt setting would otherwise be silently ignored.
+    """
+    settings = dict(cfg)
+    backend = settings.pop("backend", BACKEND)
+    if backend != BACKEND:
+        raise ValueError(f"generator.backend is {backend!r}, but this builder is for {BACKEND!r}.")
+    unknown = sorted(set(settings) - set(_SETTINGS))
+    if unknown:
+        raise ValueError(f"Unknown generator setting(s) {', '.join(unknown)}; valid: {', '.join(_SETTINGS)}.")
+    missing = [key for key in _SETTINGS if key not in settings]
+    if missing:
+        raise ValueError(f"Missing generator setting(s) {', '.join(missing)}.")
+    names = settings.pop("class_names")
+    settings["class_names"] = resolve_class_names(None if names is None else list(names), class_names_default)
+    return TextToImageGenerator(**settings, target_size=target_size, target_channels=target_channels)
