@@ -1,0 +1,1 @@
+"""The Flower ClientApp: a thin adapter from Messages to torchcore's training code."""

@@ -1,0 +1,77 @@
+"""ClientApp: local training, evaluation and the label-histogram query, all driven by the server.
+
+Everything the client needs (data set, partitioning, optimiser settings) arrives in the message's
+ConfigRecord, so the server's conf/ is the one source of truth; the node itself only says which
+partition it holds (``partition-id`` / ``num-partitions`` in its node config).
+"""
+
+from __future__ import annotations
+
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from torchcore.model import build_resnet18
+from torchcore.partition import client_partition, label_histogram
+from torchcore.train import TrainSettings, evaluate, resolve_device, train
+
+app = ClientApp()
+
+
+def _local_data(msg: Message, context: Context):
+    config = msg.content["config"]
+    spec = {k: v for k, v in config.items() if k.startswith(("dataset.", "partition.")) or k == "seed"}
+    partition_id = int(context.node_config["partition-id"])
+    num_partitions = int(context.node_config["num-partitions"])
+    return config, client_partition(spec, partition_id, num_partitions), partition_id
+
+
+def _model(config, arrays: ArrayRecord) -> torch.nn.Module:
+    model = build_resnet18(
+        num_classes=int(config["dataset.num_classes"]),
+        in_channels=int(config["dataset.channels"]),
+        mean=list(config["dataset.mean"]),
+        std=list(config["dataset.std"]),
+    )
+    model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
+    return model
+
+
+@app.query("label_histogram")
+def report_label_histogram(msg: Message, context: Context) -> Message:
+    """Per-class sample counts of this node's training data (GenFL step 1)."""
+    config, data, partition_id = _local_data(msg, context)
+    histogram = label_histogram(data.labels.numpy(), int(config["dataset.num_classes"]))
+    metrics = MetricRecord({"label-histogram": histogram, "num-examples": len(data), "partition-id": partition_id})
+    return Message(RecordDict({"histogram": metrics}), reply_to=msg)
+
+
+@app.train()
+def train_locally(msg: Message, context: Context) -> Message:
+    """Train the received global model on local data with the server's settings."""
+    config, data, _ = _local_data(msg, context)
+    model = _model(config, msg.content["arrays"])
+    settings = TrainSettings(
+        epochs=int(config["local-epochs"]),
+        batch_size=int(config["batch-size"]),
+        lr=float(config["lr"]),
+        momentum=float(config["momentum"]),
+        weight_decay=float(config["weight-decay"]),
+        augment=bool(config["dataset.augment"]),
+    )
+    device = resolve_device(str(config["client-device"]))
+    # A different but reproducible data order per round and client.
+    seed = int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 1_009 + int(context.node_config["partition-id"])
+    train_loss = train(model, data, settings, device, seed)
+    metrics = MetricRecord({"train-loss": train_loss, "num-examples": len(data)})
+    return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
+
+
+@app.evaluate()
+def evaluate_locally(msg: Message, context: Context) -> Message:
+    """Loss and accuracy of the global model on this node's own data."""
+    config, data, _ = _local_data(msg, context)
+    model = _model(config, msg.content["arrays"])
+    loss, accuracy = evaluate(model, data, resolve_device(str(config["client-device"])))
+    metrics = MetricRecord({"eval-loss": loss, "eval-acc": accuracy, "num-examples": len(data)})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)

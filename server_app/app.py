@@ -1,0 +1,118 @@
+"""ServerApp: compose the config, wait for the nodes, run the GenFL strategy, evaluate centrally
+after every round and write the results folder. Any failure raises, so the run is marked failed."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime
+from logging import INFO
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.common.logger import log
+from flwr.serverapp import Grid, ServerApp
+from omegaconf import DictConfig, OmegaConf
+
+from server_app.config import load_config, overrides_from_run_config, to_yaml
+from server_app.report import RunReport
+from strategy.genfl import GenFL
+from torchcore.data import load_splits
+from torchcore.model import seeded_model
+from torchcore.train import evaluate, load_numpy_state, resolve_device
+
+app = ServerApp()
+
+
+def run_directory(cfg: DictConfig) -> Path:
+    if cfg.output.dir:
+        return Path(cfg.output.dir).expanduser().resolve()
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return (Path(cfg.output.root).expanduser() / f"{stamp}-{cfg.strategy.name}-{cfg.dataset.name}").resolve()
+
+
+def train_config(cfg: DictConfig) -> ConfigRecord:
+    """Everything a client needs, flattened into one ConfigRecord (conf/ stays the only source)."""
+    flat = {
+        "seed": cfg.seed,
+        "local-epochs": cfg.client.local_epochs,
+        "batch-size": cfg.client.batch_size,
+        "lr": float(cfg.client.lr),
+        "momentum": float(cfg.client.momentum),
+        "weight-decay": float(cfg.client.weight_decay),
+        "client-device": cfg.client.device,
+    }
+    for group in ("dataset", "partition"):
+        for key, value in OmegaConf.to_container(cfg[group], resolve=True).items():
+            if value is not None:
+                flat[f"{group}.{key}"] = [float(v) for v in value] if isinstance(value, list) else value
+    return ConfigRecord(flat)
+
+
+def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> None:
+    """Deployed SuperNodes connect over time; fail clearly rather than run a smaller federation."""
+    deadline = time.monotonic() + timeout
+    while (connected := len(list(grid.get_node_ids()))) < expected:
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"federation.num_clients={expected} but only {connected} node(s) connected within {timeout}s: "
+                f"start more SuperNodes, or in simulation pass --federation-config 'num-supernodes={expected}'"
+            )
+        time.sleep(1.0)
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    cfg = load_config(overrides_from_run_config(context.run_config))
+    run_dir = run_directory(cfg)
+    report = RunReport(run_dir, OmegaConf.to_container(cfg, resolve=True))
+    log(INFO, "GenFL config:\n%s", to_yaml(cfg))
+    try:
+        _run(grid, cfg, report)
+    except BaseException as err:
+        report.set("error", f"{type(err).__name__}: {err}")
+        report.finish("failed")
+        raise
+    report.finish("completed")
+    log(INFO, "Results written to %s", run_dir)
+
+
+def _run(grid: Grid, cfg: DictConfig, report: RunReport) -> None:
+    wait_for_nodes(grid, cfg.federation.num_clients, cfg.federation.node_wait_timeout)
+    ds = cfg.dataset
+    test = load_splits(ds)["test"]
+    device = resolve_device(cfg.server.device)
+    model_spec = dict(num_classes=ds.num_classes, in_channels=ds.channels, mean=list(ds.mean), std=list(ds.std))
+    model = seeded_model(cfg.seed, **model_spec)
+    strategy = GenFL(
+        num_classes=ds.num_classes,
+        histogram_timeout=cfg.federation.round_timeout,
+        fraction_train=cfg.federation.fraction_train,
+        fraction_evaluate=cfg.federation.fraction_evaluate,
+        min_train_nodes=1,
+        min_evaluate_nodes=1,
+        min_available_nodes=cfg.federation.num_clients,
+    )
+    started = time.monotonic()
+
+    def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        load_numpy_state(model, dict(zip(arrays.keys(), arrays.to_numpy_ndarrays())))
+        loss, accuracy = evaluate(model, test, device, cfg.server.eval_batch_size)
+        row = {"round": server_round, "test_accuracy": accuracy, "test_loss": loss}
+        row.update(strategy.round_stats.get(server_round, {}))
+        row["wall_seconds"] = round(time.monotonic() - started, 2)
+        report.add_round(row)
+        log(INFO, "round %d/%d: test accuracy %.4f, test loss %.4f, %s clients trained, %.1fs",
+            server_round, cfg.num_rounds, accuracy, loss, row.get("clients_trained", "-"), row["wall_seconds"])
+        return MetricRecord({"test-accuracy": accuracy, "test-loss": loss})
+
+    strategy.start(
+        grid=grid,
+        initial_arrays=ArrayRecord(model.state_dict()),
+        num_rounds=cfg.num_rounds,
+        timeout=cfg.federation.round_timeout,
+        train_config=train_config(cfg),
+        evaluate_config=train_config(cfg),
+        evaluate_fn=evaluate_global,
+    )
+    report.set("global_label_histogram", strategy.global_histogram)

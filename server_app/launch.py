@@ -1,0 +1,128 @@
+"""`genfl-run`: one command for a simulated GenFL run that fails loudly.
+
+It validates the config (conf/ + Hydra overrides) before anything starts, runs the app with
+`flwr run --stream` on a private SuperLink (its own FLWR_HOME and free ports, started and stopped
+by PID), sizes the simulation from ``federation.num_clients``, and exits non-zero unless the
+ServerApp wrote a completed metrics.json (`flwr run` itself exits 0 when the ServerApp crashes).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from server_app.config import ConfigError, load_config
+
+APP_DIR = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"flower-superlink exited with code {process.returncode}")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.2)
+    raise RuntimeError(f"flower-superlink did not listen on port {port} within {timeout}s")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    """Stop the SuperLink and every process it spawned (ServerApp, simulation, Ray), by PID."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=15)
+    except (ProcessLookupError, subprocess.TimeoutExpired):
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        process.wait(timeout=5)
+
+
+def flower_env(flwr_home: Path) -> dict:
+    """Offline, local-use settings: no telemetry, no update check, no per-run dependency install."""
+    env = dict(os.environ)
+    env.update(
+        FLWR_HOME=str(flwr_home),
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def run(overrides: list[str]) -> int:
+    """Validate, run one simulation, check its outcome; returns the process exit code."""
+    try:
+        cfg = load_config(overrides)
+    except ConfigError as err:
+        print(f"genfl-run: config error: {err}", file=sys.stderr)
+        return 2
+    from server_app.app import run_directory  # after validation: keeps config errors fast
+
+    run_dir = run_directory(cfg)
+    overrides = [*overrides, f"output.dir={run_dir}"]
+    flwr_home = run_dir / "flwr-home"
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    port = _free_port()
+    (flwr_home / "config.toml").write_text(
+        f'[superlink]\ndefault = "genfl"\n\n[superlink.genfl]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
+    )
+    env = flower_env(flwr_home)
+    log_file = open(run_dir / "superlink.log", "w")
+    superlink = subprocess.Popen(
+        ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
+         "--host", "127.0.0.1", "--port", str(port), "--database", str(flwr_home / "state.db")],
+        env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    try:
+        _wait_for_port(port, superlink, timeout=60)
+        run_config = run_dir / "run_config.toml"
+        run_config.write_text(f"overrides = {json.dumps(json.dumps(overrides))}\n")
+        federation = (f"num-supernodes={cfg.federation.num_clients} "
+                      f"client-resources-num-cpus={cfg.federation.client_cpus}")
+        flwr = subprocess.run(
+            ["flwr", "run", str(APP_DIR), "genfl", "--stream", "--run-config", str(run_config),
+             "--federation-config", federation],
+            env=env,
+        )
+    finally:
+        _stop(superlink)
+        log_file.close()
+    return _outcome(run_dir, flwr.returncode)
+
+
+def _outcome(run_dir: Path, flwr_code: int) -> int:
+    metrics = run_dir / "metrics.json"
+    status = json.loads(metrics.read_text()).get("status") if metrics.exists() else None
+    if status == "completed" and flwr_code == 0:
+        print(f"genfl-run: completed; results in {run_dir}")
+        return 0
+    detail = json.loads(metrics.read_text()).get("error", "") if metrics.exists() else "no metrics.json written"
+    print(f"genfl-run: run FAILED (status={status}, flwr exit {flwr_code}) {detail}; logs: {run_dir}", file=sys.stderr)
+    return 1
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Plain-PyTorch core of the app: model, data sets, partitioning and training loops. No Flower here."""

@@ -1,0 +1,79 @@
+"""Dirichlet label partitioning (flwr-datasets' partitioner) and label histograms.
+
+A partition is a sorted array of indices into the federation split; the seed fixes it, and every
+federation sample lands in exactly one partition.
+"""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from types import SimpleNamespace
+
+import numpy as np
+from datasets import Dataset
+from flwr_datasets.partitioner import DirichletPartitioner
+
+from torchcore.data import Split, load_splits
+
+
+class PartitionError(ValueError):
+    """The partition settings cannot be met for this data set; the message names the key to change."""
+
+
+def dirichlet_partitions(
+    labels: np.ndarray, num_partitions: int, alpha: float, seed: int, min_partition_size: int, self_balancing: bool
+) -> list[np.ndarray]:
+    """Index arrays, one per partition, drawn with Dirichlet(alpha) class proportions."""
+    table = Dataset.from_dict({"label": np.asarray(labels), "index": np.arange(len(labels))})
+    partitioner = DirichletPartitioner(
+        num_partitions=num_partitions,
+        partition_by="label",
+        alpha=alpha,
+        min_partition_size=min_partition_size,
+        self_balancing=self_balancing,
+        shuffle=True,
+        seed=seed,
+    )
+    partitioner.dataset = table
+    try:
+        with warnings.catch_warnings():  # its per-attempt retry warnings; failure is reported below
+            warnings.simplefilter("ignore", UserWarning)
+            return [np.sort(partitioner.load_partition(i).with_format("numpy")["index"]) for i in range(num_partitions)]
+    except ValueError as err:
+        raise PartitionError(
+            f"partition: cannot split {len(labels)} samples into {num_partitions} Dirichlet(alpha={alpha}) "
+            f"partitions of at least {min_partition_size} samples ({err}); lower "
+            "partition.min_partition_size, set partition.self_balancing=true, raise partition.alpha "
+            "or use fewer clients (federation.num_clients)"
+        ) from err
+
+
+def label_histogram(labels, num_classes: int) -> list[int]:
+    """Per-class sample counts, length ``num_classes``."""
+    return np.bincount(np.asarray(labels), minlength=num_classes).astype(int).tolist()
+
+
+def _nested(flat: dict, prefix: str) -> SimpleNamespace:
+    return SimpleNamespace(**{k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)})
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_partition(spec_items: tuple, partition_id: int, num_partitions: int) -> Split:
+    spec = dict(spec_items)
+    dataset, part = _nested(spec, "dataset."), _nested(spec, "partition.")
+    federation = load_splits(dataset)["federation"]
+    parts = dirichlet_partitions(
+        federation.labels.numpy(), num_partitions, part.alpha, spec["seed"], part.min_partition_size, part.self_balancing
+    )
+    return federation.subset(parts[partition_id])
+
+
+def client_partition(spec: dict, partition_id: int, num_partitions: int) -> Split:
+    """The training data of client ``partition_id`` of ``num_partitions``, from a flat data spec
+    (``dataset.*``, ``partition.*``, ``seed`` keys, as the server sends it). Cached per process,
+    because a simulated client process serves many rounds and nodes."""
+    if not 0 <= partition_id < num_partitions:
+        raise PartitionError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
+    hashable = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in spec.items()))
+    return _cached_partition(hashable, partition_id, num_partitions)

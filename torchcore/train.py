@@ -1,0 +1,101 @@
+"""Training and evaluation loops over in-memory tensors, and state-dict <-> NumPy conversion.
+
+Kept framework-free on purpose: clients, the server's augmented model and the benchmarks all call
+these same few functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from torchcore.data import Split, as_float
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Local optimisation settings (SGD), sent by the server each round."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    augment: bool = False  # random crop + flip, for natural images (CIFAR), never digits
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` means CUDA when there is one."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Per-sample random 4-pixel-padded crop and horizontal flip (the standard CIFAR recipe)."""
+    n, _, h, w = x.shape
+    padded = nn.functional.pad(x, (4, 4, 4, 4), mode="reflect")
+    dy = torch.randint(0, 9, (n,), generator=generator)
+    dx = torch.randint(0, 9, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h))[:, None, :, None].expand(n, x.shape[1], h, w + 8)
+    x = padded.gather(2, rows.to(x.device))
+    cols = (dx[:, None] + torch.arange(w))[:, None, None, :].expand(n, x.shape[1], h, w)
+    x = x.gather(3, cols.to(x.device))
+    flip = torch.rand(n, generator=generator) < 0.5
+    return torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
+
+
+def train(model: nn.Module, data: Split, settings: TrainSettings, device: torch.device, seed: int) -> float:
+    """SGD over ``data`` for ``settings.epochs``; returns the mean training loss. ``seed`` fixes the order."""
+    model.to(device).train()
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=settings.lr, momentum=settings.momentum, weight_decay=settings.weight_decay
+    )
+    generator = torch.Generator().manual_seed(seed)
+    loss_fn = nn.CrossEntropyLoss()
+    total, count = 0.0, 0
+    for _ in range(settings.epochs):
+        order = torch.randperm(len(data), generator=generator)
+        for start in range(0, len(order), settings.batch_size):
+            idx = order[start : start + settings.batch_size]
+            if len(idx) < 2:  # BatchNorm cannot train on a single sample
+                continue
+            x = as_float(data.images[idx]).to(device, non_blocking=True)
+            y = data.labels[idx].to(device, non_blocking=True)
+            if settings.augment:
+                x = _augment(x, generator)
+            loss = loss_fn(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total += loss.item() * len(idx)
+            count += len(idx)
+    return total / max(count, 1)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Split, device: torch.device, batch_size: int = 512) -> tuple[float, float]:
+    """(mean cross-entropy loss, accuracy) of ``model`` on ``data``."""
+    model.to(device).eval()
+    loss_sum, correct = 0.0, 0
+    for start in range(0, len(data), batch_size):
+        x = as_float(data.images[start : start + batch_size]).to(device)
+        y = data.labels[start : start + batch_size].to(device)
+        logits = model(x)
+        loss_sum += nn.functional.cross_entropy(logits, y, reduction="sum").item()
+        correct += (logits.argmax(1) == y).sum().item()
+    return loss_sum / max(len(data), 1), correct / max(len(data), 1)
+
+
+def state_to_numpy(model: nn.Module) -> dict[str, np.ndarray]:
+    """Every persistent tensor (weights and BatchNorm buffers) as NumPy, in state-dict order."""
+    return {k: v.detach().cpu().numpy().copy() for k, v in model.state_dict().items()}
+
+
+def load_numpy_state(model: nn.Module, arrays: dict[str, np.ndarray]) -> None:
+    """Inverse of `state_to_numpy`; a missing or unexpected key is an error, not a silent skip."""
+    state = {k: torch.from_numpy(np.asarray(v)) for k, v in arrays.items()}
+    model.load_state_dict(state, strict=True)
