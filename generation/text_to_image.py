@@ -76,7 +76,7 @@ class TextToImageGenerator:
     """Generates class images with a Stable Diffusion pipeline from one text prompt per class.
 
     Every argument is required: the defaults live in ``conf/generator/stable_diffusion.yaml``.
-    The pipeline loads on the first ``generate`` (constructing is cheap), in float16 on CUDA and
+    The pipeline loads on the first ``generate`` or ``load`` (constructing is cheap), in float16 on CUDA and
     float32 elsewhere. After each ``generate``, ``last_dropped`` counts the images discarded as
     unusable (black or flagged by the safety checker) and ``last_shortfall`` maps each class that
     came out short, even after replacements, to how many images it lacks.
@@ -192,7 +192,7 @@ class TextToImageGenerator:
 
     def _generate_batch(self, batch: list[tuple[int, int]], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Images at the target format for the (class, candidate index) pairs, and which are usable."""
-        pipe = self._pipeline()
+        pipe = self.load()
         # CPU generators give the same initial noise on every device.
         generators = [torch.Generator().manual_seed(image_seed(seed, c, i)) for c, i in batch]
         negative = None if self.negative_prompt is None else [self.negative_prompt] * len(batch)
@@ -218,8 +218,8 @@ class TextToImageGenerator:
             images = (images * _LUMA).sum(dim=1, keepdim=True)
         return images.clamp(0, 1).contiguous()
 
-    def _pipeline(self) -> StableDiffusionPipeline:
-        """The pipeline, loaded on first use with the chosen scheduler."""
+    def load(self) -> StableDiffusionPipeline:
+        """The pipeline with the chosen scheduler, loaded now if not yet: call it at startup to fail early."""
         if self._pipe is None:
             pipe = self._load()
             pipe.scheduler = SCHEDULERS[self.scheduler].from_config(pipe.scheduler.config)

@@ -49,11 +49,12 @@ def _write_tokenizer(folder: Path) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
 
 
-def build_tiny_sd_folder(path: str | Path, *, safety_checker_flags_everything: bool = False) -> Path:
+def build_tiny_sd_folder(path: str | Path, *, safety_threshold: float = 1.0) -> Path:
     """Save a seeded, tiny StableDiffusionPipeline under ``path`` and return the folder.
 
-    ``safety_checker_flags_everything`` sets the checker's concept thresholds so low that it flags
-    every image (and so blacks it out), to test the handling of flagged images through the pipeline.
+    The safety checker flags (and blacks out) an image when the cosine similarity of its embedding
+    to a concept embedding exceeds ``safety_threshold``: 1.0 flags nothing, -2.0 flags everything,
+    0.0 flags some images and not others (which ones is fixed by the seeds).
     """
     folder = Path(path)
     torch.manual_seed(0)
@@ -77,12 +78,12 @@ def build_tiny_sd_folder(path: str | Path, *, safety_checker_flags_everything: b
     vision = dict(hidden_size=_HIDDEN, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
                   image_size=32, patch_size=8)
     text = dict(vocab_size=symbols, hidden_size=_HIDDEN, intermediate_size=64, num_hidden_layers=1,
-                num_attention_heads=4, max_position_embeddings=_MAX_TOKENS)
+                num_attention_heads=4, max_position_embeddings=_MAX_TOKENS, bos_token_id=symbols - 2,
+                eos_token_id=symbols - 1, pad_token_id=symbols - 1)
     safety_checker = StableDiffusionSafetyChecker(
         CLIPConfig(text_config=text, vision_config=vision, projection_dim=_HIDDEN))
-    if safety_checker_flags_everything:
-        # An image is flagged when cos(image, concept) > weight; cos >= -1 > -2 always.
-        safety_checker.concept_embeds_weights.data.fill_(-2.0)
+    safety_checker.concept_embeds_weights.data.fill_(safety_threshold)
+    safety_checker.concept_embeds.data[:] = torch.randn(_HIDDEN)  # one concept direction: 0.0 flags some images
     feature_extractor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     # The real folder's scheduler: PNDM with skip_prk_steps (PNDMScheduler(clip_sample=False) raises).
     scheduler = PNDMScheduler.from_config({

@@ -1,0 +1,265 @@
+"""The Stable Diffusion backend, run for real on a tiny random-weight model loaded from a folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from generation.prompts import (
+    CIFAR10_CLASS_NAMES,
+    CIFAR100_CLASS_NAMES,
+    builtin_class_names,
+    class_prompts,
+    resolve_class_names,
+)
+from generation.text_to_image import (
+    SCHEDULERS,
+    GeneratorUnavailableError,
+    TextToImageGenerator,
+    from_config,
+    image_seed,
+    unusable_images,
+)
+from tiny_sd import build_tiny_sd_folder  # tests/ is on sys.path: pytest puts it there (no __init__.py)
+
+CONFIG_FILE = Path(__file__).resolve().parents[1] / "conf" / "generator" / "stable_diffusion.yaml"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model gains nothing from threads, and spinning OpenMP threads on a busy 2-core machine
+    made this file 5x slower."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny_sd(tmp_path_factory) -> Path:
+    return build_tiny_sd_folder(tmp_path_factory.mktemp("tiny-sd"))
+
+
+def make_generator(model, **overrides) -> TextToImageGenerator:
+    """A generator small enough for CPU tests: 16 px, 2 steps."""
+    settings = dict(
+        model=str(model), class_names=CIFAR10_CLASS_NAMES, prompt_template="a photo of a {name}",
+        negative_prompt="blurry", guidance_scale=7.5, num_inference_steps=2, scheduler="dpm++",
+        generation_resolution=16, target_size=8, target_channels=3, batch_size=4, device="cpu",
+        local_files_only=True, safety_checker=False,
+    )
+    return TextToImageGenerator(**{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_sd) -> TextToImageGenerator:
+    return make_generator(tiny_sd)
+
+
+# --- prompts ---------------------------------------------------------------------------------------
+
+def test_builtin_names_are_torchvisions_in_label_order():
+    assert builtin_class_names("cifar10")[:3] == ("airplane", "automobile", "bird")
+    assert len(CIFAR100_CLASS_NAMES) == 100 == len(set(CIFAR100_CLASS_NAMES))
+    assert list(CIFAR100_CLASS_NAMES) == sorted(CIFAR100_CLASS_NAMES)  # CIFAR-100 labels are alphabetical
+    assert builtin_class_names("digits")[7] == "seven"
+
+
+def test_prompts_fill_the_template_with_spaced_names():
+    prompts = class_prompts("a photo of a {name}", CIFAR100_CLASS_NAMES)
+    assert prompts[47] == "a photo of a maple tree"
+
+
+def test_user_class_names_must_name_every_class():
+    assert resolve_class_names(None, CIFAR10_CLASS_NAMES) == CIFAR10_CLASS_NAMES
+    assert resolve_class_names([str(i) for i in range(10)], CIFAR10_CLASS_NAMES)[3] == "3"
+    with pytest.raises(ValueError, match="exactly 10 names"):
+        resolve_class_names(["cat", "dog"], CIFAR10_CLASS_NAMES)
+
+
+def test_template_without_name_placeholder_is_rejected():
+    with pytest.raises(ValueError, match="{name}"):
+        class_prompts("a photo", CIFAR10_CLASS_NAMES)
+    with pytest.raises(ValueError, match="only the placeholder"):
+        class_prompts("a {style} photo of a {name}", CIFAR10_CLASS_NAMES)
+
+
+def test_unknown_dataset_has_no_builtin_names():
+    with pytest.raises(ValueError, match="class_names"):
+        builtin_class_names("imagenet")
+
+
+# --- generation ------------------------------------------------------------------------------------
+
+def test_generates_the_plan_in_class_order_in_unit_range(generator):
+    images, labels = generator.generate({3: 1, 0: 2}, seed=0)
+    assert images.shape == (3, 3, 8, 8) and images.dtype == torch.float32
+    assert labels.tolist() == [0, 0, 3] and labels.dtype == torch.int64
+    assert 0.0 <= images.min() and images.max() <= 1.0
+    assert images.std() > 0.01  # not a constant image
+    assert generator.last_dropped == 0 and generator.last_shortfall == {}
+
+
+def test_same_seed_same_images_other_seed_other_images(generator):
+    first, _ = generator.generate({0: 2, 3: 1}, seed=7)
+    again, _ = generator.generate({0: 2, 3: 1}, seed=7)
+    other, _ = generator.generate({0: 2, 3: 1}, seed=8)
+    assert torch.equal(first, again)
+    assert (first - other).abs().amax() > 0.01
+
+
+def test_images_of_a_class_do_not_depend_on_the_rest_of_the_plan_or_batch_size(tiny_sd, generator):
+    alone, _ = generator.generate({3: 2}, seed=1)
+    mixed, labels = generator.generate({0: 1, 3: 2}, seed=1)
+    one_per_batch, _ = make_generator(tiny_sd, batch_size=1).generate({0: 1, 3: 2}, seed=1)
+    # Equal up to float rounding: CPU kernels may sum in another order for another batch shape.
+    torch.testing.assert_close(mixed[labels == 3], alone, rtol=0, atol=1e-5)
+    torch.testing.assert_close(one_per_batch, mixed, rtol=0, atol=1e-5)
+
+
+def test_empty_plan_gives_empty_tensors(generator):
+    images, labels = generator.generate({0: 0}, seed=0)
+    assert images.shape == (0, 3, 8, 8) and labels.shape == (0,)
+
+
+def test_plan_with_unknown_class_is_rejected(generator):
+    with pytest.raises(ValueError, match="outside 0..9"):
+        generator.generate({10: 1}, seed=0)
+
+
+def test_grayscale_target_is_the_luma_of_the_rgb_images(tiny_sd, generator):
+    rgb, _ = generator.generate({5: 2}, seed=3)
+    gray, _ = make_generator(tiny_sd, target_channels=1).generate({5: 2}, seed=3)
+    assert gray.shape == (2, 1, 8, 8)
+    luma = 0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2]
+    torch.testing.assert_close(gray[:, 0], luma, rtol=0, atol=1e-6)
+
+
+def test_native_resolution_is_returned_unresized(tiny_sd):
+    images, _ = make_generator(tiny_sd, target_size=16).generate({1: 1}, seed=0)
+    assert images.shape == (1, 3, 16, 16)
+
+
+@pytest.mark.parametrize("scheduler", sorted(SCHEDULERS))
+def test_every_scheduler_loads_and_generates(tiny_sd, scheduler):
+    generator = make_generator(tiny_sd, scheduler=scheduler)
+    images, _ = generator.generate({2: 1}, seed=0)
+    assert type(generator.load().scheduler) is SCHEDULERS[scheduler]
+    assert images.shape == (1, 3, 8, 8) and torch.isfinite(images).all()
+
+
+def test_per_image_seeds_differ_across_seed_class_and_index():
+    seeds = {image_seed(s, c, i) for s in range(3) for c in range(3) for i in range(3)}
+    assert len(seeds) == 27 and all(0 <= s < 2**63 for s in seeds)
+
+
+# --- settings and errors ---------------------------------------------------------------------------
+
+def test_resolution_must_be_a_multiple_of_8(tiny_sd):
+    with pytest.raises(ValueError, match="multiple of 8"):
+        make_generator(tiny_sd, generation_resolution=20)
+
+
+def test_unknown_scheduler_error_lists_the_valid_names(tiny_sd):
+    with pytest.raises(ValueError, match="dpm\\+\\+, ddim, pndm, euler, euler_a"):
+        make_generator(tiny_sd, scheduler="lms")
+
+
+def test_missing_folder_says_how_to_download(tmp_path):
+    generator = make_generator(tmp_path / "no-such-folder")
+    with pytest.raises(GeneratorUnavailableError, match="does not exist.*hf download"):
+        generator.generate({0: 1}, seed=0)
+
+
+def test_uncached_hub_id_offline_says_how_to_get_it():
+    generator = make_generator("genfl-tests/no-such-model")
+    with pytest.raises(GeneratorUnavailableError) as error:
+        generator.load()
+    message = str(error.value)
+    assert "hf download genfl-tests/no-such-model --local-dir" in message
+    assert "local_files_only=false" in message
+
+
+def test_safety_checker_requested_but_absent_is_an_error(tiny_sd, tmp_path):
+    index = json.loads((tiny_sd / "model_index.json").read_text())
+    (tmp_path / "model_index.json").write_text(json.dumps({**index, "safety_checker": [None, None]}))
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "feature_extractor"):
+        (tmp_path / part).symlink_to(tiny_sd / part)
+    with pytest.raises(GeneratorUnavailableError, match="no safety checker"):
+        make_generator(tmp_path, safety_checker=True).load()
+
+
+def test_fingerfingerprintnames_what_changes_the_images_and_not_batch_size(tiny_sd):
+    base = make_generator(tiny_sd).fingerprint()
+    assert base["model"] == str(tiny_sd.resolve()) and base["prompts"][3] == "a photo of a cat"
+    assert make_generator(tiny_sd, batch_size=1).fingerprint() == base
+    for change in [dict(num_inference_steps=3), dict(scheduler="ddim"), dict(guidance_scale=2.0),
+                   dict(negative_prompt=None), dict(target_channels=1), dict(generation_resolution=24)]:
+        assert make_generator(tiny_sd, **change).fingerprint() != base, change
+    json.dumps(base)  # usable as a cache key
+
+
+def test_config_file_builds_the_generator_with_builtin_names():
+    config = yaml.safe_load(CONFIG_FILE.read_text())
+    generator = from_config(config, target_size=32, target_channels=3, class_names_default=CIFAR10_CLASS_NAMES)
+    fingerprint = generator.fingerprint()
+    assert fingerprint["model"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert fingerprint["scheduler"] == "dpm++" and fingerprint["num_inference_steps"] == 25
+    assert fingerprint["prompts"][0] == "a photo of a airplane" and fingerprint["target_size"] == 32
+
+
+def test_config_with_unknown_or_missing_key_names_it():
+    config = yaml.safe_load(CONFIG_FILE.read_text())
+    with pytest.raises(ValueError, match="guidance_scal\\b"):
+        from_config({**config, "guidance_scal": 3.0}, target_size=32, target_channels=3,
+                    class_names_default=CIFAR10_CLASS_NAMES)
+    del config["scheduler"]
+    with pytest.raises(ValueError, match="Missing generator setting.*scheduler"):
+        from_config(config, target_size=32, target_channels=3, class_names_default=CIFAR10_CLASS_NAMES)
+
+
+def test_config_class_names_of_wrong_length_are_rejected():
+    config = {**yaml.safe_load(CONFIG_FILE.read_text()), "class_names": ["cat", "dog"]}
+    with pytest.raises(ValueError, match="exactly 10 names"):
+        from_config(config, target_size=32, target_channels=3, class_names_default=CIFAR10_CLASS_NAMES)
+
+
+# --- unusable images -------------------------------------------------------------------------------
+
+def test_black_and_non_finite_images_are_unusable():
+    images = torch.rand(5, 3, 8, 8) * 0.5 + 0.25
+    images[1] = 0.0  # what the safety checker returns
+    images[2] = 0.5 / 255  # black once stored as 8 bits
+    images[3, 0, 0, 0] = float("nan")  # a float16 overflow
+    images[4] = 0.0
+    images[4, :, 2, 2] = 0.2  # dark, but a real image
+    assert unusable_images(images).tolist() == [False, True, True, True, False]
+
+
+def test_images_flagged_by_the_safety_checker_are_never_returned(tmp_path):
+    flag_all = build_tiny_sd_folder(tmp_path / "flags-everything", safety_threshold=-2.0)
+    generator = make_generator(flag_all, safety_checker=True)
+    images, labels = generator.generate({0: 2, 1: 1}, seed=0)
+    assert images.shape == (0, 3, 8, 8) and labels.shape == (0,)
+    assert generator.last_shortfall == {0: 2, 1: 1}
+    assert generator.last_dropped == 3 * 4  # each image tried once plus three replacement rounds
+
+
+def test_flagged_images_are_replaced_by_fresh_ones(tmp_path):
+    flag_some = build_tiny_sd_folder(tmp_path / "flags-some", safety_threshold=SOME_FLAGGED)
+    generator = make_generator(flag_some, safety_checker=True)
+    images, labels = generator.generate({0: 4, 3: 4}, seed=0)
+    assert generator.last_dropped > 0, "the checker flagged nothing: recalibrate SOME_FLAGGED"
+    assert images.shape == (8, 3, 8, 8) and labels.tolist() == [0] * 4 + [3] * 4
+    assert not unusable_images(images).any()
+    again, _ = generator.generate({0: 4, 3: 4}, seed=0)
+    assert torch.equal(images, again)
+
+
+# Between the tiny checker's similarity scores of the test images (about 0.19 to 0.24), so that it
+# flags some of them and not others.
+SOME_FLAGGED = 0.215
