@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import psutil
 
 from server_app.config import ConfigError, load_config
 
@@ -41,18 +42,28 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout: float) -> None
 
 
 def _stop(process: subprocess.Popen) -> None:
-    """Stop the SuperLink and every process it spawned (ServerApp, simulation, Ray), by PID."""
-    if process.poll() is not None:
-        return
+    """Stop the SuperLink and everything below it (SuperExec, ServerApp, simulation, Ray), by PID.
+
+    The tree is collected first: some of those processes start their own sessions, so a process-group
+    signal would miss them.
+    """
     try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=15)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
+        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        tree = []
+    for proc in tree:
         try:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
+            proc.terminate()
+        except psutil.NoSuchProcess:
             pass
-        process.wait(timeout=5)
+    _, alive = psutil.wait_procs(tree, timeout=15)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    process.wait(timeout=5)
 
 
 def flower_env(flwr_home: Path) -> dict:
