@@ -14,12 +14,15 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig, OmegaConf
 
-from server_app.config import load_config, overrides_from_run_config, to_yaml
+from generation.augmented import AugmentedModelTrainer
+from generation.factory import build_generator
+from server_app.config import load_config, load_pretrain_config, overrides_from_run_config, to_yaml
 from server_app.report import RunReport
 from strategy.genfl import GenFL
-from torchcore.data import load_splits
+from strategy.kappa import KappaSchedule
+from torchcore.data import Split, load_splits
 from torchcore.model import seeded_model
-from torchcore.train import evaluate, load_numpy_state, resolve_device
+from torchcore.train import TrainSettings, evaluate, load_numpy_state, resolve_device
 
 app = ServerApp()
 
@@ -84,9 +87,16 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport) -> None:
     device = resolve_device(cfg.server.device)
     model_spec = dict(num_classes=ds.num_classes, in_channels=ds.channels, mean=list(ds.mean), std=list(ds.std))
     model = seeded_model(cfg.seed, **model_spec)
+    st = cfg.strategy
+    kappa = KappaSchedule(st.kappa_fl, st.kappa_aug, st.kappa_schedule, st.kappa_aug_final, cfg.num_rounds)
+    augmenter = None
+    if kappa.uses_synthetic_data:
+        augmenter = _augmenter(cfg, seeded_model(cfg.seed, **model_spec), device, test)
     strategy = GenFL(
         num_classes=ds.num_classes,
         histogram_timeout=cfg.federation.round_timeout,
+        kappa=kappa,
+        augmenter=augmenter,
         fraction_train=cfg.federation.fraction_train,
         fraction_evaluate=cfg.federation.fraction_evaluate,
         min_train_nodes=1,
@@ -116,3 +126,25 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport) -> None:
         evaluate_fn=evaluate_global,
     )
     report.set("global_label_histogram", strategy.global_histogram)
+    report.set("generation", {k: v for k, v in strategy.generation_stats.items()})
+
+
+def _augmenter(cfg: DictConfig, model: torch.nn.Module, device: torch.device, test: Split) -> AugmentedModelTrainer:
+    """The server's synthetic-data trainer; the generator itself loads only when images are needed."""
+    aug = cfg.augmented
+    pretrain = load_pretrain_config(cfg.generator.corpus).pretrain if cfg.generator.backend == "class_conditional" else None
+    return AugmentedModelTrainer(
+        make_generator=lambda: build_generator(cfg.generator, cfg.dataset, pretrain),
+        model=model,
+        settings=TrainSettings(epochs=aug.epochs, batch_size=aug.batch_size, lr=aug.lr, momentum=aug.momentum,
+                               weight_decay=aug.weight_decay, augment=cfg.dataset.augment),
+        device=device,
+        test=test,
+        eval_batch_size=cfg.server.eval_batch_size,
+        policy=cfg.generation.policy,
+        budget=cfg.generation.budget,
+        per_class=cfg.generation.per_class,
+        target=cfg.generation.target,
+        seed=cfg.seed,
+        cache_dir=cfg.generation.cache_dir,
+    )

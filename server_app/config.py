@@ -54,6 +54,12 @@ def load_config(overrides: list[str]) -> DictConfig:
     return cfg
 
 
+def load_pretrain_config(corpus: str) -> DictConfig:
+    """conf/pretrain.yaml for ``corpus``: how the offline generator pretrains if its weights are missing."""
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        return compose(config_name="pretrain", overrides=[f"generator.corpus={corpus}"])
+
+
 def _one_line(err: Exception) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     text = lines[0] if lines else type(err).__name__
@@ -98,6 +104,30 @@ def validate(cfg: DictConfig) -> None:
     if ds.name == "digits":
         _check(_number(ds.test_fraction) and 0 < ds.test_fraction < 1, "dataset.test_fraction", "must be in (0, 1)", ds.test_fraction)
         _check(_number(ds.public_fraction) and 0 <= ds.public_fraction < 1 - ds.test_fraction, "dataset.public_fraction", "must be in [0, 1 - test_fraction)", ds.public_fraction)
+    _validate_genfl(cfg)
+
+
+def _validate_genfl(cfg: DictConfig) -> None:
+    from generation.planning import POLICIES
+    from strategy.kappa import KappaError, KappaSchedule
+
+    st = cfg.strategy
+    try:
+        KappaSchedule(st.kappa_fl, st.kappa_aug, st.kappa_schedule, st.kappa_aug_final, cfg.num_rounds)
+    except KappaError as err:
+        raise ConfigError(str(err)) from err
+    gen = cfg.generation
+    _check(gen.policy in POLICIES, "generation.policy", f"must be one of {', '.join(POLICIES)}", gen.policy)
+    _check(isinstance(gen.budget, int) and gen.budget >= 0, "generation.budget", "must be an integer >= 0", gen.budget)
+    _check(isinstance(gen.per_class, int) and gen.per_class >= 0, "generation.per_class", "must be an integer >= 0", gen.per_class)
+    _check(gen.target is None or (isinstance(gen.target, int) and gen.target >= 0), "generation.target", "must be null or an integer >= 0", gen.target)
+    aug = cfg.augmented
+    _check(isinstance(aug.epochs, int) and aug.epochs >= 1, "augmented.epochs", "must be an integer >= 1", aug.epochs)
+    _check(isinstance(aug.batch_size, int) and aug.batch_size >= 2, "augmented.batch_size", "must be an integer >= 2", aug.batch_size)
+    _check(_number(aug.lr) and aug.lr > 0, "augmented.lr", "must be > 0", aug.lr)
+    if cfg.generator.backend == "class_conditional" and st.kappa_aug + st.kappa_aug_final > 0:
+        _check(cfg.dataset.name == "digits", "generator",
+               "class_conditional makes 8x8 digits only; use generator=stable_diffusion for this data set", cfg.dataset.name)
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -76,6 +76,8 @@ def flower_env(flwr_home: Path) -> dict:
         FLWR_DISABLE_UPDATE_CHECK="1",
         PYTHONUNBUFFERED="1",
     )
+    # The FAB carries code and config only: point the ServerApp at the repo's generator weights.
+    env.setdefault("GENFL_WEIGHTS_DIR", str(APP_DIR / "generation" / "weights"))
     return env
 
 

@@ -1,14 +1,17 @@
-"""The GenFL strategy: FedAvg that first learns the federation's label histogram.
+"""The GenFL strategy (arXiv 2503.20166): FedAvg plus a server-side model trained on synthetic data.
 
-Before round 1 it asks every node for its per-class sample counts (a ``query.label_histogram``
-message), validates them and logs the federation's global histogram; the GenFL step that turns
-missing classes into synthetic data builds on that.
+1. Before round 1 every node reports its label histogram (a ``query.label_histogram`` message).
+2. The server's augmenter plans and synthesises images from the validated global histogram.
+3. Each round clients train on real data while the augmenter trains w_aug on the synthetic set.
+4. w(t+1) = kappa_fl * sum_n rho_n w_n + kappa_aug * w_aug   (Eq. (1)), rho_n by sample counts.
+The torch/diffusers work stays behind the narrow `Augmenter` interface.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from logging import INFO, WARNING
+from typing import Protocol
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -19,6 +22,7 @@ from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
 
 from strategy.aggregation import sample_weights, weighted_mix
 from strategy.histograms import global_histogram, histogram_problem
+from strategy.kappa import KappaSchedule
 
 LABEL_HISTOGRAM_QUERY = "query.label_histogram"
 
@@ -27,19 +31,37 @@ class NoTrainingRepliesError(RuntimeError):
     """Every client failed a round: continuing would silently keep the old model."""
 
 
+class Augmenter(Protocol):
+    """The server-side synthetic-data work, as the strategy sees it (NumPy state in and out)."""
+
+    def prepare(self, global_histogram: Sequence[int]) -> dict: ...
+
+    def train(self, global_state: dict[str, np.ndarray], server_round: int) -> tuple[dict[str, np.ndarray], dict]: ...
+
+
 class GenFL(FedAvg):
-    """FedAvg, w(t+1) = sum_n rho_n w_n with rho_n proportional to client sample counts, plus the
-    federation's label histogram collected before round 1 (GenFL, arXiv 2503.20166, step 1).
+    """w(t+1) = kappa_fl * sum_n rho_n w_n + kappa_aug * w_aug, rho_n = n_n / sum n (Eq. (1)).
+
+    ``kappa`` gives (kappa_fl, kappa_aug) per round: kappa_aug = 0 is FedAvg (no augmenter needed),
+    kappa_fl = 0 is AIGC-only (clients are not asked to train that round). Every float array,
+    BatchNorm running statistics included, is mixed with the same weights; integer counters are
+    handled in `weighted_mix`.
 
     Replies are checked one by one: an error reply, a missing or mismatched ArrayRecord or a bad
-    ``num-examples`` excludes that client from the round with a logged reason. A round in which no
-    client trained raises `NoTrainingRepliesError`.
+    ``num-examples`` excludes that client from the round with a logged reason. A round that needs
+    clients and gets none raises `NoTrainingRepliesError`.
     """
 
-    def __init__(self, *, num_classes: int, histogram_timeout: float, **fedavg_kwargs):
+    def __init__(self, *, num_classes: int, histogram_timeout: float, kappa: KappaSchedule,
+                 augmenter: Augmenter | None, **fedavg_kwargs):
         super().__init__(**fedavg_kwargs)
+        if kappa.uses_synthetic_data and augmenter is None:
+            raise ValueError("kappa_aug > 0 needs an augmenter (the server's synthetic-data trainer)")
         self.num_classes = num_classes
         self.histogram_timeout = histogram_timeout
+        self.kappa = kappa
+        self.augmenter = augmenter
+        self.generation_stats: dict = {}
         self.client_histograms: dict[int, list[int]] = {}
         self.global_histogram: list[int] | None = None
         self.round_stats: dict[int, dict] = {}
@@ -47,7 +69,8 @@ class GenFL(FedAvg):
         self._sent: list[Message] = []
 
     def summary(self) -> None:
-        log(INFO, "\t├── GenFL: label histograms from every node before round 1")
+        log(INFO, "\t├── GenFL: kappa_fl=%s kappa_aug=%s (%s schedule, kappa_aug_final=%s)",
+            self.kappa.kappa_fl, self.kappa.kappa_aug, self.kappa.schedule, self.kappa.kappa_aug_final)
         super().summary()
 
     # -- step 1: label histograms ------------------------------------------------------------
@@ -89,20 +112,47 @@ class GenFL(FedAvg):
         return histogram, histogram_problem(histogram, self.num_classes)
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, *args, train_config: ConfigRecord | None = None, **kwargs) -> Result:
-        """Collect the label histograms, then run the rounds as FedAvg does."""
+        """Collect the label histograms, synthesise data if any round uses it, then run the rounds."""
         self.collect_label_histograms(grid, train_config or ConfigRecord())
+        if self.kappa.uses_synthetic_data:
+            self.generation_stats = self.augmenter.prepare(self.global_histogram)
+            log(INFO, "synthetic data: %s", self.generation_stats)
         return super().start(grid, initial_arrays, *args, train_config=train_config, **kwargs)
 
     # -- rounds ------------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         # aggregate_train does not receive the global model; keep it to validate replies against.
         self._current_arrays = arrays
-        self._sent = list(super().configure_train(server_round, arrays, config, grid))
+        kappa_fl, _ = self.kappa.at(server_round)
+        self._sent = list(super().configure_train(server_round, arrays, config, grid)) if kappa_fl > 0 else []
         return self._sent
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Weighted average of the valid client models; excluded replies are logged with why."""
-        replies = list(replies)
+        """Eq. (1): the clients' weighted average mixed with the augmented model."""
+        kappa_fl, kappa_aug = self.kappa.at(server_round)
+        states, weights, metrics = [], [], MetricRecord()
+        if kappa_fl > 0:
+            client_average, metrics = self._average_clients(server_round, list(replies))
+            states.append(client_average)
+            weights.append(kappa_fl)
+        else:
+            self.round_stats[server_round] = {"clients_trained": 0, "clients_failed": 0, "clients_excluded": 0}
+        stats = self.round_stats[server_round]
+        stats.update(kappa_fl=kappa_fl, kappa_aug=kappa_aug)
+        if server_round == 1 and self.generation_stats:
+            stats.update(images_synthesized=self.generation_stats["images_synthesized"],
+                         generation_seconds=self.generation_stats["generation_seconds"])
+        if kappa_aug > 0:
+            global_state = dict(zip(self._current_arrays.keys(), self._current_arrays.to_numpy_ndarrays()))
+            augmented, augmented_metrics = self.augmenter.train(global_state, server_round)
+            states.append(augmented)
+            weights.append(kappa_aug)
+            stats.update(augmented_metrics)
+        mixed = weighted_mix(states, weights)
+        return ArrayRecord({k: Array(v) for k, v in mixed.items()}), metrics
+
+    def _average_clients(self, server_round: int, replies: list[Message]) -> tuple[dict[str, np.ndarray], MetricRecord]:
+        """sum_n rho_n w_n over the valid replies; excluded replies are logged with why."""
         reference = self._current_arrays.to_numpy_ndarrays() if self._current_arrays is not None else None
         reference_keys = list(self._current_arrays.keys()) if self._current_arrays is not None else None
         states, counts, contents, failed, excluded = [], [], [], 0, 0
@@ -126,11 +176,10 @@ class GenFL(FedAvg):
                 f"round {server_round}: no client returned a usable model ({len(replies)} replies, "
                 f"{failed} errors, {excluded} excluded); see the warnings above"
             )
-        averaged = weighted_mix(states, sample_weights(counts))
         metrics = aggregate_metricrecords(contents, self.weighted_by_key)
         if "train-loss" in metrics:
             self.round_stats[server_round]["train_loss"] = float(metrics["train-loss"])
-        return ArrayRecord({k: Array(v) for k, v in averaged.items()}), metrics
+        return weighted_mix(states, sample_weights(counts)), metrics
 
     def _client_update(self, reply: Message, keys, reference) -> tuple[dict | None, int, str | None]:
         content = reply.content

@@ -1,0 +1,85 @@
+"""The server's augmented model: a copy of the current global model trained on the synthetic set.
+
+Plain PyTorch behind a NumPy-state interface, so the strategy can call it without importing torch
+or diffusers. Synthetic images are produced once (plan -> generator -> cache) before round 1.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+
+from generation.base import ImageGenerator
+from generation.cache import generate_cached
+from generation.planning import plan_generation
+from torchcore.data import Split
+from torchcore.train import TrainSettings, evaluate, load_numpy_state, state_to_numpy, train
+
+
+class AugmentedModelTrainer:
+    """``prepare(histogram)`` synthesises the data; ``train(state, round)`` trains the augmented model.
+
+    ``make_generator`` is called only if images are actually needed (so FedAvg never loads a model).
+    """
+
+    def __init__(
+        self,
+        *,
+        make_generator: Callable[[], ImageGenerator],
+        model: torch.nn.Module,
+        settings: TrainSettings,
+        device: torch.device,
+        test: Split,
+        eval_batch_size: int,
+        policy: str,
+        budget: int,
+        per_class: int | None,
+        target: int | None,
+        seed: int,
+        cache_dir: str | None,
+    ):
+        self.make_generator = make_generator
+        self.model = model
+        self.settings = settings
+        self.device = device
+        self.test = test
+        self.eval_batch_size = eval_batch_size
+        self.plan_settings = dict(policy=policy, budget=budget, per_class=per_class, target=target)
+        self.seed = seed
+        self.cache_dir = cache_dir
+        self.synthetic: Split | None = None
+
+    def prepare(self, global_histogram: Sequence[int]) -> dict:
+        """Plan and generate (or load from cache) the synthetic set; returns what happened."""
+        plan = plan_generation(global_histogram, **self.plan_settings)
+        started = time.perf_counter()
+        generator = self.make_generator()
+        images, labels, hit = generate_cached(generator, plan, self.seed, self.cache_dir)
+        self.synthetic = Split(images, labels)
+        return {
+            "plan": plan,
+            "images_synthesized": 0 if hit else len(labels),
+            "images_available": len(labels),
+            "cache_hit": hit,
+            "generation_seconds": round(time.perf_counter() - started, 2),
+        }
+
+    def train(self, global_state: dict[str, np.ndarray], server_round: int) -> tuple[dict[str, np.ndarray], dict]:
+        """w_aug: the global model after ``settings.epochs`` on the synthetic set, plus its test metrics."""
+        if self.synthetic is None or len(self.synthetic) < 2:
+            raise RuntimeError("the augmented model has no synthetic data: prepare() produced fewer than 2 images")
+        load_numpy_state(self.model, global_state)
+        started = time.perf_counter()
+        loss = train(self.model, self.synthetic, self.settings, self.device, seed=self.seed * 7_919 + server_round)
+        seconds = time.perf_counter() - started
+        test_loss, test_accuracy = evaluate(self.model, self.test, self.device, self.eval_batch_size)
+        metrics = {
+            "augmented_train_loss": loss,
+            "augmented_test_accuracy": test_accuracy,
+            "augmented_train_seconds": round(seconds, 2),
+            "images_used": len(self.synthetic) * self.settings.epochs,
+        }
+        return state_to_numpy(self.model), metrics

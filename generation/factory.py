@@ -1,0 +1,33 @@
+"""Build the configured image generator for a data set: the one place that knows every backend."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+
+from generation.base import ImageGenerator
+
+
+def build_generator(generator_cfg: DictConfig, dataset_cfg: DictConfig, pretrain_cfg: DictConfig | None) -> ImageGenerator:
+    """``generator_cfg`` is conf/generator/<backend>.yaml; images come out at the data set's size."""
+    backend = generator_cfg.backend
+    if backend == "class_conditional":
+        from generation.class_conditional import ClassConditionalGenerator, Pretraining
+
+        if (dataset_cfg.name, dataset_cfg.channels, dataset_cfg.image_size) != ("digits", 1, 8):
+            raise ValueError(
+                f"generator=class_conditional makes 8x8 digits and cannot serve dataset={dataset_cfg.name}; "
+                "use generator=stable_diffusion"
+            )
+        pretraining = Pretraining.from_mapping(pretrain_cfg) if pretrain_cfg is not None else None
+        return ClassConditionalGenerator.from_config(OmegaConf.to_container(generator_cfg, resolve=True), pretraining)
+    if backend == "stable_diffusion":
+        from generation.prompts import builtin_class_names
+        from generation.text_to_image import from_config
+
+        return from_config(
+            OmegaConf.to_container(generator_cfg, resolve=True),
+            target_size=dataset_cfg.image_size,
+            target_channels=dataset_cfg.channels,
+            class_names_default=builtin_class_names(dataset_cfg.name),
+        )
+    raise ValueError(f"generator.backend: unknown backend {backend!r}; choose class_conditional or stable_diffusion")
