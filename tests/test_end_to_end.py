@@ -42,7 +42,7 @@ def _assert_nothing_left_running(run_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_simulation_trains_above_chance_and_writes_results(tmp_path):
-    proc, run_dir = _launch(tmp_path, "federation.num_clients=4", "num_rounds=2", "client.local_epochs=1")
+    proc, run_dir = _launch(tmp_path, "strategy=fedavg", "federation.num_clients=4", "num_rounds=2", "client.local_epochs=1")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "completed"
@@ -60,9 +60,25 @@ def test_simulation_trains_above_chance_and_writes_results(tmp_path):
 
 
 @pytest.mark.slow
+def test_genfl_simulation_mixes_in_the_augmented_model(tmp_path):
+    proc, run_dir = _launch(tmp_path, "strategy=genfl", "federation.num_clients=3", "num_rounds=2", "client.local_epochs=1",
+                            "generation.per_class=10", f"generation.cache_dir={tmp_path / 'cache'}")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["generation"]["images_available"] == 100 and not metrics["generation"]["cache_hit"]
+    first, second = metrics["rounds"][1], metrics["rounds"][2]
+    assert first["images_synthesized"] == 100 and first["images_used"] == 100
+    assert (first["kappa_fl"], first["kappa_aug"]) == (metrics["config"]["strategy"]["kappa_fl"], metrics["config"]["strategy"]["kappa_aug"])
+    assert 0.0 <= second["augmented_test_accuracy"] <= 1.0 and second["augmented_train_seconds"] > 0
+    assert second["clients_trained"] == 3
+    assert second["test_accuracy"] > 0.2
+    _assert_nothing_left_running(run_dir)
+
+
+@pytest.mark.slow
 def test_run_where_every_client_fails_exits_non_zero(tmp_path):
     # A device no client has: every ClientApp raises, so no round can aggregate anything.
-    proc, run_dir = _launch(tmp_path, "federation.num_clients=2", "num_rounds=1", "client.device=cuda:7")
+    proc, run_dir = _launch(tmp_path, "strategy=fedavg", "federation.num_clients=2", "num_rounds=1", "client.device=cuda:7")
     assert proc.returncode == 1, proc.stdout[-2000:]
     assert "run FAILED" in proc.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
