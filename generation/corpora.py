@@ -108,9 +108,9 @@ def _render_bitmap(digit: int, rng: np.random.Generator) -> np.ndarray:
     stroke = int(rng.integers(0, 4))  # extra boldness, in pixels at render size
     rotation = math.radians(rng.uniform(-10.0, 10.0))
     shear = rng.uniform(-0.25, 0.25)
-    height_fraction = rng.uniform(0.85, 1.0)  # the UCI digits are size-normalised to nearly fill the box
+    height_fraction = rng.uniform(0.94, 1.0)  # the UCI digits are size-normalised to the box height
     aspect = rng.uniform(0.7, 1.15)
-    threshold = rng.uniform(80, 176)
+    threshold = rng.uniform(64, 160)  # ink threshold after the resize: stroke weight
 
     canvas = Image.new("L", (_CANVAS, _CANVAS), 0)
     ImageDraw.Draw(canvas).text(

@@ -63,12 +63,16 @@ def save_grid(images: torch.Tensor, labels: torch.Tensor, path: Path, *, per_cla
     picture.resize((picture.width * scale, picture.height * scale), Image.Resampling.NEAREST).save(path)
 
 
+def generator_and_pretraining(cfg: DictConfig) -> tuple[ClassConditionalGenerator, Pretraining]:
+    """The generator to pretrain and how, from the composed conf/pretrain.yaml."""
+    # `corpus` is a top-level alias of generator.corpus (so that `corpus=fonts` works); the alias wins.
+    cfg.generator.corpus = cfg.corpus
+    return ClassConditionalGenerator.from_config(cfg.generator, pretraining=None), Pretraining.from_mapping(cfg.pretrain)
+
+
 @hydra.main(config_path="../conf", config_name="pretrain", version_base=None)
 def main(cfg: DictConfig) -> None:
-    # `corpus` is a top-level alias of generator.corpus (so `corpus=fonts` works); the alias wins.
-    cfg.generator.corpus = cfg.corpus
-    pretraining = Pretraining.from_mapping(cfg.pretrain)
-    generator = ClassConditionalGenerator.from_config(cfg.generator, pretraining=None)
+    generator, pretraining = generator_and_pretraining(cfg)
 
     print(f"Pretraining the class-conditional generator on corpus {generator.corpus!r} ({pretraining.steps} steps) ...")
     started = time.perf_counter()

@@ -24,6 +24,7 @@ from generation.class_conditional import (
     save_weights,
 )
 from generation.corpora import build_corpus
+from generation.pretrain import generator_and_pretraining
 from torchcore.digits import digits_split_indices, load_digits_arrays
 
 SPLIT = {"split_seed": 0, "test_fraction": 0.2, "public_fraction": 0.2}
@@ -221,12 +222,20 @@ def test_relative_weights_resolve_against_repo_root_or_env_dir(monkeypatch, tmp_
     assert resolve_weights_path("generation/weights/w.safetensors") == tmp_path / "w.safetensors"
 
 
-def test_default_configs_build_a_generator_with_the_federation_split():
+def test_pretrain_config_builds_the_generator_named_by_the_corpus_shorthand():
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base=None):
-        cfg = compose(config_name="pretrain", overrides=["generator.corpus=fonts"])
-    generator = ClassConditionalGenerator.from_config(cfg.generator, pretraining=Pretraining.from_mapping(cfg.pretrain))
+        cfg = compose(config_name="pretrain", overrides=["corpus=fonts"])
+    generator, pretraining = generator_and_pretraining(cfg)
+    assert generator.corpus == "fonts"
     assert generator.weights_path == REPO_ROOT / "generation/weights/class_conditional_fonts.safetensors"
-    assert cfg.corpus == "fonts"
-    from_file = Pretraining.from_conf_file({"split_seed": 3, "test_fraction": 0.25, "public_fraction": 0.1})
-    assert (from_file.split_seed, from_file.test_fraction, from_file.public_fraction) == (3, 0.25, 0.1)
-    assert from_file.steps == cfg.pretrain.steps
+    assert (pretraining.split_seed, pretraining.test_fraction, pretraining.public_fraction) == (
+        cfg.dataset.split_seed,
+        cfg.dataset.test_fraction,
+        cfg.dataset.public_fraction,
+    )
+
+
+def test_pretrain_settings_from_file_take_the_given_dataset_split():
+    settings = Pretraining.from_conf_file({"split_seed": 3, "test_fraction": 0.25, "public_fraction": 0.1})
+    assert (settings.split_seed, settings.test_fraction, settings.public_fraction) == (3, 0.25, 0.1)
+    assert settings.steps >= 1 and settings.batch_size >= 1
