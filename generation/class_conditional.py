@@ -167,8 +167,9 @@ def _train(
     device: torch.device,
     progress: bool,
 ) -> UNet2DModel:
-    torch.manual_seed(pretraining.seed)
-    unet = build_unet(architecture).to(device).train()
+    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
+        torch.manual_seed(pretraining.seed)
+        unet = build_unet(architecture).to(device).train()
     ema = copy.deepcopy(unet).eval().requires_grad_(False)
     scheduler = training_scheduler(architecture)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=pretraining.learning_rate)
@@ -208,11 +209,8 @@ def _train(
     return ema
 
 
-def pretrain_on_corpus(
-    corpus: str, *, architecture: Architecture, pretraining: Pretraining, device: torch.device, progress: bool = True
-) -> tuple[UNet2DModel, dict]:
-    """Build the corpus, pretrain on it; return the EMA model and the record to save next to its weights."""
-    images, labels = build_corpus(
+def pretraining_corpus(corpus: str, pretraining: Pretraining) -> tuple[torch.Tensor, torch.Tensor]:
+    return build_corpus(
         corpus,
         seed=pretraining.seed,
         size=pretraining.corpus_size,
@@ -220,6 +218,13 @@ def pretrain_on_corpus(
         test_fraction=pretraining.test_fraction,
         public_fraction=pretraining.public_fraction,
     )
+
+
+def pretrain_on_corpus(
+    corpus: str, *, architecture: Architecture, pretraining: Pretraining, device: torch.device, progress: bool = True
+) -> tuple[UNet2DModel, dict]:
+    """Build the corpus, pretrain on it; return the EMA model and the record to save next to its weights."""
+    images, labels = pretraining_corpus(corpus, pretraining)
     started = time.perf_counter()
     unet = pretrain(images, labels, architecture=architecture, pretraining=pretraining, device=device, progress=progress)
     record = {

@@ -133,6 +133,15 @@ def test_saved_weights_load_back_exactly_as_fp16(tmp_path):
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
 
 
+def test_pretraining_is_reproducible_by_seed():
+    images, labels = build_corpus("digits-public", seed=0, size=0, **SPLIT)
+    first, again = (
+        pretrain(images, labels, architecture=TINY, pretraining=QUICK, device=torch.device("cpu"), progress=False)
+        for _ in range(2)
+    )
+    assert all(torch.equal(a, b) for a, b in zip(first.state_dict().values(), again.state_dict().values()))
+
+
 def test_first_use_pretraining_writes_weights_and_record(weights):
     record = json.loads(record_path(weights).read_text())
     assert weights.is_file()
