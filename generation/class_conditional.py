@@ -249,6 +249,7 @@ def save_weights(unet: UNet2DModel, path: Path, record: dict) -> dict:
     state = {name: tensor.detach().to("cpu", torch.float16).contiguous() for name, tensor in unet.state_dict().items()}
     partial = path.with_name(path.name + ".partial")
     save_file(state, str(partial), metadata={"format": RECORD_FORMAT})
+    os.chmod(partial, 0o644)  # safetensors writes owner-only files; weights are meant to be shared
     record = {**record, "dtype": "float16", "weights_sha256": _sha256(partial)}
     record_partial = path.with_name(path.stem + ".json.partial")
     record_partial.write_text(json.dumps(record, indent=2) + "\n")
