@@ -7,7 +7,7 @@ from omegaconf import DictConfig, OmegaConf
 from generation.base import ImageGenerator
 
 
-def build_generator(generator_cfg: DictConfig, dataset_cfg: DictConfig, pretrain_cfg: DictConfig | None) -> ImageGenerator:
+def build_generator(generator_cfg: DictConfig, dataset_cfg: DictConfig) -> ImageGenerator:
     """``generator_cfg`` is conf/generator/<backend>.yaml; images come out at the data set's size."""
     backend = generator_cfg.backend
     if backend == "class_conditional":
@@ -18,7 +18,8 @@ def build_generator(generator_cfg: DictConfig, dataset_cfg: DictConfig, pretrain
                 f"generator=class_conditional makes 8x8 digits and cannot serve dataset={dataset_cfg.name}; "
                 "use generator=stable_diffusion"
             )
-        pretraining = Pretraining.from_mapping(pretrain_cfg) if pretrain_cfg is not None else None
+        # Pretrain-on-first-use settings come from conf/pretrain.yaml, on this run's own data split.
+        pretraining = Pretraining.from_conf_file(dataset_cfg)
         return ClassConditionalGenerator.from_config(OmegaConf.to_container(generator_cfg, resolve=True), pretraining)
     if backend == "stable_diffusion":
         from generation.prompts import builtin_class_names

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from generation.augmented import AugmentedModelTrainer
 from generation.factory import build_generator
-from server_app.config import load_config, load_pretrain_config, overrides_from_run_config, to_yaml
+from server_app.config import load_config, overrides_from_run_config, to_yaml
 from server_app.report import RunReport
 from strategy.genfl import GenFL
 from strategy.kappa import KappaSchedule
@@ -132,9 +132,8 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport) -> None:
 def _augmenter(cfg: DictConfig, model: torch.nn.Module, device: torch.device, test: Split) -> AugmentedModelTrainer:
     """The server's synthetic-data trainer; the generator itself loads only when images are needed."""
     aug = cfg.augmented
-    pretrain = load_pretrain_config(cfg.generator.corpus).pretrain if cfg.generator.backend == "class_conditional" else None
     return AugmentedModelTrainer(
-        make_generator=lambda: build_generator(cfg.generator, cfg.dataset, pretrain),
+        make_generator=lambda: build_generator(cfg.generator, cfg.dataset),
         model=model,
         settings=TrainSettings(epochs=aug.epochs, batch_size=aug.batch_size, lr=aug.lr, momentum=aug.momentum,
                                weight_decay=aug.weight_decay, augment=cfg.dataset.augment),

@@ -54,12 +54,6 @@ def load_config(overrides: list[str]) -> DictConfig:
     return cfg
 
 
-def load_pretrain_config(corpus: str) -> DictConfig:
-    """conf/pretrain.yaml for ``corpus``: how the offline generator pretrains if its weights are missing."""
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose(config_name="pretrain", overrides=[f"generator.corpus={corpus}"])
-
-
 def _one_line(err: Exception) -> str:
     lines = [line.strip() for line in str(err).splitlines() if line.strip()]
     text = lines[0] if lines else type(err).__name__

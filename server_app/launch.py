@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -99,6 +100,9 @@ def run(overrides: list[str]) -> int:
         f'[superlink]\ndefault = "genfl"\n\n[superlink.genfl]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
     )
     env = flower_env(flwr_home)
+    # A terminated launcher must still stop the SuperLink tree: turn SIGTERM into SystemExit so the
+    # `finally` below runs (Ctrl-C already arrives as KeyboardInterrupt).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     log_file = open(run_dir / "superlink.log", "w")
     superlink = subprocess.Popen(
         ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",

@@ -28,18 +28,18 @@ def sd_config(tmp_path, make_config):
 def test_cache_hit_returns_identical_tensors_without_the_model(sd_config):
     cfg, folder = sd_config
     plan = {0: 2, 7: 1}
-    images, labels, hit = generate_cached(build_generator(cfg.generator, cfg.dataset, None), plan, 3, cfg.generation.cache_dir)
+    images, labels, hit = generate_cached(build_generator(cfg.generator, cfg.dataset), plan, 3, cfg.generation.cache_dir)
     assert not hit and images.dtype == torch.uint8 and images.shape == (3, 3, 32, 32)
     assert labels.tolist() == [0, 0, 7]
     shutil.rmtree(folder)  # no model any more: only a cache hit can answer now
-    again, again_labels, hit = generate_cached(build_generator(cfg.generator, cfg.dataset, None), plan, 3, cfg.generation.cache_dir)
+    again, again_labels, hit = generate_cached(build_generator(cfg.generator, cfg.dataset), plan, 3, cfg.generation.cache_dir)
     assert hit
     assert torch.equal(again, images) and torch.equal(again_labels, labels)
 
 
 def test_cache_key_changes_with_seed_and_plan(sd_config):
     cfg, _ = sd_config
-    generator = build_generator(cfg.generator, cfg.dataset, None)
+    generator = build_generator(cfg.generator, cfg.dataset)
     first, _, _ = generate_cached(generator, {1: 1}, 0, cfg.generation.cache_dir)
     other_seed, _, hit_seed = generate_cached(generator, {1: 1}, 1, cfg.generation.cache_dir)
     _, _, hit_plan = generate_cached(generator, {1: 2}, 0, cfg.generation.cache_dir)
@@ -54,7 +54,7 @@ def test_augmented_model_trains_on_the_synthetic_set(sd_config):
     start = state_to_numpy(model)
     test = Split(torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8), torch.arange(8) % 10)
     trainer = AugmentedModelTrainer(
-        make_generator=lambda: build_generator(cfg.generator, cfg.dataset, None), model=model,
+        make_generator=lambda: build_generator(cfg.generator, cfg.dataset), model=model,
         settings=TrainSettings(epochs=1, batch_size=4, lr=0.05, momentum=0.9, weight_decay=0.0, augment=True),
         device=torch.device("cpu"), test=test, eval_batch_size=8, policy="balance", budget=6, per_class=0,
         target=None, seed=0, cache_dir=None,
