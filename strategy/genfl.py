@@ -67,6 +67,7 @@ class GenFL(FedAvg):
         self.round_stats: dict[int, dict] = {}
         self._current_arrays: ArrayRecord | None = None
         self._sent: list[Message] = []
+        self._partition_of: dict[int, int] = {}  # node -> partition id, to mix in a fixed order
 
     def summary(self) -> None:
         log(INFO, "\t├── GenFL: kappa_fl=%s kappa_aug=%s (%s schedule, kappa_aug_final=%s)",
@@ -92,6 +93,9 @@ class GenFL(FedAvg):
                 log(WARNING, "label histogram: node %s excluded: %s", node, problem)
                 continue
             self.client_histograms[node] = [int(c) for c in histogram]
+            partition = next(iter(reply.content.metric_records.values())).get("partition-id")
+            if isinstance(partition, int):
+                self._partition_of[node] = partition
         missing = len(node_ids) - len(replies)
         if missing:
             log(WARNING, "label histogram: %d node(s) did not reply within %ss", missing, self.histogram_timeout)
@@ -156,6 +160,8 @@ class GenFL(FedAvg):
         reference = self._current_arrays.to_numpy_ndarrays() if self._current_arrays is not None else None
         reference_keys = list(self._current_arrays.keys()) if self._current_arrays is not None else None
         states, counts, contents, failed, excluded = [], [], [], 0, 0
+        # Replies arrive in completion order; mixing in partition order makes runs bit-reproducible.
+        replies = sorted(replies, key=lambda r: self._partition_of.get(_sender(r, self._sent), _sender(r, self._sent)))
         for reply in replies:
             node = _sender(reply, self._sent)
             if reply.has_error():
