@@ -42,28 +42,47 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout: float) -> None
     raise RuntimeError(f"flower-superlink did not listen on port {port} within {timeout}s")
 
 
-def _stop(process: subprocess.Popen) -> None:
-    """Stop the SuperLink and everything below it (SuperExec, ServerApp, simulation, Ray), by PID.
-
-    The tree is collected first: some of those processes start their own sessions, so a process-group
-    signal would miss them.
-    """
+def _run_processes(process: subprocess.Popen, flwr_home: Path) -> list[psutil.Process]:
+    """The SuperLink's process tree plus anything else carrying this run's private FLWR_HOME
+    (Ray workers can outlive or leave the tree while it is torn down)."""
+    found = {}
     try:
-        tree = [psutil.Process(process.pid), *psutil.Process(process.pid).children(recursive=True)]
+        root = psutil.Process(process.pid)
+        for proc in [root, *root.children(recursive=True)]:
+            found[proc.pid] = proc
     except psutil.NoSuchProcess:
-        tree = []
-    for proc in tree:
+        pass
+    for proc in psutil.process_iter(["environ"]):
         try:
-            proc.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(tree, timeout=15)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
+            if (proc.info["environ"] or {}).get("FLWR_HOME") == str(flwr_home):
+                found[proc.pid] = proc
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    found.pop(os.getpid(), None)
+    return list(found.values())
+
+
+def _stop(process: subprocess.Popen, flwr_home: Path) -> None:
+    """Stop the SuperLink and everything it started (SuperExec, ServerApp, simulation, Ray), by PID.
+
+    Collected by tree and by FLWR_HOME, not by process group: some of them start their own sessions.
+    """
+    for _ in range(3):
+        procs = _run_processes(process, flwr_home)
+        if not procs:
+            break
+        for proc in procs:
+            try:
+                proc.terminate()
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=15)
+        for proc in alive:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        psutil.wait_procs(alive, timeout=5)
     process.wait(timeout=5)
 
 
@@ -121,7 +140,7 @@ def run(overrides: list[str]) -> int:
             env=env,
         )
     finally:
-        _stop(superlink)
+        _stop(superlink, flwr_home)
         log_file.close()
     return _outcome(run_dir, flwr.returncode)
 
