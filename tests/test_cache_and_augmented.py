@@ -67,3 +67,17 @@ def test_augmented_model_trains_on_the_synthetic_set(sd_config):
     assert not np.allclose(state["1.fc.weight"], start["1.fc.weight"])
     assert 0.0 <= metrics["augmented_test_accuracy"] <= 1.0
     assert metrics["images_used"] == 3
+
+
+def test_pregenerate_fills_the_cache_that_the_run_reads(sd_config, capsys):
+    from server_app.pregenerate import main
+
+    cfg, folder = sd_config
+    overrides = ["dataset=cifar10", "generator=stable_diffusion", f"generator.model={folder}", "generator.local_files_only=true",
+                 "generator.num_inference_steps=2", "generator.generation_resolution=16", "generator.device=cpu",
+                 f"generation.cache_dir={cfg.generation.cache_dir}", "generation.per_class=1"]
+    assert main(["--histogram", "5,5,5,5,5,5,5,5,5,5", *overrides]) == 0
+    assert "10 images (3, 32, 32) generated into" in capsys.readouterr().out
+    assert main(["--histogram", "5,5,5,5,5,5,5,5,5,5", *overrides]) == 0
+    assert "found in" in capsys.readouterr().out
+    assert main(["--histogram", "1,2", *overrides]) == 2
