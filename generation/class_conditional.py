@@ -27,6 +27,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from torchcore.train import resolve_device
+
 from generation.corpora import build_corpus
 
 logger = logging.getLogger(__name__)
@@ -305,12 +307,6 @@ def resolve_weights_path(weights: str | os.PathLike) -> Path:
     if override:
         return Path(override).expanduser().resolve() / path.name
     return REPO_ROOT / path
-
-
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 class ClassConditionalGenerator:
