@@ -5,9 +5,10 @@ import pytest
 from server_app.config import ConfigError, load_config, overrides_from_run_config
 
 
-def test_embedded_default_is_digits_fedavg_20_clients(make_config):
+def test_embedded_default_is_genfl_on_digits_with_20_clients(make_config):
     cfg = make_config()
     assert cfg.dataset.name == "digits"
+    assert cfg.strategy.name == "genfl" and cfg.generator.backend == "class_conditional"
     assert cfg.federation.num_clients == 20
     assert cfg.partition.alpha == 0.3
 
