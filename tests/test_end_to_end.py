@@ -5,7 +5,6 @@ process group by PID, and these tests check that nothing it started is left behi
 """
 
 import json
-import os
 import subprocess
 import sys
 import tomllib
