@@ -37,7 +37,7 @@ def run_directory(cfg: DictConfig) -> Path:
     return (Path(cfg.output.root).expanduser() / f"{stamp}-{cfg.strategy.name}-{cfg.dataset.name}").resolve()
 
 
-def train_config(cfg: DictConfig) -> ConfigRecord:
+def train_config(cfg: DictConfig, time_budget: float | None = None) -> ConfigRecord:
     """Everything a client needs, flattened into one ConfigRecord (conf/ stays the only source)."""
     flat = {
         "seed": cfg.seed,
@@ -50,7 +50,7 @@ def train_config(cfg: DictConfig) -> ConfigRecord:
         "client-threads": cfg.client.threads,
         "client-eval-batch-size": cfg.client.eval_batch_size,
         # A node gives up on a message after the round's timeout (see client_app/mods.py).
-        "time-budget": float(cfg.federation.round_timeout),
+        "time-budget": float(cfg.federation.round_timeout if time_budget is None else time_budget),
     }
     privacy = cfg.histogram_privacy
     flat.update({"histogram-privacy.mechanism": privacy.mechanism, "histogram-privacy.epsilon": float(privacy.epsilon),
@@ -113,7 +113,7 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
         num_classes=ds.num_classes,
         kappa=kappa,
         augmenter=augmenter,
-        histogram_timeout=cfg.federation.round_timeout,
+        histogram_timeout=cfg.federation.histogram_timeout,
         seed=cfg.seed,
         reliability=reliability(cfg),
         overlap=cfg.server.overlap,
@@ -156,6 +156,7 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
         evaluate_fn=evaluate_global,
         first_round=first_round,
         on_round_end=save_checkpoint,
+        histogram_config=train_config(cfg, time_budget=cfg.federation.histogram_timeout),
     )
     report.set("global_label_histogram", strategy.global_histogram)
     report.set("generation", dict(strategy.generation_stats))
@@ -191,6 +192,7 @@ def reliability(cfg: DictConfig) -> Reliability:
         max_relative_update=float(rel.max_relative_update),
         max_consecutive_failed_rounds=rel.max_consecutive_failed_rounds,
         min_train_replies=rel.min_train_replies,
+        straggler_cooldown_rounds=rel.straggler_cooldown_rounds,
     )
 
 

@@ -84,8 +84,11 @@ def validate(cfg: DictConfig) -> None:
     _check(_number(fed.fraction_train) and 0 < fed.fraction_train <= 1, "federation.fraction_train", "must be in (0, 1]", fed.fraction_train)
     _check(_number(fed.fraction_evaluate) and 0 <= fed.fraction_evaluate <= 1, "federation.fraction_evaluate", "must be in [0, 1]", fed.fraction_evaluate)
     _check(_number(fed.round_timeout) and fed.round_timeout > 0, "federation.round_timeout", "must be > 0 seconds", fed.round_timeout)
+    _check(_number(fed.histogram_timeout) and fed.histogram_timeout > 0, "federation.histogram_timeout", "must be > 0 seconds", fed.histogram_timeout)
     _check(_number(fed.client_cpus) and fed.client_cpus > 0, "federation.client_cpus", "must be > 0", fed.client_cpus)
     _check(_number(fed.client_gpus) and fed.client_gpus >= 0, "federation.client_gpus", "must be >= 0 (a share of one GPU per client, e.g. 0.25)", fed.client_gpus)
+    _check(fed.simulation_cpus is None or (isinstance(fed.simulation_cpus, int) and fed.simulation_cpus >= 1),
+           "federation.simulation_cpus", "must be null or an integer >= 1", fed.simulation_cpus)
     for key in ("min_train_nodes", "min_evaluate_nodes"):
         value = fed[key]
         _check(isinstance(value, int) and 0 <= value <= fed.num_clients, f"federation.{key}",
@@ -153,6 +156,8 @@ def _validate_reliability(cfg: DictConfig) -> None:
            "reliability.max_consecutive_failed_rounds", "must be an integer >= 1", rel.max_consecutive_failed_rounds)
     _check(isinstance(rel.min_train_replies, int) and 1 <= rel.min_train_replies <= cfg.federation.num_clients,
            "reliability.min_train_replies", f"must be an integer in 1..federation.num_clients ({cfg.federation.num_clients})", rel.min_train_replies)
+    _check(isinstance(rel.straggler_cooldown_rounds, int) and rel.straggler_cooldown_rounds >= 0,
+           "reliability.straggler_cooldown_rounds", "must be an integer >= 0", rel.straggler_cooldown_rounds)
     privacy = cfg.histogram_privacy
     try:
         noise_scale(privacy.mechanism, privacy.epsilon, privacy.delta)

@@ -66,6 +66,7 @@ class Reliability:
     max_relative_update: float = 10.0  # ||w(t+1) - w(t)|| / ||w(t)|| above this rejects the round
     max_consecutive_failed_rounds: int = 2
     min_train_replies: int = 1  # usable client models a round needs (when kappa_fl > 0)
+    straggler_cooldown_rounds: int = 2  # a node that failed or missed the deadline sits out this many rounds
 
 
 class GenFL(Strategy):
@@ -107,11 +108,13 @@ class GenFL(Strategy):
         self._declared_total: dict[int, int] = {}
         self._weight_cap: float = float("inf")
         self._partition_of: dict[int, int] = {}  # node -> partition id, to mix in a fixed order
+        self._benched_until: dict[int, int] = {}  # node -> last round it sits out (stragglers, failures)
         self._current: dict[str, np.ndarray] | None = None
         self._sent: list[Message] = []
         self._augmented: Future | Callable | None = None  # this round's augmented-model job
         self._last_cause = "none"
         self._resumed_histogram: list[int] | None = None
+        self._resumed_bench: dict[int, int] = {}
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="augmented-model") if overlap else None
 
     def summary(self) -> None:
@@ -158,6 +161,9 @@ class GenFL(Strategy):
         log(INFO, "label histogram: %d of %d nodes reported; federation has %d samples",
             len(self.client_histograms), len(node_ids), sum(self.global_histogram))
         log(INFO, "label histogram (global, class 0..%d): %s", self.num_classes - 1, self.global_histogram)
+        if self._resumed_bench:
+            node_of = {p: n for n, p in self._partition_of.items()}
+            self._benched_until = {node_of[p]: r for p, r in self._resumed_bench.items() if p in node_of}
         if self._resumed_histogram is not None and self._resumed_histogram != self.global_histogram:
             log(WARNING, "label histogram differs from the checkpoint's %s: the federation changed; the "
                 "checkpoint's generation plan is kept", self._resumed_histogram)
@@ -188,18 +194,20 @@ class GenFL(Strategy):
         *,
         first_round: int = 1,
         on_round_end: Callable[[int, ArrayRecord], None] | None = None,
+        histogram_config: ConfigRecord | None = None,
     ) -> Result:
         """Histograms, synthetic data, then rounds ``first_round..num_rounds``.
 
         ``first_round > 1`` resumes: ``initial_arrays`` is the checkpointed global model and the
         strategy's state was restored with `load_state_dict`. ``on_round_end`` runs after each
-        round's evaluation (the ServerApp writes its checkpoint there).
+        round's evaluation (the ServerApp writes its checkpoint there). ``histogram_config`` goes
+        with the label-histogram query (default: ``train_config``).
         """
         train_config = ConfigRecord() if train_config is None else train_config
         evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
         log(INFO, "Starting GenFL over %s, rounds %d..%d", type(self.base).__name__, first_round, num_rounds)
         self.summary()
-        self.collect_label_histograms(grid, train_config)
+        self.collect_label_histograms(grid, train_config if histogram_config is None else histogram_config)
         if self.kappa.uses_synthetic_data:
             self.generation_stats = self.augmenter.prepare(self.global_histogram, plan=self.plan)
             self.plan = self.generation_stats.get("plan")
@@ -228,6 +236,7 @@ class GenFL(Strategy):
                     result.evaluate_metrics_serverapp[server_round] = res
                 if on_round_end:
                     on_round_end(server_round, arrays)
+                self._check_progress(server_round)
         finally:
             self.close()
         if self.rounds_succeeded == 0 and num_rounds >= first_round:
@@ -259,10 +268,29 @@ class GenFL(Strategy):
             state = random.getstate()
             random.seed(self.seed * 1_000_003 + server_round)
             try:
-                self._sent = list(self.base.configure_train(server_round, arrays, config, _OrderedGrid(grid, self._order)))
+                grid_view = _OrderedGrid(grid, self._order, skip=self._benched(server_round, grid))
+                self._sent = list(self.base.configure_train(server_round, arrays, config, grid_view))
             finally:
                 random.setstate(state)
         return self._sent
+
+    def _benched(self, server_round: int, grid: Grid) -> set[int]:
+        """Nodes sitting out this round, unless that would leave too few to sample from."""
+        benched = {n for n, until in self._benched_until.items() if until >= server_round}
+        remaining = len(set(grid.get_node_ids()) - benched)
+        needed = max(self.reliability.min_train_replies, getattr(innermost(self.base), "min_available_nodes", 1))
+        if benched and remaining < needed:
+            log(WARNING, "round %d: only %d node(s) not sitting out; asking the %d resting ones too", server_round,
+                remaining, len(benched))
+            return set()
+        return benched
+
+    def _bench(self, server_round: int, nodes: Iterable[int], why: str) -> None:
+        cooldown = self.reliability.straggler_cooldown_rounds
+        for node in nodes:
+            if cooldown > 0:
+                self._benched_until[node] = server_round + cooldown
+                log(INFO, "node %s sits out rounds %d..%d (%s)", node, server_round + 1, server_round + cooldown, why)
 
     def _start_augmented(self, server_round: int) -> None:
         """Overlapped: train now, beside the clients. Sequential: train when the round is aggregated."""
@@ -279,8 +307,8 @@ class GenFL(Strategy):
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Eq. (1): the base's aggregate of the usable client models mixed with the augmented model.
 
-        Returns ``(None, None)`` when the round fails (the old model stays); raises
-        `RoundFailedError` once ``max_consecutive_failed_rounds`` rounds in a row failed.
+        Returns ``(None, None)`` when the round fails (the old model stays); `start` stops the run
+        with `RoundFailedError` once ``max_consecutive_failed_rounds`` rounds in a row failed.
         """
         kappa_fl, kappa_aug = self.kappa.at(server_round)
         stats = self.round_stats.setdefault(server_round, {})
@@ -320,22 +348,27 @@ class GenFL(Strategy):
         self.consecutive_failures += 1
         self._last_cause = cause
         log(WARNING, "round %d failed, the global model stays as it was: %s", server_round, cause)
-        if self.consecutive_failures >= self.reliability.max_consecutive_failed_rounds:
+
+    def _check_progress(self, server_round: int) -> None:
+        limit = self.reliability.max_consecutive_failed_rounds
+        if self.consecutive_failures >= limit:
             raise RoundFailedError(
                 f"round {server_round}: {self.consecutive_failures} consecutive rounds failed "
-                f"(reliability.max_consecutive_failed_rounds={self.reliability.max_consecutive_failed_rounds}); "
-                f"last cause: {cause}"
+                f"(reliability.max_consecutive_failed_rounds={limit}); last cause: {self._last_cause}"
             )
-        return None
 
     def _aggregate_clients(self, server_round: int, replies: list[Message]) -> tuple[dict | None, MetricRecord | None, str | None]:
         """(base aggregate as NumPy state, metrics, failure cause) over the usable replies."""
         usable, failed, excluded = [], 0, 0
+        answered = {_sender(r, self._sent) for r in replies}
+        self._bench(server_round, [m.metadata.dst_node_id for m in self._sent if m.metadata.dst_node_id not in answered],
+                    "no reply within the round timeout")
         for reply in replies:
             node = _sender(reply, self._sent)
             if reply.has_error():
                 failed += 1
                 log(WARNING, "round %d: node %s failed: %s", server_round, node, reply.error.reason)
+                self._bench(server_round, [node], "its last reply was an error")
                 continue
             problem = self._reply_problem(reply, node)
             if problem:
@@ -419,6 +452,7 @@ class GenFL(Strategy):
             "round_stats": self.round_stats,
             "rounds_succeeded": self.rounds_succeeded,
             "consecutive_failures": self.consecutive_failures,
+            "benched_until": {self._partition_of.get(n, n): r for n, r in self._benched_until.items()},
             "base": pickle.dumps(self.base),  # server optimiser moments, adaptive clipping norms, ...
         }
 
@@ -430,6 +464,7 @@ class GenFL(Strategy):
         self.consecutive_failures = state["consecutive_failures"]
         self.base = pickle.loads(state["base"])
         self._resumed_histogram = state["global_histogram"]
+        self._resumed_bench = state["benched_until"]  # by partition; mapped to node ids after the histogram query
 
 
 def _like(state: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -443,13 +478,14 @@ def _like(state: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dic
 
 
 class _OrderedGrid(Grid):
-    """The run's Grid with node ids in partition order, so seeded sampling picks the same nodes."""
+    """The run's Grid as the base strategy sees it: node ids in partition order (so seeded sampling
+    picks the same nodes on every rerun), without the nodes that sit out this round."""
 
-    def __init__(self, grid: Grid, order: Callable[[int], tuple]):
-        self._grid, self._order_key = grid, order
+    def __init__(self, grid: Grid, order: Callable[[int], tuple], skip: set[int] = frozenset()):
+        self._grid, self._order_key, self._skip = grid, order, skip
 
     def get_node_ids(self) -> list[int]:
-        return sorted(self._grid.get_node_ids(), key=self._order_key)
+        return sorted((n for n in self._grid.get_node_ids() if n not in self._skip), key=self._order_key)
 
     def set_run(self, run) -> None:
         self._grid.set_run(run)

@@ -278,3 +278,19 @@ def test_state_dict_round_trip_keeps_the_plan_and_the_base_strategys_state():
 def test_synthetic_kappas_without_an_augmenter_are_rejected_at_construction():
     with pytest.raises(ValueError, match="augmenter"):
         genfl(0.5, 0.5, None)
+
+
+def test_a_node_that_missed_the_deadline_sits_out_the_next_rounds():
+    replies = {"slow": 0}
+
+    def slow(msg):
+        if msg.metadata.message_type == "train":
+            replies["slow"] += 1
+            return None  # never answers in time
+        return node([1, 1, 1], 1)(msg)
+
+    grid = LocalGrid({1: node([1, 1, 1], 0, fixed(_state([1, 1]))), 2: slow, 3: node([1, 1, 1], 2, fixed(_state([1, 1])))})
+    strategy = genfl(rounds=4, straggler_cooldown_rounds=2)
+    run(strategy, grid, rounds=4)
+    assert replies["slow"] == 2  # rounds 1 and 4; rounds 2 and 3 went on without it
+    assert [strategy.round_stats[r]["clients_missing"] for r in (1, 2, 3, 4)] == [1, 0, 0, 1]
