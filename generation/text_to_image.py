@@ -276,6 +276,22 @@ class TextToImageGenerator:
         return pipe
 
 
+def folder_digest(folder: Path, sample: int = 1 << 20) -> str:
+    """A hash of every file's name and size plus its first and last MiB: cheap for 4 GB of weights,
+    stable when the folder is copied elsewhere, different for other weights (tensor data differs
+    right after the safetensors header)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(folder).as_posix()}:{size}\n".encode())
+        with open(path, "rb") as handle:
+            digest.update(handle.read(sample))
+            if size > 2 * sample:
+                handle.seek(-sample, os.SEEK_END)
+                digest.update(handle.read(sample))
+    return digest.hexdigest()[:24]
+
+
 _SETTINGS = (
     "model", "class_names", "prompt_template", "negative_prompt", "guidance_scale", "num_inference_steps",
     "scheduler", "generation_resolution", "batch_size", "device", "local_files_only", "safety_checker",
@@ -284,17 +300,15 @@ _SETTINGS = (
 
 
 def weights_identity(model: str, revision: str, local_files_only: bool) -> str:
-    """What identifies the weights behind ``model``: ``folder:<hash of file sizes and mtimes>``,
+    """What identifies the weights behind ``model``: ``folder:<sampled content hash>``,
     ``hub:<commit>`` (asked of the Hub when allowed, else read from the local Hub cache), or
     ``hub-unresolved:<revision>`` when neither knows, which matches no cache entry made with
     resolved weights."""
     folder = Path(model).expanduser()
     if folder.is_dir():
-        digest = hashlib.sha256()
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            stat = path.stat()
-            digest.update(f"{path.relative_to(folder)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
-        return f"folder:{digest.hexdigest()[:24]}"
+        return f"folder:{folder_digest(folder)}"
+    if _looks_like_path(model):
+        return f"folder-missing:{folder.resolve()}"
     if not local_files_only and not os.environ.get("HF_HUB_OFFLINE"):
         try:
             from huggingface_hub import HfApi

@@ -209,9 +209,13 @@ def test_a_folder_is_keyed_by_its_weights_not_its_name(tiny_sd, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(tiny_sd, copy)
     before = make_generator(copy).fingerprint()["weights"]
+    assert before == make_generator(tiny_sd).fingerprint()["weights"]  # known by contents, not by path
     weights = next(copy.glob("unet/*.safetensors"))
-    weights.write_bytes(weights.read_bytes())  # re-downloaded: same name, new file
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # other weights under the same file name (a re-download of another revision)
+    weights.write_bytes(bytes(data))
     assert make_generator(copy).fingerprint()["weights"] != before
+    assert make_generator(tiny_sd).fingerprint()["weights"] == before  # the copy had the same weights
 
 
 def test_a_hub_id_is_keyed_by_the_commit_its_revision_resolves_to(tmp_path, monkeypatch):
