@@ -12,6 +12,7 @@ The torch/diffusers work stays behind the narrow `Augmenter` interface.
 from __future__ import annotations
 
 import functools
+import gc
 import pickle
 import random
 from collections.abc import Callable, Iterable, Sequence
@@ -236,6 +237,8 @@ class GenFL(Strategy):
                     result.evaluate_metrics_serverapp[server_round] = res
                 if on_round_end:
                     on_round_end(server_round, arrays)
+                del messages, replies
+                gc.collect()  # the round's replies (one model each) sit in reference cycles otherwise
                 self._check_progress(server_round)
         finally:
             self.close()
