@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import torch
 from flwr.app import ArrayRecord, Context, Message, Metadata, RecordDict
 
 from client_app.app import app
@@ -73,8 +74,15 @@ def test_train_is_reproducible_for_the_same_round(cfg):
     np.testing.assert_array_equal(first.content["arrays"]["1.fc.weight"].numpy(), second.content["arrays"]["1.fc.weight"].numpy())
 
 
-def test_evaluate_reports_loss_and_accuracy_on_local_data(cfg):
+def test_evaluate_reports_the_global_models_loss_and_accuracy_on_this_partition(cfg):
+    from torchcore.train import evaluate
+
     reply = app(_message("evaluate", RecordDict({"arrays": _global_arrays(cfg), "config": train_config(cfg)})), _context())
     metrics = reply.content["metrics"]
-    assert 0.0 <= metrics["eval-acc"] <= 1.0
-    assert metrics["eval-loss"] > 0
+    federation = load_splits(cfg.dataset)["federation"]
+    parts = dirichlet_partitions(federation.labels.numpy(), 4, cfg.partition.alpha, cfg.seed,
+                                 cfg.partition.min_partition_size, cfg.partition.self_balancing)
+    ds = cfg.dataset
+    model = seeded_model(cfg.seed, num_classes=ds.num_classes, in_channels=ds.channels, mean=list(ds.mean), std=list(ds.std))
+    loss, accuracy = evaluate(model, federation.subset(parts[2]), torch.device("cpu"), cfg.client.eval_batch_size)
+    assert (metrics["eval-loss"], metrics["eval-acc"], metrics["num-examples"]) == (pytest.approx(loss), accuracy, len(parts[2]))

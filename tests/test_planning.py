@@ -2,7 +2,7 @@
 
 import pytest
 
-from generation.planning import plan_generation
+from generation.planning import plan_generation, requested_images
 
 
 def test_uniform_gives_every_class_the_same_count():
@@ -36,3 +36,21 @@ def test_balanced_federation_lacks_nothing():
 def test_unknown_policy_is_rejected():
     with pytest.raises(ValueError, match="unknown policy 'most'"):
         plan_generation([1], "most", budget=1)
+
+
+def test_the_shipped_defaults_give_what_per_class_asks_for_with_no_hidden_cap(make_config):
+    # Review defect: a default budget of 2000 silently turned per_class=500 into 200 (CIFAR-100: 20).
+    cfg = make_config("dataset=cifar100", "generator=stable_diffusion", "generation.per_class=500")
+    gen = cfg.generation
+    plan = plan_generation([500] * 100, gen.policy, budget=gen.budget, per_class=gen.per_class, target=gen.target)
+    assert gen.budget is None and set(plan.values()) == {500}
+
+
+def test_a_budget_that_binds_is_visible_in_the_requested_count():
+    assert sum(requested_images([0, 0, 0], "uniform", budget=10, per_class=7)) == 21
+    assert sum(plan_generation([0, 0, 0], "uniform", budget=10, per_class=7).values()) == 10
+
+
+def test_deficit_needs_a_budget():
+    with pytest.raises(ValueError, match="generation.budget: the deficit policy"):
+        plan_generation([5, 1], "deficit")
