@@ -18,6 +18,11 @@ from transformers import CLIPConfig, CLIPImageProcessor, CLIPTextConfig, CLIPTex
 
 _HIDDEN = 32  # text width = UNet cross-attention width
 _MAX_TOKENS = 77  # CLIP's context length, as in the real tokenizer
+# The real v1-5 folder's scheduler: PNDM with skip_prk_steps (PNDMScheduler(clip_sample=False) raises).
+SD15_SCHEDULER = {
+    "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
+    "skip_prk_steps": True, "set_alpha_to_one": False, "steps_offset": 1, "clip_sample": False,
+}
 
 
 def _byte_symbols() -> list[str]:
@@ -65,11 +70,7 @@ def build_sd15_random_folder(path: str | Path, dtype: torch.dtype = torch.float1
         max_position_embeddings=_MAX_TOKENS, hidden_act="quick_gelu", bos_token_id=symbols - 2,
         eos_token_id=symbols - 1, pad_token_id=symbols - 1, projection_dim=768,
     ))
-    scheduler = PNDMScheduler.from_config({
-        "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-        "num_train_timesteps": 1000, "skip_prk_steps": True, "set_alpha_to_one": False,
-        "steps_offset": 1, "clip_sample": False,
-    })
+    scheduler = PNDMScheduler.from_config(SD15_SCHEDULER)
     staging = folder / "tokenizer-staging"
     _write_tokenizer(staging)
     pipe = StableDiffusionPipeline(
@@ -119,12 +120,7 @@ def build_tiny_sd_folder(path: str | Path, *, safety_threshold: float = 1.0) -> 
     safety_checker.concept_embeds_weights.data.fill_(safety_threshold)
     safety_checker.concept_embeds.data[:] = torch.randn(_HIDDEN)  # one concept direction: 0.0 flags some images
     feature_extractor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    # The real folder's scheduler: PNDM with skip_prk_steps (PNDMScheduler(clip_sample=False) raises).
-    scheduler = PNDMScheduler.from_config({
-        "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
-        "num_train_timesteps": 1000, "skip_prk_steps": True, "set_alpha_to_one": False,
-        "steps_offset": 1, "clip_sample": False,
-    })
+    scheduler = PNDMScheduler.from_config(SD15_SCHEDULER)
 
     staging = folder / "tokenizer-staging"
     _write_tokenizer(staging)
