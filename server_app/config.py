@@ -84,6 +84,8 @@ def validate(cfg: DictConfig) -> None:
     _check(_number(fed.fraction_train) and 0 < fed.fraction_train <= 1, "federation.fraction_train", "must be in (0, 1]", fed.fraction_train)
     _check(_number(fed.fraction_evaluate) and 0 <= fed.fraction_evaluate <= 1, "federation.fraction_evaluate", "must be in [0, 1]", fed.fraction_evaluate)
     _check(_number(fed.round_timeout) and fed.round_timeout > 0, "federation.round_timeout", "must be > 0 seconds", fed.round_timeout)
+    # torchcore.model.NORMS, spelled out so that validating never imports torch (tests keep them equal)
+    _check(cfg.model.norm in ("batch", "group"), "model.norm", "must be batch or group", cfg.model.norm)
     part = cfg.partition
     _check(_number(part.alpha) and part.alpha > 0, "partition.alpha", "must be > 0", part.alpha)
     _check(isinstance(part.min_partition_size, int) and part.min_partition_size >= 0, "partition.min_partition_size", "must be an integer >= 0", part.min_partition_size)
@@ -122,6 +124,9 @@ def _validate_genfl(cfg: DictConfig) -> None:
     if cfg.generator.backend == "class_conditional" and st.kappa_aug + st.kappa_aug_final > 0:
         _check(cfg.dataset.name == "digits", "generator",
                "class_conditional makes 8x8 digits only; use generator=stable_diffusion for this data set", cfg.dataset.name)
+    if cfg.generator.backend == "corpus" and st.kappa_aug + st.kappa_aug_final > 0:
+        _check(cfg.generator.corpus not in ("digits-public", "fonts") or cfg.dataset.name == "digits", "generator.corpus",
+               "digits-public and fonts hold 8x8 digits only; give an absolute image folder for this data set", cfg.generator.corpus)
 
 
 def to_yaml(cfg: DictConfig) -> str:
