@@ -101,6 +101,12 @@ def flower_env(flwr_home: Path) -> dict:
     return env
 
 
+def quoted(path: Path) -> str:
+    """A path as a Hydra override value: quoted, since a sweep's job folders hold '=' and ','."""
+    text = str(path)
+    return f"'{text}'" if "'" not in text else '"' + text.replace('"', '\\"') + '"'
+
+
 def run(overrides: list[str]) -> int:
     """Validate, run one simulation, check its outcome; returns the process exit code."""
     try:
@@ -111,7 +117,7 @@ def run(overrides: list[str]) -> int:
     from server_app.app import run_directory  # after validation: keeps config errors fast
 
     run_dir = run_directory(cfg)
-    overrides = [*overrides, f"output.dir={run_dir}"]
+    overrides = [*overrides, f"output.dir={quoted(run_dir)}"]
     flwr_home = run_dir / "flwr-home"
     flwr_home.mkdir(parents=True, exist_ok=True)
     port = _free_port()
@@ -157,6 +163,10 @@ def _outcome(run_dir: Path, flwr_code: int) -> int:
 
 
 def main() -> None:
+    if {"-m", "--multirun"} & set(sys.argv[1:]):  # a Hydra multirun: every job is one run(...)
+        from server_app.sweep import main as sweep
+
+        sys.exit(sweep(sys.argv[1:]))
     sys.exit(run(sys.argv[1:]))
 
 
