@@ -261,5 +261,7 @@ def cli() -> None:
     sys.exit(main())
 
 
-if __name__ == "__main__":
-    cli()
+if __name__ == "__main__":  # Hydra instantiates the callback from server_app.sweep: share its state
+    from server_app.sweep import cli as imported_cli
+
+    imported_cli()
