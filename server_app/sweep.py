@@ -215,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
                 _refuse(errors, len(jobs))
             except SystemExit as stop:
                 return int(stop.code)
-    sys.argv = ["genfl-sweep", "--multirun", *args]
+    sys.argv = ["genfl-sweep", *([] if informational else ["--multirun"]), *args]  # --cfg/--help: no sweep
     _job()
     return 0 if informational or _STATE.sweep_dir is None else summarize(_STATE.sweep_dir, _STATE.jobs)
 

@@ -78,3 +78,19 @@ def test_evaluate_reports_loss_and_accuracy_on_local_data(cfg):
     metrics = reply.content["metrics"]
     assert 0.0 <= metrics["eval-acc"] <= 1.0
     assert metrics["eval-loss"] > 0
+
+
+def test_clients_build_the_servers_norm_from_the_train_config():
+    from server_app.config import load_config
+
+    cfg = load_config(["federation.num_clients=4", "model.norm=group"])
+    config = train_config(cfg)
+    assert config["model.norm"] == "group"
+    config["server-round"] = 1
+    ds = cfg.dataset
+    model = seeded_model(cfg.seed, num_classes=ds.num_classes, in_channels=ds.channels, mean=list(ds.mean),
+                         std=list(ds.std), norm="group")
+    arrays = ArrayRecord(model.state_dict())
+    reply = app(_message("train", RecordDict({"arrays": arrays, "config": config})), _context())
+    assert list(reply.content["arrays"].keys()) == list(arrays.keys())  # a GroupNorm model: no BN buffers
+    assert not any("running_mean" in key for key in arrays.keys())
