@@ -52,7 +52,7 @@ def _grid(preset: str) -> list[list[str]]:
     return expand([f"{k}={v}" for k, v in params.items()] + [f"+experiment={preset}"])
 
 
-@pytest.mark.parametrize("piece, jobs", [("main", 21), ("kappa", 12), ("participation", 6), ("control_corpus", 6),
+@pytest.mark.parametrize("piece, jobs", [("main", 18), ("aigc_only", 3), ("kappa", 12), ("participation", 6), ("control_corpus", 6),
                                          ("control_fonts", 6), ("control_groupnorm", 6)])
 def test_every_job_of_every_benchmark_piece_is_valid(piece, jobs):
     grid = _grid(f"convergence/{piece}")
