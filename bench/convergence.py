@@ -1,24 +1,50 @@
 """The offline convergence benchmark: FedAvg vs AIGC-only vs GenFL on digits, with controls.
 
-    python bench/convergence.py run [PIECE ...]   # all pieces by default; re-run the same command to resume
-    python bench/convergence.py report            # bench/results/convergence.json, .md and the plots
-    python bench/convergence.py tiny              # the whole pipeline, small (2 rounds, seed 0, few arms)
+    python bench/convergence.py run                 # the ~2-hour core plan (seed 0), resumable
+    python bench/convergence.py run --plan full     # every arm x 3 seeds (~15 h here), resumable
+    python bench/convergence.py run main kappa      # named pieces, their full grids
+    python bench/convergence.py report              # bench/results/convergence.json, .md and the plots
+    python bench/convergence.py tiny                # the whole pipeline in ~20 min (2 rounds, seed 0)
 
-Each piece is a preset, conf/experiment/convergence/<piece>.yaml, whose grid is a Hydra sweep; ``run``
-executes ``genfl-sweep +experiment=convergence/<piece> hydra.sweep.dir=outputs/convergence/<piece>``
-for each piece (the commands are printed, so a piece can also be run by hand), and ``report`` reads
-those folders with genfl-report's functions. A stopped piece resumes where it stopped: completed
-jobs are skipped.
+Each piece is a preset, conf/experiment/convergence/<piece>.yaml, whose grid is a Hydra sweep; a plan
+runs ``genfl-sweep +experiment=convergence/<piece> [narrowing overrides]
+hydra.sweep.dir=outputs/convergence/<piece>`` per piece, one simulation at a time (the commands are
+printed: run one by hand to do a piece). Re-running a plan skips completed jobs, so a stopped plan
+resumes, and the full plan reuses the core plan's runs (same jobs, same folders). ``report`` reads
+whatever has completed.
 
-Pieces and runs (all 30 rounds, 20 clients unless said, seeds 0-2):
-  main               fedavg / aigc_only / genfl x alpha 0.1, 0.3, 1.0             27 runs
-  kappa              genfl kappa_aug 0.1, 0.5, 0.7, 0.9 at alpha 0.1                12 runs
-                     (main gives 0 = FedAvg, 0.3 = GenFL, 1 = AIGC-only)
-  participation      fedavg / genfl, 10 of 50 clients per round, alpha 0.1          6 runs
-  control_corpus     (a) aigc_only / genfl on the generator's own training corpus   6 runs
-  control_fonts      (b) aigc_only / genfl with the fonts (domain-shifted) generator  6 runs
-  control_groupnorm  (c) fedavg with GroupNorm, alpha 0.1 and 0.3                   6 runs
-SIZING is filled in below from measurements on this project's 2-core machine.
+Setting (convergence/base): the embedded default (digits, 20 clients, ResNet-18 with BatchNorm,
+1 local epoch, batch 16, SGD lr 0.02 with momentum, 1,000 images from the class-conditional
+generator pretrained on the server's public digits), 30 rounds. 30 because FedAvg at alpha 0.1
+flattens there: one 40-round run (seed 0) rose 0.15 -> 0.71 (round 10) -> 0.74 (20) -> 0.87 (30),
+then stayed in 0.73-0.89 (mean of rounds 25-40: 0.85).
+
+Pieces (full grids; seeds 0, 1, 2)                                    runs   est. hours
+  main               fedavg / genfl x alpha 0.1, 0.3, 1.0              18     4.2
+  aigc_only          alpha 0.1 only (alpha cannot change it)             3     0.7
+  participation      fedavg / genfl, 10 of 40 clients per round, a0.1    6     1.0
+  control_corpus     (a) aigc_only / genfl on the generator's corpus     6     1.7
+  control_fonts      (b) aigc_only / genfl, fonts (shifted) generator    6     1.7
+  control_groupnorm  (c) fedavg, GroupNorm vs BatchNorm at lr 0.005      6     0.8
+  kappa              genfl kappa_aug 0.1, 0.5, 0.7, 0.9 at alpha 0.1   12     4.2
+                     (0 = FedAvg, 0.3 = GenFL, 1 = AIGC-only come from main/aigc_only)
+
+SIZING, measured here (2 cores shared with two other engineers' runs, load 3-9; 2026-11-26):
+  fixed cost per run (SuperLink, Ray, histograms, teardown)     45-60 s
+  FedAvg, 20 clients                                            10-22 s/round (40-round run: 20 s mean)
+  GenFL (FedAvg + augmented model on 1,000 images)              38-53 s/round (115-160 at load 12)
+  AIGC-only (augmented model only)                              28-86 s/round
+  FedAvg with GroupNorm                                         16-23 s/round
+  10 of 40 clients: FedAvg / GenFL                              7-10 / 23-36 s/round
+  generating 1,000 images, once per generator and seed          ~100-200 s
+With 50 s + 12 / 40 / 25 / 18 / 8 / 30 s per round: 410 s per FedAvg run, 1,250 GenFL, 800
+AIGC-only, 590 GroupNorm, 290 / 950 partial. The full grid is ~15 hours here, so the default plan
+is the core below (~2 hours), which keeps one seed of each claim's arms and cuts:
+  seeds 1 and 2 everywhere; alpha 0.3; the kappa_aug sweep (main still gives 0, 0.3, 1);
+  control (a)'s AIGC-only arm; control (b) (README has a 5-round fonts comparison); control (c)'s
+  BatchNorm-at-lr-0.005 arm.
+Core plan (seed 0): fedavg + genfl at alpha 0.1 and 1.0, aigc_only, fedavg + genfl at 10 of 40
+clients, fedavg GroupNorm, genfl on the corpus: 9 runs, ~7,300 s.
 """
 
 from __future__ import annotations
@@ -43,26 +69,39 @@ from server_app.summary import (  # noqa: E402
     write_tables,
 )
 
-PIECES = ("main", "kappa", "participation", "control_corpus", "control_fonts", "control_groupnorm")
+PIECES = ("main", "aigc_only", "participation", "control_corpus", "control_fonts", "control_groupnorm", "kappa")
 ROOT = REPO / "outputs" / "convergence"
 RESULTS = REPO / "bench" / "results"
-TARGET = 0.9  # "rounds to target": the accuracy GenFL reaches in a few rounds on digits (README)
+TARGET = 0.9  # "rounds to target": GenFL passes it within a few rounds here, FedAvg at alpha 0.1 barely
 
-# The tiny end-to-end version: every piece, 2 rounds, seed 0, one or two arms each.
-TINY_COMMON = ["num_rounds=2", "seed=0"]
-TINY = {
-    "main": ["partition.alpha=0.1,1.0"],
-    "kappa": ["+kappa=aug_0.7"],
-    "participation": [],
-    "control_corpus": ["strategy=genfl"],
-    "control_fonts": ["strategy=genfl"],
-    "control_groupnorm": ["partition.alpha=0.1"],
+# A plan: (piece, overrides that narrow its grid). Narrowed jobs are jobs of the full grid, in the
+# same folders, so a later full plan skips them.
+PLANS = {
+    "core": [
+        ("main", ["partition.alpha=0.1,1.0", "seed=0"]),
+        ("aigc_only", ["seed=0"]),
+        ("participation", ["seed=0"]),
+        ("control_groupnorm", ["model.norm=group", "seed=0"]),
+        ("control_corpus", ["strategy=genfl", "seed=0"]),
+    ],
+    "full": [(piece, []) for piece in PIECES],
 }
+# The tiny end-to-end version: every piece, 2 rounds, seed 0, one or two arms each (its own folders).
+TINY = [
+    ("main", ["partition.alpha=0.1,1.0"]),
+    ("aigc_only", []),
+    ("participation", []),
+    ("control_corpus", ["strategy=genfl"]),
+    ("control_fonts", ["strategy=genfl"]),
+    ("control_groupnorm", ["model.norm=group"]),
+    ("kappa", ["+kappa=aug_0.7"]),
+]
+TINY_COMMON = ["num_rounds=2", "seed=0"]
 
 # Settings that name an arm in the JSON (the rest is the preset's, the same for every arm).
 ARM_KEYS = {"strategy": "strategy.name", "alpha": "partition.alpha", "kappa_aug": "strategy.kappa_aug",
             "norm": "model.norm", "generator": "generator.backend", "corpus": "generator.corpus",
-            "clients": "federation.num_clients", "fraction_train": "federation.fraction_train"}
+            "clients": "federation.num_clients", "fraction_train": "federation.fraction_train", "lr": "client.lr"}
 
 
 def sweep_command(piece: str, root: Path, extra: list[str]) -> list[str]:
@@ -70,11 +109,31 @@ def sweep_command(piece: str, root: Path, extra: list[str]) -> list[str]:
             f"hydra.sweep.dir={root / piece}", *extra]
 
 
-def run(pieces: list[str], root: Path, extra: dict[str, list[str]]) -> int:
-    """Each piece's sweep in turn (one simulation at a time); a failed piece does not stop the others."""
+def piece_jobs(piece: str, narrowing: list[str]) -> list[list[str]]:
+    """The jobs genfl-sweep will run for a piece: its preset's grid, narrowed by the command line."""
+    from omegaconf import OmegaConf
+
+    from server_app.sweep import expand
+
+    params = OmegaConf.load(REPO / "conf" / "experiment" / "convergence" / f"{piece}.yaml").hydra.sweeper.params
+    return expand([f"{k}={v}" for k, v in params.items()] + [f"+experiment=convergence/{piece}", *narrowing])
+
+
+def run(plan: list[tuple[str, list[str]]], root: Path) -> int:
+    """Each piece's sweep in turn (one simulation at a time); a failed piece does not stop the others.
+
+    Every job of the plan is validated first, so a bad piece cannot stop the plan hours in."""
+    from server_app.sweep import config_errors
+
+    jobs = [job for piece, narrowing in plan for job in piece_jobs(piece, narrowing)]
+    errors = config_errors(jobs)
+    if errors:
+        print("\n".join(f"convergence: config error in {e}" for e in errors), file=sys.stderr)
+        return 2
+    print(f"convergence: {len(jobs)} job(s) in {len(plan)} piece(s), all valid; results under {root}", flush=True)
     failed = []
-    for piece in pieces:
-        command = sweep_command(piece, root, extra.get(piece, []))
+    for piece, narrowing in plan:
+        command = sweep_command(piece, root, narrowing)
         print(f"\n=== {piece}: {' '.join(command[1:])}", flush=True)
         if subprocess.run(command, cwd=REPO).returncode != 0:
             failed.append(piece)
@@ -86,18 +145,14 @@ def run(pieces: list[str], root: Path, extra: dict[str, list[str]]) -> int:
 
 def _views(runs_by_piece: dict) -> dict[str, list]:
     """Which runs each plot compares."""
-    main = runs_by_piece.get("main", [])
-
-    def at(runs, *alphas):
-        return [r for r in runs if r.config["partition.alpha"] in alphas]
-
+    main, aigc_only = runs_by_piece.get("main", []), runs_by_piece.get("aigc_only", [])
+    main_01 = [r for r in main if r.config["partition.alpha"] == 0.1]
     controls = [r for p in ("control_corpus", "control_fonts", "control_groupnorm") for r in runs_by_piece.get(p, [])]
     return {
-        "main": main,
-        "kappa": at(main, 0.1) + runs_by_piece.get("kappa", []),
-        "participation": [r for r in at(main, 0.1) if r.config["strategy.name"] != "aigc_only"]
-        + runs_by_piece.get("participation", []),
-        "controls": at(main, *{r.config["partition.alpha"] for r in controls}) + controls,
+        "main": main + aigc_only,
+        "kappa": main_01 + aigc_only + runs_by_piece.get("kappa", []),
+        "participation": main_01 + runs_by_piece.get("participation", []),
+        "controls": (main_01 + aigc_only + controls) if controls else [],
     }
 
 
@@ -158,7 +213,8 @@ def report(root: Path, out: Path, target: float, title: str) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/convergence.py", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=("run", "report", "tiny"))
-    parser.add_argument("pieces", nargs="*", help=f"run only these pieces (default: all): {', '.join(PIECES)}")
+    parser.add_argument("pieces", nargs="*", help=f"run: only these pieces, full grids ({', '.join(PIECES)})")
+    parser.add_argument("--plan", choices=sorted(PLANS), default="core", help="run: which plan (default core)")
     parser.add_argument("--root", type=Path, help="sweep folders (default outputs/convergence, tiny: outputs/convergence-tiny)")
     parser.add_argument("--out", type=Path, help="results folder (default bench/results, tiny: <root>/results)")
     parser.add_argument("--target", type=float, default=TARGET)
@@ -168,12 +224,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"unknown piece(s) {', '.join(unknown)}; choose from {', '.join(PIECES)}")
     if args.action == "tiny":
         root = (args.root or REPO / "outputs" / "convergence-tiny").resolve()
-        pieces = args.pieces or list(PIECES)
-        code = run(pieces, root, {p: [*TINY_COMMON, *TINY[p]] for p in pieces})
+        code = run([(piece, [*TINY_COMMON, *narrowing]) for piece, narrowing in TINY], root)
         return report(root, args.out or root / "results", args.target, "tiny: ") or code
     root = (args.root or ROOT).resolve()
     if args.action == "run":
-        return run(args.pieces or list(PIECES), root, {})
+        return run([(piece, []) for piece in args.pieces] if args.pieces else PLANS[args.plan], root)
     return report(root, args.out or RESULTS, args.target, "")
 
 
