@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-JOB_RECORD = "genfl_job.json"  # server_app/sweep.py's per-job record (not imported: it pulls in Hydra's app)
-MANIFEST = "sweep.json"
+from server_app.sweep import JOB_RECORD, MANIFEST
+
 
 # Keys that say where or how fast a run ran, not what it computed: never split configurations.
 IGNORED_KEYS = ("seed", "output.", "generation.cache_dir", "client.device", "server.device", "generator.device",
