@@ -12,10 +12,14 @@ from pathlib import Path
 
 
 class RunReport:
-    def __init__(self, run_dir: Path, config: dict):
+    """``rounds`` continues a resumed run's table (from its checkpoint)."""
+
+    def __init__(self, run_dir: Path, config: dict, rounds: list[dict] | None = None):
         self.run_dir = run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.data = {"status": "running", "config": config, "rounds": []}
+        self.data = {"status": "running", "config": config, "rounds": list(rounds or [])}
+        if rounds:
+            self.data["resumed_after_round"] = rounds[-1]["round"]
         self._write_json()
 
     def set(self, key: str, value) -> None:
