@@ -10,8 +10,9 @@ folder, ``<hydra.sweep.dir>/<its overrides>/``. Around that:
 - every job's config is composed and validated before the first job starts;
 - a failed job is recorded in its folder (``genfl_job.json``) and the sweep goes on; the command
   exits 1 at the end naming the failed jobs;
-- a job whose folder already holds a completed run with the same overrides is skipped, so re-running
-  the command with the same ``hydra.sweep.dir`` resumes a stopped or preempted sweep.
+- a job whose folder already holds a completed run with the same overrides is skipped, and one that
+  stopped mid-run continues from its last per-round checkpoint, so re-running the command with the
+  same ``hydra.sweep.dir`` resumes a stopped or preempted sweep.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ MANIFEST = "sweep.json"  # in the sweep folder: the jobs of the last invocation
 JOB_RECORD = "genfl_job.json"  # in each job folder: its overrides, exit code, status
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 # What a previous attempt of a job leaves in its folder (Hydra's own .hydra/ and log are Hydra's business).
-RUN_FILES = ("metrics.json", "metrics.csv", "accuracy.png", "superlink.log", "run_config.toml", "flwr-home", JOB_RECORD)
+RUN_FILES = ("metrics.json", "metrics.csv", "accuracy.png", "superlink.log", "run_config.toml", "flwr-home", "checkpoint",
+             JOB_RECORD)
 
 
 @dataclass
@@ -150,24 +152,32 @@ def _check_distinct_folders(jobs: list[list[str]], config: DictConfig) -> None:
 # -- one job ---------------------------------------------------------------------------------------
 
 def run_job(overrides: list[str], job_dir: Path) -> int:
-    """One genfl-run in ``job_dir``, unless a completed run of the same overrides is already there."""
+    """One genfl-run in ``job_dir``, unless a completed run of the same overrides is already there.
+
+    An unfinished earlier attempt of the same job that left a checkpoint is resumed from it
+    (genfl-run's ``output.resume``); anything else an earlier attempt left is cleared first.
+    """
+    previous = _read_json(job_dir / JOB_RECORD)
     if is_complete(job_dir, overrides):
-        record = _read_json(job_dir / JOB_RECORD)
-        _write_json(job_dir / JOB_RECORD, {**record, "skipped": True})
+        _write_json(job_dir / JOB_RECORD, {**previous, "skipped": True})
         log.info("skipped (already complete): %s", job_dir)
         return 0
-    for name in RUN_FILES:  # a previous, unfinished attempt must not leak into this one
-        path = job_dir / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    failed_resumption = previous.get("resumed") and previous.get("status") == "failed"
+    resume = (sorted(previous.get("overrides", [])) == sorted(overrides) and not failed_resumption
+              and (job_dir / "checkpoint" / "latest.pkl").is_file())
+    if not resume:  # a failed resumption starts afresh next time
+        for name in RUN_FILES:
+            path = job_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     record = {"overrides": overrides, "status": "running", "started": datetime.now().isoformat(timespec="seconds"),
-              "skipped": False}
+              "skipped": False, "resumed": resume}
     _write_json(job_dir / JOB_RECORD, record)
     started = time.monotonic()
     from server_app.launch import quoted, run
 
     try:
         with _outside_hydra():
-            code = run([*overrides, f"output.dir={quoted(job_dir)}"])
+            code = run([*overrides, f"output.dir={quoted(job_dir)}", *(["output.resume=true"] if resume else [])])
         error = None
     except Exception as err:  # the sweep goes on; the record says what happened
         code, error = 1, f"{type(err).__name__}: {err}"
