@@ -289,24 +289,35 @@ def plot_accuracy_by_round(summary: dict, path: Path, title: str = "") -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     alphas = sorted({row["alpha"] for row in summary["configurations"]}, key=_sort_key)
-    fig, axes = plt.subplots(1, len(alphas), figsize=(5.5 * len(alphas), 4.2), squeeze=False, sharey=True)
     label_keys = [k for k in summary["label_keys"] if k != "alpha"]
+
+    def label(row):
+        return ", ".join(f"{k}={row.get(k)}" for k in label_keys) or "all runs"
+
+    labels = sorted({label(row) for row in summary["configurations"]})
+    colours = {name: plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")(i) for i, name in enumerate(labels)}
+    fig, axes = plt.subplots(1, len(alphas), figsize=(5.5 * len(alphas), 4.2 + 0.22 * len(labels)),
+                             squeeze=False, sharey=True)
     for ax, alpha in zip(axes[0], alphas):
         for row in (r for r in summary["configurations"] if r["alpha"] == alpha):
-            curve = row["curve"]
-            label = ", ".join(f"{k}={row.get(k)}" for k in label_keys) or "all runs"
-            line, = ax.plot(curve["round"], curve["mean"], label=f"{label} (n={row['runs']})")
-            ax.fill_between(curve["round"], curve["min"], curve["max"], color=line.get_color(), alpha=0.2, linewidth=0)
+            curve, colour = row["curve"], colours[label(row)]
+            ax.plot(curve["round"], curve["mean"], color=colour, label=label(row))
+            ax.fill_between(curve["round"], curve["min"], curve["max"], color=colour, alpha=0.2, linewidth=0)
         ax.set_title(f"alpha = {alpha}")
         ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
     axes[0][0].set_ylabel("test accuracy (mean; band: lowest to highest seed)")
+    handles = [plt.Line2D([], [], color=colours[name]) for name in labels]
+    runs = {label(row): row["runs"] for row in summary["configurations"]}
+    fig.legend(handles, [f"{name} (n={runs[name]})" for name in labels], loc="lower center", fontsize=8, ncol=1,
+               frameon=False)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.05 * len(labels) / (1 + 0.05 * len(labels)) + 0.03, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -328,7 +339,7 @@ def plot_accuracy_vs_kappa(summary: dict, path: Path, title: str = "") -> bool:
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for setting, rows in lines.items():
         rows = sorted(rows, key=lambda r: r["kappa_aug"])
-        label = ", ".join(f"{k}={v}" for k, v in zip(others, setting)) or "all runs"
+        label = ", ".join(f"{k}={v}" for k, v in zip(others, setting)) or f"alpha={rows[0]['alpha']}"
         ax.errorbar([r["kappa_aug"] for r in rows], [r["final_accuracy_mean"] for r in rows],
                     yerr=[r["final_accuracy_std"] or 0.0 for r in rows], marker="o", capsize=3, label=label)
     ax.set_xlabel("kappa_aug (0 = FedAvg, 1 = AIGC-only)")

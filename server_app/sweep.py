@@ -162,9 +162,7 @@ def run_job(overrides: list[str], job_dir: Path) -> int:
         _write_json(job_dir / JOB_RECORD, {**previous, "skipped": True})
         log.info("skipped (already complete): %s", job_dir)
         return 0
-    failed_resumption = previous.get("resumed") and previous.get("status") == "failed"
-    resume = (sorted(previous.get("overrides", [])) == sorted(overrides) and not failed_resumption
-              and (job_dir / "checkpoint" / "latest.pkl").is_file())
+    resume = should_resume(job_dir, overrides)
     if not resume:  # a failed resumption starts afresh next time
         for name in RUN_FILES:
             path = job_dir / name
@@ -188,6 +186,15 @@ def run_job(overrides: list[str], job_dir: Path) -> int:
     record.update(status=status, exit_code=code, seconds=round(time.monotonic() - started, 1), error=error)
     _write_json(job_dir / JOB_RECORD, record)
     return code
+
+
+def should_resume(job_dir: Path, overrides: list[str]) -> bool:
+    """An earlier attempt of this very job stopped after writing a checkpoint, and was not itself a
+    resumption that failed (that one starts afresh, in case the checkpoint is the problem)."""
+    previous = _read_json(job_dir / JOB_RECORD)
+    failed_resumption = bool(previous.get("resumed")) and previous.get("status") == "failed"
+    return (sorted(previous.get("overrides", [])) == sorted(overrides) and not failed_resumption
+            and (job_dir / "checkpoint" / "latest.pkl").is_file())
 
 
 def is_complete(job_dir: Path, overrides: list[str]) -> bool:

@@ -131,3 +131,28 @@ def test_report_of_the_sweep_uses_the_completed_job_and_names_the_failed_one(tin
     assert "1 configuration(s) from 1 run(s)" in proc.stdout
     assert "not included" in proc.stderr and "cuda" in proc.stderr and "NoTrainingRepliesError" in proc.stderr
     assert (tmp_path / "accuracy_by_round.png").exists()
+
+
+def _attempt(job_dir: Path, overrides, checkpoint=True, **record):
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / JOB_RECORD).write_text(json.dumps({"overrides": overrides, **record}))
+    if checkpoint:
+        (job_dir / "checkpoint").mkdir(exist_ok=True)
+        (job_dir / "checkpoint" / "latest.pkl").write_bytes(b"checkpoint")
+
+
+def test_a_stopped_job_continues_from_its_checkpoint_unless_that_already_failed(tmp_path):
+    from server_app.sweep import is_complete, should_resume
+
+    job = ["strategy=genfl", "seed=1"]
+    _attempt(tmp_path / "stopped", job, status="running")  # killed mid-run: the record still says running
+    assert should_resume(tmp_path / "stopped", list(reversed(job)))
+    _attempt(tmp_path / "crashed", job, status="failed", resumed=False)
+    assert should_resume(tmp_path / "crashed", job)
+    _attempt(tmp_path / "bad-checkpoint", job, status="failed", resumed=True)
+    assert not should_resume(tmp_path / "bad-checkpoint", job)
+    _attempt(tmp_path / "other-job", ["strategy=genfl", "seed=2"], status="running")
+    assert not should_resume(tmp_path / "other-job", job)
+    _attempt(tmp_path / "no-checkpoint", job, checkpoint=False, status="running")
+    assert not should_resume(tmp_path / "no-checkpoint", job)
+    assert not is_complete(tmp_path / "stopped", job)
