@@ -1,7 +1,7 @@
 """The offline convergence benchmark: FedAvg vs AIGC-only vs GenFL on digits, with controls.
 
     python bench/convergence.py run                 # the ~2-hour core plan (seed 0), resumable
-    python bench/convergence.py run --plan full     # every arm x 3 seeds (~15 h here), resumable
+    python bench/convergence.py run --plan full     # every arm x 3 seeds (~10 h here), resumable
     python bench/convergence.py run main kappa      # named pieces, their full grids
     python bench/convergence.py report              # bench/results/convergence.json, .md and the plots
     python bench/convergence.py tiny                # the whole pipeline in ~20 min (2 rounds, seed 0)
@@ -19,32 +19,34 @@ generator pretrained on the server's public digits), 30 rounds. 30 because FedAv
 flattens there: one 40-round run (seed 0) rose 0.15 -> 0.71 (round 10) -> 0.74 (20) -> 0.87 (30),
 then stayed in 0.73-0.89 (mean of rounds 25-40: 0.85).
 
-Pieces (full grids; seeds 0, 1, 2)                                    runs   est. hours
-  main               fedavg / genfl x alpha 0.1, 0.3, 1.0              18     4.2
-  aigc_only          alpha 0.1 only (alpha cannot change it)             3     0.7
-  participation      fedavg / genfl, 10 of 40 clients per round, a0.1    6     1.0
-  control_corpus     (a) aigc_only / genfl on the generator's corpus     6     1.7
-  control_fonts      (b) aigc_only / genfl, fonts (shifted) generator    6     1.7
-  control_groupnorm  (c) fedavg, GroupNorm vs BatchNorm at lr 0.005      6     0.8
-  kappa              genfl kappa_aug 0.1, 0.5, 0.7, 0.9 at alpha 0.1   12     4.2
+Pieces (full grids; seeds 0, 1, 2)                                    runs   est. hours here
+  main               fedavg / genfl x alpha 0.1, 0.3, 1.0              18     3.3
+  aigc_only          alpha 0.1 only (alpha cannot change it)             3     0.3
+  participation      fedavg / genfl, 10 of 40 clients per round, a0.1    6     0.8
+  control_corpus     (a) aigc_only / genfl on the generator's corpus     6     0.9
+  control_fonts      (b) aigc_only / genfl, fonts (shifted) generator    6     0.9
+  control_groupnorm  (c) fedavg, GroupNorm vs BatchNorm, both lr 0.005   6     1.2
+  kappa              genfl kappa_aug 0.1, 0.5, 0.7, 0.9 at alpha 0.1   12     2.4
                      (0 = FedAvg, 0.3 = GenFL, 1 = AIGC-only come from main/aigc_only)
+  all                                                                  57     9.8
 
-SIZING, measured here (2 cores shared with two other engineers' runs, load 3-9; 2026-11-26):
-  fixed cost per run (SuperLink, Ray, histograms, teardown)     45-60 s
-  FedAvg, 20 clients                                            10-22 s/round (40-round run: 20 s mean)
-  GenFL (FedAvg + augmented model on 1,000 images)              38-53 s/round (115-160 at load 12)
-  AIGC-only (augmented model only)                              28-86 s/round
-  FedAvg with GroupNorm                                         16-23 s/round
-  10 of 40 clients: FedAvg / GenFL                              7-10 / 23-36 s/round
-  generating 1,000 images, once per generator and seed          ~100-200 s
-With 50 s + 12 / 40 / 25 / 18 / 8 / 30 s per round: 410 s per FedAvg run, 1,250 GenFL, 800
-AIGC-only, 590 GroupNorm, 290 / 950 partial. The full grid is ~15 hours here, so the default plan
-is the core below (~2 hours), which keeps one seed of each claim's arms and cuts:
-  seeds 1 and 2 everywhere; alpha 0.3; the kappa_aug sweep (main still gives 0, 0.3, 1);
-  control (a)'s AIGC-only arm; control (b) (README has a 5-round fonts comparison); control (c)'s
-  BatchNorm-at-lr-0.005 arm.
-Core plan (seed 0): fedavg + genfl at alpha 0.1 and 1.0, aigc_only, fedavg + genfl at 10 of 40
-clients, fedavg GroupNorm, genfl on the corpus: 9 runs, ~7,300 s.
+SIZING, measured with this code on the project's 2-core machine (2026-11-26; the two cores were shared
+with two other engineers' runs: at load 3-5 the figures below, at load 10-12 up to 2-3x slower):
+  fixed cost per run (SuperLink, Ray, 20 label histograms, round-0 eval, teardown)   ~60 s
+  FedAvg, 20 clients                          14-24 s/round (median 18)
+  GenFL (augmented model overlapped)          20-25 s/round (augmented training 7-10 s of it)
+  AIGC-only                                   8-12 s/round
+  FedAvg with GroupNorm                       ~25 s/round (17-23 before the merge; 49 at load 10)
+  10 of 40 clients: FedAvg / GenFL            ~10 / ~18 s/round
+  generating 1,000 images, once per generator and seed (then cached)   14-30 s
+Per 30-round run: FedAvg 600 s, GenFL 720, AIGC-only 360, GroupNorm 810, partial 360 / 600.
+The full grid is ~10 hours here, so the default plan is the core (~2 hours), one seed of every
+claim's arms:
+  main (fedavg + genfl x alpha 0.1, 0.3, 1.0), aigc_only, participation, control (c) GroupNorm,
+  control (a) both arms; seed 0; 12 runs, ~7,200 s.
+Cut from the core (run them with --plan full, which keeps the core's runs): seeds 1 and 2 everywhere,
+the kappa_aug sweep (main and aigc_only still give kappa_aug 0, 0.3 and 1), control (b) fonts (the
+README has a 5-round fonts comparison) and control (c)'s BatchNorm-at-lr-0.005 arm.
 """
 
 from __future__ import annotations
@@ -78,11 +80,11 @@ TARGET = 0.9  # "rounds to target": GenFL passes it within a few rounds here, Fe
 # same folders, so a later full plan skips them.
 PLANS = {
     "core": [
-        ("main", ["partition.alpha=0.1,1.0", "seed=0"]),
+        ("main", ["seed=0"]),
         ("aigc_only", ["seed=0"]),
         ("participation", ["seed=0"]),
         ("control_groupnorm", ["model.norm=group", "seed=0"]),
-        ("control_corpus", ["strategy=genfl", "seed=0"]),
+        ("control_corpus", ["seed=0"]),
     ],
     "full": [(piece, []) for piece in PIECES],
 }
