@@ -243,16 +243,17 @@ def summarize(sweep_dir: Path, jobs: list[list[str]]) -> int:
     for path in sweep_dir.rglob(JOB_RECORD):
         record = _read_json(path)
         records[tuple(sorted(record.get("overrides", [])))] = (path.parent, record)
-    failed, skipped = [], 0
+    failed, skipped, resumed = [], 0, 0
     for job in jobs:
         folder, record = records.get(tuple(sorted(job)), (None, {}))
         if record.get("exit_code") == 0:
             skipped += bool(record.get("skipped"))
+            resumed += bool(record.get("resumed")) and not record.get("skipped")
         else:
             failed.append((job, folder, record.get("error") or "no record: the job did not run to the end"))
     done = len(jobs) - len(failed)
-    print(f"genfl-sweep: {done} of {len(jobs)} job(s) completed ({skipped} already complete, skipped); "
-          f"results in {sweep_dir}")
+    print(f"genfl-sweep: {done} of {len(jobs)} job(s) completed ({skipped} already complete, skipped; "
+          f"{resumed} continued from a checkpoint); results in {sweep_dir}")
     for job, folder, error in failed:
         print(f"genfl-sweep: FAILED [{' '.join(job)}] in {folder or sweep_dir}: {error}", file=sys.stderr)
     if failed:

@@ -113,7 +113,7 @@ def _processes_of(sweep_dir: Path) -> list[int]:
 def test_rerun_skips_the_completed_job_and_retries_the_failed_one_on_another_launcher(tiny_sweep):
     sweep_dir, _, second, stamp = tiny_sweep
     assert second.returncode == 1, second.stdout[-3000:] + second.stderr[-3000:]
-    assert "1 of 2 job(s) completed (1 already complete, skipped)" in second.stdout
+    assert "1 of 2 job(s) completed (1 already complete, skipped; 0 continued from a checkpoint)" in second.stdout
     good = sweep_dir / ",".join(GOOD)
     assert (good / "metrics.json").stat().st_mtime_ns == stamp  # not run again
     assert json.loads((good / JOB_RECORD).read_text())["skipped"] is True
