@@ -31,7 +31,8 @@ def run(overrides: list[str]) -> dict:
     federation, test = splits["federation"], splits["test"]
     parts = dirichlet_partitions(federation.labels.numpy(), cfg.federation.num_clients, part.alpha, cfg.seed,
                                  part.min_partition_size, part.self_balancing)
-    spec = dict(num_classes=ds.num_classes, in_channels=ds.channels, mean=list(ds.mean), std=list(ds.std))
+    spec = dict(num_classes=ds.num_classes, in_channels=ds.channels, mean=list(ds.mean), std=list(ds.std),
+                norm=cfg.model.norm)
     model, worker = seeded_model(cfg.seed, **spec), build_resnet18(**spec)
     settings = TrainSettings(cfg.client.local_epochs, cfg.client.batch_size, cfg.client.lr, cfg.client.momentum,
                              cfg.client.weight_decay, ds.augment)

@@ -36,6 +36,7 @@ def _model(config, arrays: ArrayRecord) -> torch.nn.Module:
         in_channels=int(config["dataset.channels"]),
         mean=list(config["dataset.mean"]),
         std=list(config["dataset.std"]),
+        norm=str(config["model.norm"]),
     )
     model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
     return model

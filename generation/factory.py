@@ -31,4 +31,13 @@ def build_generator(generator_cfg: DictConfig, dataset_cfg: DictConfig) -> Image
             target_channels=dataset_cfg.channels,
             class_names_default=builtin_class_names(dataset_cfg.name),
         )
-    raise ValueError(f"generator.backend: unknown backend {backend!r}; choose class_conditional or stable_diffusion")
+    if backend == "corpus":
+        from generation.corpus import NAMED_CORPORA, image_folder, named_corpus
+        from generation.prompts import builtin_class_names, resolve_class_names
+
+        if generator_cfg.corpus in NAMED_CORPORA:
+            return named_corpus(generator_cfg.corpus, dataset_cfg)
+        names = generator_cfg.class_names
+        class_names = resolve_class_names(None if names is None else list(names), builtin_class_names(dataset_cfg.name))
+        return image_folder(generator_cfg.corpus, class_names, image_size=dataset_cfg.image_size, channels=dataset_cfg.channels)
+    raise ValueError(f"generator.backend: unknown backend {backend!r}; choose class_conditional, stable_diffusion or corpus")

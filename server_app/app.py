@@ -49,7 +49,7 @@ def train_config(cfg: DictConfig, time_budget: float | None = None) -> ConfigRec
                  "histogram-privacy.reproducible-noise": bool(privacy.reproducible_noise)})
     if cfg.aggregation.dp.clipping == "client_adaptive":
         flat["genfl-adaptive-clipping"] = True
-    for group in ("dataset", "partition"):
+    for group in ("dataset", "partition", "model"):
         for key, value in OmegaConf.to_container(cfg[group], resolve=True).items():
             if value is not None:
                 flat[f"{group}.{key}"] = [float(v) for v in value] if isinstance(value, list) else value
@@ -92,7 +92,8 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
     ds = cfg.dataset
     test = load_splits(ds)["test"]
     device = resolve_device(cfg.server.device)
-    model_spec = dict(num_classes=ds.num_classes, in_channels=ds.channels, mean=list(ds.mean), std=list(ds.std))
+    model_spec = dict(num_classes=ds.num_classes, in_channels=ds.channels, mean=list(ds.mean), std=list(ds.std),
+                      norm=cfg.model.norm)
     model = seeded_model(cfg.seed, **model_spec)
     st = cfg.strategy
     kappa = KappaSchedule(st.kappa_fl, st.kappa_aug, st.kappa_schedule, st.kappa_aug_final, cfg.num_rounds)

@@ -94,6 +94,8 @@ def validate(cfg: DictConfig) -> None:
         value = fed[key]
         _check(isinstance(value, int) and 0 <= value <= fed.num_clients, f"federation.{key}",
                f"must be an integer in 0..federation.num_clients ({fed.num_clients}): more clients per round than clients", value)
+    # torchcore.model.NORMS, spelled out so that validating never imports torch (tests keep them equal)
+    _check(cfg.model.norm in ("batch", "group"), "model.norm", "must be batch or group", cfg.model.norm)
     part = cfg.partition
     _check(_number(part.alpha) and part.alpha > 0, "partition.alpha", "must be > 0", part.alpha)
     _check(isinstance(part.min_partition_size, int) and part.min_partition_size >= 0, "partition.min_partition_size", "must be an integer >= 0", part.min_partition_size)
@@ -137,6 +139,9 @@ def _validate_genfl(cfg: DictConfig) -> None:
     if cfg.generator.backend == "class_conditional" and st.kappa_aug + st.kappa_aug_final > 0:
         _check(cfg.dataset.name == "digits", "generator",
                "class_conditional makes 8x8 digits only; use generator=stable_diffusion for this data set", cfg.dataset.name)
+    if cfg.generator.backend == "corpus" and st.kappa_aug + st.kappa_aug_final > 0:
+        _check(cfg.generator.corpus not in ("digits-public", "fonts") or cfg.dataset.name == "digits", "generator.corpus",
+               "digits-public and fonts hold 8x8 digits only; give an absolute image folder for this data set", cfg.generator.corpus)
     names = cfg.generator.get("class_names")
     if names is not None:
         _check(len(names) == cfg.dataset.num_classes, "generator.class_names",

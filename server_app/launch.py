@@ -104,6 +104,12 @@ def flower_env(flwr_home: Path) -> dict:
     return env
 
 
+def quoted(path: Path) -> str:
+    """A path as a Hydra override value: quoted, since a sweep's job folders hold '=' and ','."""
+    text = str(path)
+    return f"'{text}'" if "'" not in text else '"' + text.replace('"', '\\"') + '"'
+
+
 def simulation_config(cfg) -> str:
     """`--federation-config` for this run: the node count and each ClientApp's CPU/GPU share."""
     fed = cfg.federation
@@ -138,7 +144,7 @@ def run(overrides: list[str]) -> int:
         print(f"genfl-run: config error: {err}", file=sys.stderr)
         return 2
     run_dir = run_directory(cfg)
-    overrides = [*overrides, f"output.dir={run_dir}"]
+    overrides = [*overrides, f"output.dir={quoted(run_dir)}"]
     flwr_home = run_dir / "flwr-home"
     flwr_home.mkdir(parents=True, exist_ok=True)
     port = _free_port()
@@ -183,6 +189,10 @@ def _outcome(run_dir: Path, flwr_code: int) -> int:
 
 
 def main() -> None:
+    if {"-m", "--multirun"} & set(sys.argv[1:]):  # a Hydra multirun: every job is one run(...)
+        from server_app.sweep import main as sweep
+
+        sys.exit(sweep(sys.argv[1:]))
     sys.exit(run(sys.argv[1:]))
 
 

@@ -86,3 +86,19 @@ def test_evaluate_reports_the_global_models_loss_and_accuracy_on_this_partition(
     model = seeded_model(cfg.seed, num_classes=ds.num_classes, in_channels=ds.channels, mean=list(ds.mean), std=list(ds.std))
     loss, accuracy = evaluate(model, federation.subset(parts[2]), torch.device("cpu"), cfg.client.eval_batch_size)
     assert (metrics["eval-loss"], metrics["eval-acc"], metrics["num-examples"]) == (pytest.approx(loss), accuracy, len(parts[2]))
+
+
+def test_clients_build_the_servers_norm_from_the_train_config():
+    from server_app.config import load_config
+
+    cfg = load_config(["federation.num_clients=4", "model.norm=group"])
+    config = train_config(cfg)
+    assert config["model.norm"] == "group"
+    config["server-round"] = 1
+    ds = cfg.dataset
+    model = seeded_model(cfg.seed, num_classes=ds.num_classes, in_channels=ds.channels, mean=list(ds.mean),
+                         std=list(ds.std), norm="group")
+    arrays = ArrayRecord(model.state_dict())
+    reply = app(_message("train", RecordDict({"arrays": arrays, "config": config})), _context())
+    assert list(reply.content["arrays"].keys()) == list(arrays.keys())  # a GroupNorm model: no BN buffers
+    assert not any("running_mean" in key for key in arrays.keys())

@@ -24,9 +24,22 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def build_resnet18(num_classes: int, in_channels: int, mean: Sequence[float], std: Sequence[float]) -> nn.Module:
-    """torchvision's ResNet-18 with the CIFAR stem; ``num_classes``/``in_channels`` come from the data set."""
-    net = resnet18(num_classes=num_classes)
+NORMS = ("batch", "group")
+GROUPS = 32  # GroupNorm groups per layer (Wu & He 2018's default); every ResNet-18 width divides by it
+
+
+def build_resnet18(
+    num_classes: int, in_channels: int, mean: Sequence[float], std: Sequence[float], norm: str = "batch"
+) -> nn.Module:
+    """torchvision's ResNet-18 with the CIFAR stem; ``num_classes``/``in_channels`` come from the data set.
+
+    ``norm="group"`` swaps every BatchNorm for GroupNorm: no running statistics, so nothing in the
+    model depends on a client's label mix at test time (the usual fix for BatchNorm under non-IID FL).
+    """
+    if norm not in NORMS:
+        raise ValueError(f"model.norm: unknown normalisation {norm!r}; choose one of {', '.join(NORMS)}")
+    norm_layer = (lambda channels: nn.GroupNorm(GROUPS, channels)) if norm == "group" else None
+    net = resnet18(num_classes=num_classes, norm_layer=norm_layer)
     net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
     net.maxpool = nn.Identity()
     return nn.Sequential(Normalize(mean, std), net)

@@ -1,0 +1,394 @@
+"""`genfl-report <sweep dir>...`: one row per configuration with its seeds pooled, and the comparison plots.
+
+    genfl-report multirun/2026-11-26/10-00-00 [more dirs or metrics.json files] [--target 0.9] [--out DIR]
+
+Reads every ``metrics.json`` below the given paths (a sweep, several sweeps, single runs). Runs with
+the same config except ``seed`` (and paths, devices, timeouts) form one configuration. Writes
+``summary.csv``, ``summary.md``, ``summary.json``, ``accuracy_by_round.png`` (mean over seeds, band
+from the lowest to the highest seed, one panel per alpha) and ``accuracy_vs_kappa_aug.png`` into
+``--out`` (default ``<first dir>/report``). Failed, unfinished, corrupt and missing runs are named on
+stderr and in summary.md; the command exits 1 if no completed run was found.
+
+Per configuration (n runs): final accuracy = last round's test accuracy, mean and sample std (n-1);
+best = mean over runs of each run's highest accuracy; rounds to target = first round whose accuracy
+reaches ``--target``, averaged over the runs that reach it ("reached" says how many); AUC = area
+under accuracy-vs-round from round 0 to the last (trapezoids) divided by the number of rounds, i.e.
+the accuracy averaged over training (1.0 = perfect from the start); seconds per round = the server's
+wall time from round 0's evaluation to the last round's, divided by the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from server_app.sweep import JOB_RECORD, MANIFEST
+
+
+# Keys that say where or how fast a run ran, not what it computed: never split configurations.
+IGNORED_KEYS = ("seed", "output.", "generation.cache_dir", "client.device", "server.device", "generator.device",
+                "dataset.root", "dataset.download", "federation.round_timeout", "federation.node_wait_timeout",
+                "server.eval_batch_size", "generator.batch_size")
+# Order in which keys are tried for naming configurations; any other differing key follows.
+LABEL_PRIORITY = ("strategy.name", "partition.alpha", "strategy.kappa_aug", "model.norm", "generator.backend",
+                  "generator.corpus", "federation.num_clients", "federation.fraction_train", "dataset.name")
+SHORT_NAMES = {"strategy.name": "strategy", "partition.alpha": "alpha", "strategy.kappa_aug": "kappa_aug",
+               "model.norm": "norm", "generator.backend": "generator", "generator.corpus": "corpus",
+               "federation.num_clients": "clients", "federation.fraction_train": "fraction_train",
+               "dataset.name": "dataset"}
+ALWAYS = ("strategy.name", "partition.alpha", "strategy.kappa_aug")  # columns even when they do not differ
+STAT_COLUMNS = ("runs", "seeds", "rounds", "final_accuracy_mean", "final_accuracy_std", "best_accuracy_mean",
+                "rounds_to_target_mean", "reached_target", "auc_mean", "seconds_per_round_mean")
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict  # flattened: "partition.alpha" -> 0.1
+    rounds: list[dict]
+
+    @property
+    def curve(self) -> tuple[np.ndarray, np.ndarray]:
+        rows = [r for r in self.rounds if isinstance(r.get("test_accuracy"), (int, float))]
+        return np.array([r["round"] for r in rows], dtype=float), np.array([r["test_accuracy"] for r in rows], dtype=float)
+
+
+@dataclass
+class Configuration:
+    key: tuple
+    runs: list[Run] = field(default_factory=list)
+
+
+# -- reading -----------------------------------------------------------------------------------------
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
+    return flat
+
+
+def read_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
+    """Completed runs below ``paths`` and one line for each thing that could not be used."""
+    runs, problems, seen = [], [], set()
+    for root in paths:
+        if not root.exists():
+            problems.append(f"{root}: no such file or folder")
+            continue
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("metrics.json") if "flwr-home" not in p.parts)
+        for path in files:
+            seen.add(path.parent.resolve())
+            run, problem = _read_run(path)
+            if run:
+                runs.append(run)
+            else:
+                problems.append(f"{path.parent}: {problem}")
+        if root.is_dir():
+            problems += _missing_runs(root, seen)
+    return runs, problems
+
+
+def _read_run(path: Path) -> tuple[Run | None, str | None]:
+    try:
+        data = json.loads(path.read_text())
+        status, rounds, config = data["status"], data["rounds"], data["config"]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return None, f"corrupt metrics.json ({type(err).__name__}: {err})"
+    if status != "completed":
+        why = data.get("error") or ("stopped or still running" if status == "running" else "no error recorded")
+        return None, f"{status} after {max((r.get('round', 0) for r in rounds), default=0)} round(s): {why}"
+    run = Run(path.parent, flatten(config), rounds)
+    if len(run.curve[0]) < 2:
+        return None, "completed but has fewer than two evaluated rounds"
+    return run, None
+
+
+def _missing_runs(root: Path, seen: set) -> list[str]:
+    """Sweep jobs that have a folder but no metrics.json, and jobs of a sweep's manifest with no folder."""
+    problems, recorded = [], set()
+    for record_path in sorted(root.rglob(JOB_RECORD)):
+        record = _json_or_empty(record_path)
+        recorded.add(tuple(sorted(record.get("overrides", []))))
+        if record_path.parent.resolve() not in seen:
+            problems.append(f"{record_path.parent}: no metrics.json (job {record.get('status', 'unknown')}: "
+                            f"{record.get('error') or 'no error recorded'})")
+    for manifest in sorted(root.rglob(MANIFEST)):
+        for job in _json_or_empty(manifest).get("jobs", []):
+            if tuple(sorted(job)) not in recorded:
+                problems.append(f"{manifest.parent}: job [{' '.join(job)}] has not run (no folder)")
+    return problems
+
+
+def _json_or_empty(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+# -- statistics --------------------------------------------------------------------------------------
+
+def group(runs: list[Run]) -> list[Configuration]:
+    configurations: dict[tuple, Configuration] = {}
+    for run in runs:
+        key = tuple(sorted((k, v) for k, v in run.config.items() if not k.startswith(IGNORED_KEYS) and k != "seed"))
+        configurations.setdefault(key, Configuration(key)).runs.append(run)
+    return list(configurations.values())
+
+
+def label_keys(configurations: list[Configuration]) -> list[str]:
+    """The fewest keys, tried in LABEL_PRIORITY order, that tell the configurations apart."""
+    dicts = [dict(c.key) for c in configurations]
+    differing = sorted({k for d in dicts for k in d if len({_hashable(x.get(k)) for x in dicts}) > 1})
+    candidates = [k for k in LABEL_PRIORITY if k in differing] + [k for k in differing if k not in LABEL_PRIORITY]
+    chosen: list[str] = []
+    for key in candidates:
+        before = len({tuple(_hashable(d.get(k)) for k in chosen) for d in dicts})
+        after = len({tuple(_hashable(d.get(k)) for k in [*chosen, key]) for d in dicts})
+        if after > before:
+            chosen.append(key)
+    return chosen
+
+
+def _hashable(value):
+    return json.dumps(value, default=str) if isinstance(value, (list, dict)) else value
+
+
+def run_stats(run: Run, target: float) -> dict:
+    rounds, accuracy = run.curve
+    reached = np.nonzero(accuracy >= target)[0]
+    walls = {r["round"]: r.get("wall_seconds") for r in run.rounds}
+    first, last = rounds[0], rounds[-1]
+    seconds = None
+    if isinstance(walls.get(first), (int, float)) and isinstance(walls.get(last), (int, float)):
+        seconds = (walls[last] - walls[first]) / (last - first)
+    return {
+        "final_accuracy": float(accuracy[-1]),
+        "best_accuracy": float(accuracy.max()),
+        "rounds_to_target": int(rounds[reached[0]]) if len(reached) else None,
+        "auc": float(np.sum((accuracy[1:] + accuracy[:-1]) / 2 * np.diff(rounds)) / (last - first)),
+        "seconds_per_round": seconds,
+        "rounds": int(last),
+    }
+
+
+def _mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def _std(values: list) -> float | None:
+    return float(np.std(values, ddof=1)) if len(values) > 1 else None
+
+
+def summarize(configuration: Configuration, target: float) -> dict:
+    per_run = [run_stats(run, target) for run in configuration.runs]
+    finals = [s["final_accuracy"] for s in per_run]
+    reached = [s["rounds_to_target"] for s in per_run if s["rounds_to_target"] is not None]
+    return {
+        "runs": len(per_run),
+        "seeds": sorted(run.config.get("seed") for run in configuration.runs),
+        "rounds": max(s["rounds"] for s in per_run),
+        "final_accuracy_mean": _mean(finals),
+        "final_accuracy_std": _std(finals),
+        "best_accuracy_mean": _mean([s["best_accuracy"] for s in per_run]),
+        "rounds_to_target_mean": _mean(reached),
+        "reached_target": f"{len(reached)}/{len(per_run)}",
+        "auc_mean": _mean([s["auc"] for s in per_run]),
+        "seconds_per_round_mean": _mean([s["seconds_per_round"] for s in per_run]),
+    }
+
+
+def mean_curve(configuration: Configuration) -> dict:
+    """Mean, lowest and highest accuracy per round, over the rounds every run of the configuration has."""
+    curves = [dict(zip(*run.curve)) for run in configuration.runs]
+    common = sorted(set.intersection(*(set(c) for c in curves)))
+    table = np.array([[c[r] for r in common] for c in curves])
+    return {"round": [int(r) for r in common], "mean": table.mean(0).tolist(), "min": table.min(0).tolist(),
+            "max": table.max(0).tolist()}
+
+
+def build_summary(runs: list[Run], target: float) -> dict:
+    configurations = group(runs)
+    keys = label_keys(configurations)
+    columns = [*ALWAYS, *[k for k in keys if k not in ALWAYS]]
+    rows = []
+    for configuration in configurations:
+        settings = dict(configuration.key)
+        row = {SHORT_NAMES.get(k, k): settings.get(k) for k in columns}
+        row["label"] = ", ".join(f"{SHORT_NAMES.get(k, k)}={settings.get(k)}" for k in keys) or "all runs"
+        row.update(summarize(configuration, target))
+        row["curve"] = mean_curve(configuration)
+        row["paths"] = [str(run.path) for run in configuration.runs]
+        rows.append(row)
+    rows.sort(key=lambda r: tuple(_sort_key(r.get(SHORT_NAMES.get(k, k))) for k in columns))
+    return {"target_accuracy": target, "label_keys": [SHORT_NAMES.get(k, k) for k in keys],
+            "columns": [SHORT_NAMES.get(k, k) for k in columns], "configurations": rows}
+
+
+def _sort_key(value):
+    return (0, value, "") if isinstance(value, (int, float)) and not isinstance(value, bool) else (1, 0, str(value))
+
+
+# -- writing -----------------------------------------------------------------------------------------
+
+def _cell(value, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    if isinstance(value, list):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def _setting(value) -> str:
+    """A config value as the user wrote it (0.1, not 0.1000)."""
+    return "" if value is None else " ".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
+
+
+def write_tables(summary: dict, problems: list[str], out: Path) -> None:
+    columns = [*summary["columns"], *STAT_COLUMNS]
+    with open(out / "summary.csv", "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(columns)
+        for row in summary["configurations"]:
+            writer.writerow([_setting(row.get(c)) if c in summary["columns"] else _cell(row.get(c), 6) for c in columns])
+    head = [*summary["columns"], "runs", "final accuracy", "best", f"rounds to {summary['target_accuracy']:g}",
+            "AUC", "s/round"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in summary["configurations"]:
+        final = _cell(row["final_accuracy_mean"], 3)
+        if row["final_accuracy_std"] is not None:
+            final += f" ± {row['final_accuracy_std']:.3f}"
+        to_target = _cell(row["rounds_to_target_mean"], 1)
+        to_target = f"{to_target} ({row['reached_target']})" if to_target else f"never (0/{row['runs']})"
+        cells = [_setting(row.get(c)) for c in summary["columns"]]
+        cells += [str(row["runs"]), final, _cell(row["best_accuracy_mean"], 3), to_target,
+                  _cell(row["auc_mean"], 3), _cell(row["seconds_per_round_mean"], 1)]
+        lines.append("| " + " | ".join(cells) + " |")
+    text = "\n".join(lines) + "\n"
+    if problems:
+        text += "\nNot included:\n\n" + "".join(f"- {p}\n" for p in problems)
+    (out / "summary.md").write_text(text)
+    (out / "summary.json").write_text(json.dumps({**summary, "not_included": problems}, indent=1) + "\n")
+
+
+def plot_accuracy_by_round(summary: dict, path: Path, title: str = "") -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import matplotlib.ticker
+
+    alphas = sorted({row["alpha"] for row in summary["configurations"]}, key=_sort_key)
+    label_keys = [k for k in summary["label_keys"] if k != "alpha"]
+
+    def label(row):
+        return ", ".join(f"{k}={row.get(k)}" for k in label_keys) or "all runs"
+
+    labels = sorted({label(row) for row in summary["configurations"]})
+    colours = {name: plt.get_cmap("tab10" if len(labels) <= 10 else "tab20")(i) for i, name in enumerate(labels)}
+    fig, axes = plt.subplots(1, len(alphas), figsize=(5.5 * len(alphas), 4.2 + 0.22 * len(labels)),
+                             squeeze=False, sharey=True)
+    for ax, alpha in zip(axes[0], alphas):
+        for row in (r for r in summary["configurations"] if r["alpha"] == alpha):
+            curve, colour = row["curve"], colours[label(row)]
+            ax.plot(curve["round"], curve["mean"], color=colour, label=label(row))
+            ax.fill_between(curve["round"], curve["min"], curve["max"], color=colour, alpha=0.2, linewidth=0)
+        ax.set_title(f"alpha = {alpha}")
+        ax.set_xlabel("round")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("test accuracy (mean; band: lowest to highest seed)")
+    handles = [plt.Line2D([], [], color=colours[name]) for name in labels]
+    runs = {label(row): row["runs"] for row in summary["configurations"]}
+    fig.legend(handles, [f"{name} (n={runs[name]})" for name in labels], loc="lower center", fontsize=8, ncol=1,
+               frameon=False)
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.05 * len(labels) / (1 + 0.05 * len(labels)) + 0.03, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_accuracy_vs_kappa(summary: dict, path: Path, title: str = "") -> bool:
+    """Final accuracy against kappa_aug, one line per setting that was run at two or more kappa_aug values."""
+    lines: dict[tuple, list[dict]] = {}
+    others = [k for k in summary["label_keys"] if k not in ("strategy", "kappa_aug")]
+    for row in summary["configurations"]:
+        lines.setdefault(tuple(row.get(k) for k in others), []).append(row)
+    lines = {k: v for k, v in lines.items() if len({r["kappa_aug"] for r in v}) > 1}
+    if not lines:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4.2))
+    for setting, rows in lines.items():
+        rows = sorted(rows, key=lambda r: r["kappa_aug"])
+        label = ", ".join(f"{k}={v}" for k, v in zip(others, setting)) or f"alpha={rows[0]['alpha']}"
+        ax.errorbar([r["kappa_aug"] for r in rows], [r["final_accuracy_mean"] for r in rows],
+                    yerr=[r["final_accuracy_std"] or 0.0 for r in rows], marker="o", capsize=3, label=label)
+    ax.set_xlabel("kappa_aug (0 = FedAvg, 1 = AIGC-only)")
+    ax.set_ylabel("final test accuracy (mean ± std over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def report(paths: list[Path], out: Path, target: float) -> tuple[dict | None, list[str]]:
+    """Read, summarise, write; returns the summary (None when nothing was usable) and the problems."""
+    runs, problems = read_runs(paths)
+    if not runs:
+        return None, problems
+    summary = build_summary(runs, target)
+    out.mkdir(parents=True, exist_ok=True)
+    write_tables(summary, problems, out)
+    plot_accuracy_by_round(summary, out / "accuracy_by_round.png")
+    plot_accuracy_vs_kappa(summary, out / "accuracy_vs_kappa_aug.png")
+    return summary, problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="genfl-report", description=__doc__.splitlines()[0])
+    parser.add_argument("paths", nargs="+", type=Path, help="sweep folders, run folders or metrics.json files")
+    parser.add_argument("--target", type=float, default=0.9, help="accuracy for 'rounds to target' (default 0.9)")
+    parser.add_argument("--out", type=Path, help="output folder (default: <first path>/report)")
+    args = parser.parse_args(argv)
+    out = args.out or (args.paths[0] if args.paths[0].is_dir() else args.paths[0].parent) / "report"
+    summary, problems = report(args.paths, out, args.target)
+    for problem in problems:
+        print(f"genfl-report: not included: {problem}", file=sys.stderr)
+    if summary is None:
+        print(f"genfl-report: no completed run under {', '.join(map(str, args.paths))}", file=sys.stderr)
+        return 1
+    print((out / "summary.md").read_text().split("\nNot included")[0], end="")
+    print(f"genfl-report: {len(summary['configurations'])} configuration(s) from "
+          f"{sum(r['runs'] for r in summary['configurations'])} run(s); written to {out}")
+    return 0
+
+
+def cli() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

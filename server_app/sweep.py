@@ -1,0 +1,285 @@
+"""`genfl-sweep` (also `genfl-run -m`): a Hydra multirun whose every job is one `genfl-run`.
+
+    genfl-sweep strategy=fedavg,genfl,aigc_only partition.alpha=0.1,0.3 seed=0,1,2
+
+Hydra's sweeper expands the grid and its launcher runs the jobs (the basic launcher: one at a time;
+``hydra/launcher=joblib`` or ``submitit_slurm`` switch that by config). Each job goes through
+`server_app.launch.run` (private SuperLink, fail-loudly outcome check) with its results in the job's
+folder, ``<hydra.sweep.dir>/<its overrides>/``. Around that:
+
+- every job's config is composed and validated before the first job starts;
+- a failed job is recorded in its folder (``genfl_job.json``) and the sweep goes on; the command
+  exits 1 at the end naming the failed jobs;
+- a job whose folder already holds a completed run with the same overrides is skipped, and one that
+  stopped mid-run continues from its last per-round checkpoint, so re-running the command with the
+  same ``hydra.sweep.dir`` resumes a stopped or preempted sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import hydra
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from server_app.config import CONF_DIR, ConfigError, load_config
+
+log = logging.getLogger("genfl-sweep")
+
+MANIFEST = "sweep.json"  # in the sweep folder: the jobs of the last invocation
+JOB_RECORD = "genfl_job.json"  # in each job folder: its overrides, exit code, status
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+# What a previous attempt of a job leaves in its folder (Hydra's own .hydra/ and log are Hydra's business).
+RUN_FILES = ("metrics.json", "metrics.csv", "accuracy.png", "superlink.log", "run_config.toml", "flwr-home", "checkpoint",
+             JOB_RECORD)
+
+
+@dataclass
+class _Invocation:
+    """What the driver process learns during one sweep, for the summary after Hydra returns."""
+
+    validated: set[tuple[str, ...]] = field(default_factory=set)
+    sweep_dir: Path | None = None
+    jobs: list[list[str]] = field(default_factory=list)
+
+
+_STATE = _Invocation()
+
+
+# -- expanding and validating the grid -----------------------------------------------------------
+
+def expand(overrides: list[str]) -> list[list[str]]:
+    """The jobs of a basic sweep: Hydra's own parser and cartesian product, so they match the jobs it launches."""
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    return BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
+
+
+def _is_hydra_key(override: str) -> bool:
+    return override.lstrip("+~").startswith(("hydra.", "hydra/"))
+
+
+@contextmanager
+def _outside_hydra():
+    """genfl-run composes with Hydra's compose API, which refuses to start inside a running Hydra app:
+    set the app's global state aside meanwhile and put it back for the launcher."""
+    global_hydra, hydra_config = GlobalHydra.instance(), HydraConfig.instance()
+    saved_hydra, saved_config = global_hydra.hydra, hydra_config.cfg
+    global_hydra.clear()
+    try:
+        yield
+    finally:
+        GlobalHydra.instance().clear()
+        if saved_hydra is not None:
+            GlobalHydra.instance().initialize(saved_hydra)
+        hydra_config.cfg = saved_config
+
+
+def config_errors(jobs: list[list[str]]) -> list[str]:
+    """One line per job whose config does not compose or validate (as genfl-run would refuse it)."""
+    errors = []
+    for job in jobs:
+        key = tuple(sorted(job))
+        if key in _STATE.validated:
+            continue
+        try:
+            with _outside_hydra():
+                load_config(job)
+        except ConfigError as err:
+            errors.append(f"job [{' '.join(job)}]: {err}")
+            continue
+        _STATE.validated.add(key)
+    return errors
+
+
+def _refuse(errors: list[str], total: int) -> None:
+    for line in errors:
+        print(f"genfl-sweep: config error in {line}", file=sys.stderr)
+    print(f"genfl-sweep: {len(errors)} of {total} job(s) have config errors; no job was started", file=sys.stderr)
+    raise SystemExit(2)
+
+
+class SweepCallback(Callback):
+    """Hydra calls this in the driver process before the sweeper launches anything."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        task = list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
+        sweeper = config.hydra.sweeper
+        if sweeper.get("_target_") == BASIC_SWEEPER:
+            params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+            jobs = expand(params + task)
+            errors = config_errors(jobs)
+            if errors:
+                _refuse(errors, len(jobs))
+            _check_distinct_folders(jobs, config)
+        else:  # another sweeper (e.g. Optuna) decides its jobs as it goes: validate what is fixed
+            jobs = []
+            log.warning("sweeper %s: jobs are validated as they start, not up front", sweeper.get("_target_"))
+        sweep_dir = Path(config.hydra.sweep.dir).resolve()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        manifest = {"started": datetime.now().isoformat(timespec="seconds"), "argv": sys.argv[1:], "jobs": jobs}
+        _write_json(sweep_dir / MANIFEST, manifest)
+        _STATE.sweep_dir, _STATE.jobs = sweep_dir, jobs
+
+
+def _check_distinct_folders(jobs: list[list[str]], config: DictConfig) -> None:
+    """Job folders are named by overrides minus the excluded keys: two jobs must not share one."""
+    excluded = set(config.hydra.job.config.override_dirname.exclude_keys)
+    seen: dict[tuple[str, ...], list[str]] = {}
+    for job in jobs:
+        name = tuple(sorted(o for o in job if o.lstrip("+~").split("=", 1)[0] not in excluded))
+        if name in seen:
+            _refuse([f"job [{' '.join(job)}]: shares its folder with [{' '.join(seen[name])}] "
+                     f"(keys {', '.join(sorted(excluded))} do not name folders)"], len(jobs))
+        seen[name] = job
+
+
+# -- one job ---------------------------------------------------------------------------------------
+
+def run_job(overrides: list[str], job_dir: Path) -> int:
+    """One genfl-run in ``job_dir``, unless a completed run of the same overrides is already there.
+
+    An unfinished earlier attempt of the same job that left a checkpoint is resumed from it
+    (genfl-run's ``output.resume``); anything else an earlier attempt left is cleared first.
+    """
+    previous = _read_json(job_dir / JOB_RECORD)
+    if is_complete(job_dir, overrides):
+        _write_json(job_dir / JOB_RECORD, {**previous, "skipped": True})
+        log.info("skipped (already complete): %s", job_dir)
+        return 0
+    resume = should_resume(job_dir, overrides)
+    if not resume:  # a failed resumption starts afresh next time
+        for name in RUN_FILES:
+            path = job_dir / name
+            shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    record = {"overrides": overrides, "status": "running", "started": datetime.now().isoformat(timespec="seconds"),
+              "skipped": False, "resumed": resume}
+    _write_json(job_dir / JOB_RECORD, record)
+    started = time.monotonic()
+    from server_app.launch import quoted, run
+
+    try:
+        with _outside_hydra():
+            code = run([*overrides, f"output.dir={quoted(job_dir)}", *(["output.resume=true"] if resume else [])])
+        error = None
+    except Exception as err:  # the sweep goes on; the record says what happened
+        code, error = 1, f"{type(err).__name__}: {err}"
+    metrics = _read_json(job_dir / "metrics.json")
+    status = "completed" if code == 0 else "failed"
+    if code != 0 and error is None:
+        error = metrics.get("error") or f"genfl-run exited with {code}; see the output above and the job's superlink.log"
+    record.update(status=status, exit_code=code, seconds=round(time.monotonic() - started, 1), error=error)
+    _write_json(job_dir / JOB_RECORD, record)
+    return code
+
+
+def should_resume(job_dir: Path, overrides: list[str]) -> bool:
+    """An earlier attempt of this very job stopped after writing a checkpoint, and was not itself a
+    resumption that failed (that one starts afresh, in case the checkpoint is the problem)."""
+    previous = _read_json(job_dir / JOB_RECORD)
+    failed_resumption = bool(previous.get("resumed")) and previous.get("status") == "failed"
+    return (sorted(previous.get("overrides", [])) == sorted(overrides) and not failed_resumption
+            and (job_dir / "checkpoint" / "latest.pkl").is_file())
+
+
+def is_complete(job_dir: Path, overrides: list[str]) -> bool:
+    record = _read_json(job_dir / JOB_RECORD)
+    metrics = _read_json(job_dir / "metrics.json")
+    return (record.get("exit_code") == 0 and sorted(record.get("overrides", [])) == sorted(overrides)
+            and metrics.get("status") == "completed")
+
+
+@hydra.main(config_path=str(CONF_DIR), config_name="sweep", version_base="1.3")
+def _job(cfg: DictConfig) -> int:
+    hydra_cfg = HydraConfig.get()
+    return run_job(list(hydra_cfg.overrides.task), Path(hydra_cfg.runtime.output_dir))
+
+
+# -- the command -------------------------------------------------------------------------------------
+
+HYDRA_INFO_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--version", "--shell-completion", "-sc")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Validate the command line's grid, let Hydra run the sweep, then report and set the exit code."""
+    args = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("-m", "--multirun")]
+    informational = any(a.split("=")[0] in HYDRA_INFO_FLAGS for a in args)
+    if not informational:
+        overrides = [a for a in args if not a.startswith("-") and not _is_hydra_key(a)]
+        try:
+            jobs = expand(overrides)
+        except HydraException as err:
+            print(f"genfl-sweep: config error: {str(err).splitlines()[0]}", file=sys.stderr)
+            return 2
+        errors = config_errors(jobs)  # before Hydra composes anything: one line per bad job
+        if errors:
+            try:
+                _refuse(errors, len(jobs))
+            except SystemExit as stop:
+                return int(stop.code)
+    sys.argv = ["genfl-sweep", *([] if informational else ["--multirun"]), *args]  # --cfg/--help: no sweep
+    _job()
+    return 0 if informational or _STATE.sweep_dir is None else summarize(_STATE.sweep_dir, _STATE.jobs)
+
+
+def summarize(sweep_dir: Path, jobs: list[list[str]]) -> int:
+    """Print what every job of this invocation did; 1 if any failed or left no record."""
+    records = {}
+    for path in sweep_dir.rglob(JOB_RECORD):
+        record = _read_json(path)
+        records[tuple(sorted(record.get("overrides", [])))] = (path.parent, record)
+    failed, skipped, resumed = [], 0, 0
+    for job in jobs:
+        folder, record = records.get(tuple(sorted(job)), (None, {}))
+        if record.get("exit_code") == 0:
+            skipped += bool(record.get("skipped"))
+            resumed += bool(record.get("resumed")) and not record.get("skipped")
+        else:
+            failed.append((job, folder, record.get("error") or "no record: the job did not run to the end"))
+    done = len(jobs) - len(failed)
+    print(f"genfl-sweep: {done} of {len(jobs)} job(s) completed ({skipped} already complete, skipped; "
+          f"{resumed} continued from a checkpoint); results in {sweep_dir}")
+    for job, folder, error in failed:
+        print(f"genfl-sweep: FAILED [{' '.join(job)}] in {folder or sweep_dir}: {error}", file=sys.stderr)
+    if failed:
+        print(f"genfl-sweep: {len(failed)} job(s) failed; re-run the same command with hydra.sweep.dir={sweep_dir} "
+              "to retry them (completed jobs are skipped)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    os.replace(tmp, path)
+
+
+def cli() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # Hydra instantiates the callback from server_app.sweep: share its state
+    from server_app.sweep import cli as imported_cli
+
+    imported_cli()

@@ -1,0 +1,158 @@
+"""`genfl-sweep` / `genfl-run -m`: a real Hydra multirun of real genfl-run jobs.
+
+One small sweep (two jobs, one of them failing) is shared by the slow tests; the config-error tests
+start nothing and are fast.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from server_app.sweep import BASIC_SWEEPER, JOB_RECORD, SweepCallback, expand
+
+REPO = Path(__file__).resolve().parents[1]
+# FedAvg, 2 clients, 1 round; client.device=cuda:7 makes every client fail, so that job fails.
+TINY = ["strategy=fedavg", "federation.num_clients=2", "num_rounds=1", "client.device=cpu,cuda:7"]
+GOOD = ("client.device=cpu", "federation.num_clients=2", "num_rounds=1", "strategy=fedavg")
+
+
+def _sweep(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "server_app.launch", "-m", *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=900)
+
+
+def test_expansion_is_hydras_cartesian_product_in_command_line_order():
+    assert expand(["strategy=fedavg,genfl", "seed=0,1", "num_rounds=3"]) == [
+        ["strategy=fedavg", "seed=0", "num_rounds=3"], ["strategy=fedavg", "seed=1", "num_rounds=3"],
+        ["strategy=genfl", "seed=0", "num_rounds=3"], ["strategy=genfl", "seed=1", "num_rounds=3"]]
+    assert len(expand(["+kappa=aug_0.1,aug_0.5", "seed=range(0,3)"])) == 6
+
+
+def test_a_config_error_in_any_job_stops_the_sweep_before_the_first_job(tmp_path):
+    proc = _sweep("strategy=fedavg,genfl", "partition.alpha=0.3,-1", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "genfl-sweep: config error in job [strategy=fedavg partition.alpha=-1]: partition.alpha: must be > 0 (got -1)",
+        "genfl-sweep: config error in job [strategy=genfl partition.alpha=-1]: partition.alpha: must be > 0 (got -1)",
+        "genfl-sweep: 2 of 4 job(s) have config errors; no job was started",
+    ]
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_an_unknown_key_or_option_is_one_line_per_job(tmp_path):
+    proc = _sweep("strategy=fedavg,nope", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    assert proc.returncode == 2
+    assert "config error in job [strategy=nope]: In 'config': Could not find 'strategy/nope' " \
+           "(available: aigc_only, fedavg, genfl)" in proc.stderr
+    assert "[strategy=fedavg]" not in proc.stderr
+
+
+def test_a_grid_set_in_config_is_validated_before_the_first_job(tmp_path, capsys):
+    # What a preset's hydra.sweeper.params gives the callback (e.g. conf/experiment/convergence/main.yaml).
+    config = OmegaConf.create({"hydra": {
+        "overrides": {"task": ["strategy=fedavg"]},
+        "sweeper": {"_target_": BASIC_SWEEPER, "params": {"partition.alpha": "0.1,0", "seed": "0,1"}},
+        "sweep": {"dir": str(tmp_path / "sweep")},
+        "job": {"config": {"override_dirname": {"exclude_keys": []}}}}})
+    with pytest.raises(SystemExit) as stop:
+        SweepCallback().on_multirun_start(config)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "job [partition.alpha=0 seed=0 strategy=fedavg]: partition.alpha: must be > 0 (got 0)" in err
+    assert "2 of 4 job(s) have config errors" in err
+    assert not (tmp_path / "sweep").exists()
+
+
+@pytest.fixture(scope="module")
+def tiny_sweep(tmp_path_factory):
+    """The sweep, then the same command again (which must skip the completed job and retry the failed one)."""
+    sweep_dir = tmp_path_factory.mktemp("sweep") / "tiny"
+    first = _sweep(*TINY, f"hydra.sweep.dir={sweep_dir}")
+    good = sweep_dir / ",".join(GOOD)
+    stamp = (good / "metrics.json").stat().st_mtime_ns if (good / "metrics.json").exists() else None
+    second = _sweep(*TINY, f"hydra.sweep.dir={sweep_dir}", "hydra/launcher=joblib", "hydra.launcher.n_jobs=1")
+    return sweep_dir, first, second, stamp
+
+
+@pytest.mark.slow
+def test_sweep_runs_every_job_and_exits_non_zero_naming_the_failed_one(tiny_sweep):
+    sweep_dir, first, _, _ = tiny_sweep
+    assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "genfl-sweep: 1 of 2 job(s) completed" in first.stdout
+    failed = [line for line in first.stderr.splitlines() if line.startswith("genfl-sweep: FAILED")]
+    assert len(failed) == 1 and "client.device=cuda\\:7" in failed[0] and "NoTrainingRepliesError" in failed[0]
+    good = json.loads((sweep_dir / ",".join(GOOD) / "metrics.json").read_text())
+    assert good["status"] == "completed" and [r["round"] for r in good["rounds"]] == [0, 1]
+    assert good["config"]["output"]["dir"] == str(sweep_dir / ",".join(GOOD))  # results in the job's folder
+    record = json.loads((sweep_dir / ",".join(GOOD) / JOB_RECORD).read_text())
+    assert record["exit_code"] == 0 and sorted(record["overrides"]) == sorted(GOOD)
+    manifest = json.loads((sweep_dir / "sweep.json").read_text())
+    assert len(manifest["jobs"]) == 2
+    assert _processes_of(sweep_dir) == []
+
+
+def _processes_of(sweep_dir: Path) -> list[int]:
+    """Processes still carrying a job's private FLWR_HOME (SuperLink, Ray, ...)."""
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["environ"]):
+        try:
+            if str(sweep_dir) in (proc.info["environ"] or {}).get("FLWR_HOME", ""):
+                found.append(proc.pid)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_rerun_skips_the_completed_job_and_retries_the_failed_one_on_another_launcher(tiny_sweep):
+    sweep_dir, _, second, stamp = tiny_sweep
+    assert second.returncode == 1, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "1 of 2 job(s) completed (1 already complete, skipped; 0 continued from a checkpoint)" in second.stdout
+    good = sweep_dir / ",".join(GOOD)
+    assert (good / "metrics.json").stat().st_mtime_ns == stamp  # not run again
+    assert json.loads((good / JOB_RECORD).read_text())["skipped"] is True
+    failed = next(p for p in sweep_dir.iterdir() if "cuda" in p.name)
+    assert json.loads((failed / JOB_RECORD).read_text())["skipped"] is False  # retried
+    assert "FAILED" in second.stderr and "joblib" in (sweep_dir / "multirun.yaml").read_text()
+
+
+@pytest.mark.slow
+def test_report_of_the_sweep_uses_the_completed_job_and_names_the_failed_one(tiny_sweep, tmp_path):
+    sweep_dir = tiny_sweep[0]
+    proc = subprocess.run([sys.executable, "-m", "server_app.summary", str(sweep_dir), "--out", str(tmp_path)],
+                          cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "1 configuration(s) from 1 run(s)" in proc.stdout
+    assert "not included" in proc.stderr and "cuda" in proc.stderr and "NoTrainingRepliesError" in proc.stderr
+    assert (tmp_path / "accuracy_by_round.png").exists()
+
+
+def _attempt(job_dir: Path, overrides, checkpoint=True, **record):
+    job_dir.mkdir(parents=True, exist_ok=True)
+    (job_dir / JOB_RECORD).write_text(json.dumps({"overrides": overrides, **record}))
+    if checkpoint:
+        (job_dir / "checkpoint").mkdir(exist_ok=True)
+        (job_dir / "checkpoint" / "latest.pkl").write_bytes(b"checkpoint")
+
+
+def test_a_stopped_job_continues_from_its_checkpoint_unless_that_already_failed(tmp_path):
+    from server_app.sweep import is_complete, should_resume
+
+    job = ["strategy=genfl", "seed=1"]
+    _attempt(tmp_path / "stopped", job, status="running")  # killed mid-run: the record still says running
+    assert should_resume(tmp_path / "stopped", list(reversed(job)))
+    _attempt(tmp_path / "crashed", job, status="failed", resumed=False)
+    assert should_resume(tmp_path / "crashed", job)
+    _attempt(tmp_path / "bad-checkpoint", job, status="failed", resumed=True)
+    assert not should_resume(tmp_path / "bad-checkpoint", job)
+    _attempt(tmp_path / "other-job", ["strategy=genfl", "seed=2"], status="running")
+    assert not should_resume(tmp_path / "other-job", job)
+    _attempt(tmp_path / "no-checkpoint", job, checkpoint=False, status="running")
+    assert not should_resume(tmp_path / "no-checkpoint", job)
+    assert not is_complete(tmp_path / "stopped", job)
