@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 from generation.augmented import AugmentedModelTrainer
 from generation.factory import build_generator
 from server_app.config import load_config, overrides_from_run_config, to_yaml
+from server_app.nodes import WatchedGrid, wait_for_federation
 from server_app.report import RunReport
 from strategy.genfl import GenFL
 from strategy.kappa import KappaSchedule
@@ -52,23 +53,11 @@ def train_config(cfg: DictConfig) -> ConfigRecord:
     return ConfigRecord(flat)
 
 
-def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> None:
-    """Deployed SuperNodes connect over time; fail clearly rather than run a smaller federation."""
-    deadline = time.monotonic() + timeout
-    while (connected := len(list(grid.get_node_ids()))) < expected:
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"federation.num_clients={expected} but only {connected} node(s) connected within {timeout}s: "
-                f"start more SuperNodes, or in simulation pass --federation-config 'num-supernodes={expected}'"
-            )
-        time.sleep(1.0)
-
-
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = load_config(overrides_from_run_config(context.run_config))
     run_dir = run_directory(cfg)
-    report = RunReport(run_dir, OmegaConf.to_container(cfg, resolve=True))
+    report = RunReport(run_dir, OmegaConf.to_container(cfg, resolve=True), run_id=context.run_id)
     log(INFO, "GenFL config:\n%s", to_yaml(cfg))
     try:
         _run(grid, cfg, report)
@@ -81,7 +70,9 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def _run(grid: Grid, cfg: DictConfig, report: RunReport) -> None:
-    wait_for_nodes(grid, cfg.federation.num_clients, cfg.federation.node_wait_timeout)
+    nodes = cfg.nodes
+    wait_for_federation(grid, nodes.expected, nodes.min_connected, cfg.federation.node_wait_timeout)
+    grid = WatchedGrid(grid, nodes.min_connected, cfg.federation.node_wait_timeout)
     ds = cfg.dataset
     test = load_splits(ds)["test"]
     device = resolve_device(cfg.server.device)
@@ -101,7 +92,7 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport) -> None:
         fraction_evaluate=cfg.federation.fraction_evaluate,
         min_train_nodes=1,
         min_evaluate_nodes=1,
-        min_available_nodes=cfg.federation.num_clients,
+        min_available_nodes=nodes.min_connected,
     )
     started = time.monotonic()
 

@@ -23,7 +23,7 @@ RUN_CONFIG_KEYS = {
     "dataset": "dataset",
     "strategy": "strategy",
     "alpha": "partition.alpha",
-    "num-clients": "federation.num_clients",
+    "expected-nodes": "nodes.expected",
     "local-epochs": "client.local_epochs",
     "lr": "client.lr",
     "seed": "seed",
@@ -99,6 +99,19 @@ def validate(cfg: DictConfig) -> None:
         _check(_number(ds.test_fraction) and 0 < ds.test_fraction < 1, "dataset.test_fraction", "must be in (0, 1)", ds.test_fraction)
         _check(_number(ds.public_fraction) and 0 <= ds.public_fraction < 1 - ds.test_fraction, "dataset.public_fraction", "must be in [0, 1 - test_fraction)", ds.public_fraction)
     _validate_genfl(cfg)
+    _validate_nodes(cfg)
+
+
+def _validate_nodes(cfg: DictConfig) -> None:
+    nodes = cfg.nodes
+    _check(nodes.expected is None or (isinstance(nodes.expected, int) and not isinstance(nodes.expected, bool) and nodes.expected >= 1),
+           "nodes.expected", "must be null or an integer >= 1", nodes.expected)
+    _check(isinstance(nodes.min_connected, int) and not isinstance(nodes.min_connected, bool) and nodes.min_connected >= 1,
+           "nodes.min_connected", "must be an integer >= 1", nodes.min_connected)
+    if nodes.expected is not None:
+        _check(nodes.min_connected <= nodes.expected, "nodes.min_connected", f"must be <= nodes.expected ({nodes.expected})", nodes.min_connected)
+    timeout = cfg.federation.node_wait_timeout
+    _check(_number(timeout) and timeout > 0, "federation.node_wait_timeout", "must be > 0 seconds", timeout)
 
 
 def _validate_genfl(cfg: DictConfig) -> None:

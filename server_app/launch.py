@@ -1,9 +1,9 @@
 """`genfl-run`: one command for a simulated GenFL run that fails loudly.
 
-It validates the config (conf/ + Hydra overrides) before anything starts, runs the app with
-`flwr run --stream` on a private SuperLink (its own FLWR_HOME and free ports, started and stopped
-by PID), sizes the simulation from ``federation.num_clients``, and exits non-zero unless the
-ServerApp wrote a completed metrics.json (`flwr run` itself exits 0 when the ServerApp crashes).
+It validates the config (conf/ + Hydra overrides) before anything starts, runs the app on a private
+SuperLink (its own FLWR_HOME and free ports, started and stopped by PID), sizes the simulation from
+``federation.num_clients``, streams the logs, and exits non-zero unless the SuperLink says this run
+completed and this run's metrics.json says so too (`flwr run` itself exits 0 when the ServerApp crashes).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 
 from server_app.config import ConfigError, load_config
+from server_app.runs import RunError, outcome, run_status, start_run, stream_logs
 
 APP_DIR = Path(__file__).resolve().parents[1]
 
@@ -96,8 +97,6 @@ def flower_env(flwr_home: Path) -> dict:
         FLWR_DISABLE_UPDATE_CHECK="1",
         PYTHONUNBUFFERED="1",
     )
-    # The FAB carries code and config only: point the ServerApp at the repo's generator weights.
-    env.setdefault("GENFL_WEIGHTS_DIR", str(APP_DIR / "generation" / "weights"))
     return env
 
 
@@ -134,26 +133,16 @@ def run(overrides: list[str]) -> int:
         run_config.write_text(f"overrides = {json.dumps(json.dumps(overrides))}\n")
         federation = (f"num-supernodes={cfg.federation.num_clients} "
                       f"client-resources-num-cpus={cfg.federation.client_cpus}")
-        flwr = subprocess.run(
-            ["flwr", "run", str(APP_DIR), "genfl", "--stream", "--run-config", str(run_config),
-             "--federation-config", federation],
-            env=env,
-        )
+        run_id = start_run(APP_DIR, "genfl", run_config, env, federation_config=federation)
+        stream_logs(run_id, "genfl", env)
+        status, details = run_status(run_id, "genfl", env)
+    except RunError as err:
+        print(f"genfl-run: run FAILED: {err}; SuperLink log: {run_dir / 'superlink.log'}", file=sys.stderr)
+        return 1
     finally:
         _stop(superlink, flwr_home)
         log_file.close()
-    return _outcome(run_dir, flwr.returncode)
-
-
-def _outcome(run_dir: Path, flwr_code: int) -> int:
-    metrics = run_dir / "metrics.json"
-    status = json.loads(metrics.read_text()).get("status") if metrics.exists() else None
-    if status == "completed" and flwr_code == 0:
-        print(f"genfl-run: completed; results in {run_dir}")
-        return 0
-    detail = json.loads(metrics.read_text()).get("error", "") if metrics.exists() else "no metrics.json written"
-    print(f"genfl-run: run FAILED (status={status}, flwr exit {flwr_code}) {detail}; logs: {run_dir}", file=sys.stderr)
-    return 1
+    return outcome("genfl-run", run_dir, run_id, status, details)
 
 
 def main() -> None:

@@ -12,10 +12,11 @@ from pathlib import Path
 
 
 class RunReport:
-    def __init__(self, run_dir: Path, config: dict):
+    def __init__(self, run_dir: Path, config: dict, run_id: int | None = None):
         self.run_dir = run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.data = {"status": "running", "config": config, "rounds": []}
+        # The Flower run id ties these results to one run: a reused folder can hold an older run's file.
+        self.data = {"status": "running", "run_id": run_id, "config": config, "rounds": []}
         self._write_json()
 
     def set(self, key: str, value) -> None:
