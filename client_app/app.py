@@ -8,17 +8,20 @@ data is: its own image folder (``data-path`` in its node config) or a built-in p
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client_app.mods import dp_clipping_mod, time_budget_mod
 from torchcore.classes import class_names
 from torchcore.imagefolder import read_image_folder
 from torchcore.model import build_resnet18
 from torchcore.partition import client_partition, label_histogram
+from torchcore.privacy import privatize_histogram
 from torchcore.train import TrainSettings, evaluate, resolve_device, train
 
-app = ClientApp()
+app = ClientApp(mods=[time_budget_mod, dp_clipping_mod])
 
 
 NO_PARTITION = -1  # the partition id a node reports when it trains on its own images
@@ -45,6 +48,7 @@ def _local_data(msg: Message, context: Context):
 
 
 def _model(config, arrays: ArrayRecord) -> torch.nn.Module:
+    torch.set_num_threads(int(config["client-threads"]))
     model = build_resnet18(
         num_classes=int(config["dataset.num_classes"]),
         in_channels=int(config["dataset.channels"]),
@@ -55,12 +59,23 @@ def _model(config, arrays: ArrayRecord) -> torch.nn.Module:
     return model
 
 
+def _histogram_noise(config, partition_id: int) -> np.random.Generator:
+    """OS entropy by default: a seed the server knows would let it subtract the noise again."""
+    if bool(config["histogram-privacy.reproducible-noise"]):
+        return np.random.default_rng([int(config["seed"]), partition_id, 0x4E01])
+    return np.random.default_rng()
+
+
 @app.query("label_histogram")
 def report_label_histogram(msg: Message, context: Context) -> Message:
-    """Per-class sample counts of this node's training data (GenFL step 1)."""
+    """Per-class sample counts of this node's training data (GenFL step 1), noised if configured."""
     config, data, partition_id = _local_data(msg, context)
     histogram = label_histogram(data.labels.numpy(), int(config["dataset.num_classes"]))
-    metrics = MetricRecord({"label-histogram": histogram, "num-examples": len(data), "partition-id": partition_id})
+    mechanism = str(config["histogram-privacy.mechanism"])
+    if mechanism != "none":
+        histogram = privatize_histogram(histogram, mechanism, float(config["histogram-privacy.epsilon"]),
+                                        float(config["histogram-privacy.delta"]), _histogram_noise(config, partition_id))
+    metrics = MetricRecord({"label-histogram": histogram, "num-examples": sum(histogram), "partition-id": partition_id})
     return Message(RecordDict({"histogram": metrics}), reply_to=msg)
 
 
@@ -76,6 +91,7 @@ def train_locally(msg: Message, context: Context) -> Message:
         momentum=float(config["momentum"]),
         weight_decay=float(config["weight-decay"]),
         augment=bool(config["dataset.augment"]),
+        proximal_mu=float(config.get("proximal-mu", 0.0)),  # sent by Flower's FedProx
     )
     device = resolve_device(str(config["client-device"]))
     # A different but reproducible data order per round and client.
@@ -90,6 +106,6 @@ def evaluate_locally(msg: Message, context: Context) -> Message:
     """Loss and accuracy of the global model on this node's own data."""
     config, data, _ = _local_data(msg, context)
     model = _model(config, msg.content["arrays"])
-    loss, accuracy = evaluate(model, data, resolve_device(str(config["client-device"])))
+    loss, accuracy = evaluate(model, data, resolve_device(str(config["client-device"])), int(config["client-eval-batch-size"]))
     metrics = MetricRecord({"eval-loss": loss, "eval-acc": accuracy, "num-examples": len(data)})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)

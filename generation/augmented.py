@@ -1,7 +1,8 @@
 """The server's augmented model: a copy of the current global model trained on the synthetic set.
 
 Plain PyTorch behind a NumPy-state interface, so the strategy can call it without importing torch
-or diffusers. Synthetic images are produced once (plan -> generator -> cache) before round 1.
+or diffusers. Synthetic images are produced once (plan -> generator -> cache) before round 1; the
+strategy may call `train` from a background thread while the clients train.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ import numpy as np
 import torch
 
 from generation.base import ImageGenerator
-from generation.cache import generate_cached
-from generation.planning import plan_generation
+from generation.cache import cache_key, generate_cached
+from generation.planning import plan_generation, requested_images
 from torchcore.data import Split
 from torchcore.train import TrainSettings, evaluate, load_numpy_state, state_to_numpy, train
 
@@ -35,7 +36,7 @@ class AugmentedModelTrainer:
         test: Split,
         eval_batch_size: int,
         policy: str,
-        budget: int,
+        budget: int | None,
         per_class: int | None,
         target: int | None,
         seed: int,
@@ -52,18 +53,28 @@ class AugmentedModelTrainer:
         self.cache_dir = cache_dir
         self.synthetic: Split | None = None
 
-    def prepare(self, global_histogram: Sequence[int]) -> dict:
-        """Plan and generate (or load from cache) the synthetic set; returns what happened."""
-        plan = plan_generation(global_histogram, **self.plan_settings)
+    def prepare(self, global_histogram: Sequence[int], plan: dict[int, int] | None = None) -> dict:
+        """Plan and generate (or load from cache) the synthetic set; returns what happened.
+
+        ``plan`` given (a resumed run) skips planning, so the run continues on the very same images.
+        ``images_requested`` > ``sum(plan)`` means ``generation.budget`` scaled the plan down.
+        """
+        requested = sum(requested_images(global_histogram, **self.plan_settings))
+        if plan is None:
+            plan = plan_generation(global_histogram, **self.plan_settings)
         started = time.perf_counter()
         generator = self.make_generator()
         images, labels, hit = generate_cached(generator, plan, self.seed, self.cache_dir)
-        self.synthetic = Split(images, labels)
+        # Kept on the training device (uint8: 3 KB per 32x32 RGB image), not copied batch by batch.
+        on_gpu = self.device.type == "cuda"
+        self.synthetic = Split(images.to(self.device), labels.to(self.device)) if on_gpu else Split(images, labels)
         return {
             "plan": plan,
+            "images_requested": requested,
             "images_synthesized": 0 if hit else len(labels),
             "images_available": len(labels),
             "cache_hit": hit,
+            "cache_key": cache_key(generator, plan, self.seed),
             "generation_seconds": round(time.perf_counter() - started, 2),
         }
 

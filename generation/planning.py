@@ -1,9 +1,11 @@
 """How many images to synthesise per class, from the federation's validated label histogram.
 
-Policies (all capped by ``budget`` total images, scaled down proportionally when over it):
+Policies:
 - ``balance``: lift every class to ``target`` (null = the largest class count).
 - ``uniform``: ``per_class`` images of every class, whatever the histogram says.
 - ``deficit``: ``budget`` images shared in proportion to what each class lacks against the largest.
+``budget`` (null = none) caps the total of every policy; a plan it scales down is reported by
+`requested_images`, never silently (the server logs it, naming ``generation.budget``).
 A federation that is balanced overall (Dirichlet splits of a balanced set are) lacks nothing under
 ``balance``/``deficit``: those policies matter when the federation's data is skewed overall.
 """
@@ -15,26 +17,34 @@ from collections.abc import Sequence
 POLICIES = ("balance", "uniform", "deficit")
 
 
-def plan_generation(
-    histogram: Sequence[int], policy: str, *, budget: int, per_class: int | None = None, target: int | None = None
-) -> dict[int, int]:
-    """``{class: images}`` for every class (zeros included), summing to at most ``budget``."""
+def requested_images(
+    histogram: Sequence[int], policy: str, *, budget: int | None = None, per_class: int | None = None, target: int | None = None
+) -> list[int]:
+    """Images per class that the policy asks for before any cap."""
     if policy not in POLICIES:
         raise ValueError(f"generation.policy: unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
-    if budget < 0:
-        raise ValueError(f"generation.budget must be >= 0, got {budget}")
+    if budget is not None and budget < 0:
+        raise ValueError(f"generation.budget must be null or >= 0, got {budget}")
     counts = [int(c) for c in histogram]
     if policy == "uniform":
         if per_class is None or per_class < 0:
             raise ValueError(f"generation.per_class must be >= 0 for the uniform policy, got {per_class}")
-        wanted = [per_class] * len(counts)
-    elif policy == "balance":
+        return [per_class] * len(counts)
+    if policy == "balance":
         level = max(counts) if target is None else int(target)
-        wanted = [max(0, level - c) for c in counts]
-    else:  # deficit
-        lacking = [max(counts) - c for c in counts]
-        wanted = _share(lacking, budget) if sum(lacking) else [0] * len(counts)
-    if sum(wanted) > budget:
+        return [max(0, level - c) for c in counts]
+    if budget is None:
+        raise ValueError("generation.budget: the deficit policy shares a budget of images; set it (e.g. 1000)")
+    lacking = [max(counts) - c for c in counts]
+    return _share(lacking, budget) if sum(lacking) else [0] * len(counts)
+
+
+def plan_generation(
+    histogram: Sequence[int], policy: str, *, budget: int | None = None, per_class: int | None = None, target: int | None = None
+) -> dict[int, int]:
+    """``{class: images}`` for every class (zeros included), summing to at most ``budget`` if set."""
+    wanted = requested_images(histogram, policy, budget=budget, per_class=per_class, target=target)
+    if budget is not None and sum(wanted) > budget:
         wanted = _share(wanted, budget)
     return dict(enumerate(wanted))
 

@@ -5,24 +5,27 @@ from __future__ import annotations
 
 import time
 from datetime import datetime
-from logging import INFO
+from logging import INFO, WARNING
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig, OmegaConf
 
 from generation.augmented import AugmentedModelTrainer
 from generation.factory import build_generator
+from server_app import checkpoint
 from server_app.config import load_config, overrides_from_run_config, to_yaml
 from server_app.nodes import WatchedGrid, wait_for_federation
 from server_app.report import RunReport
-from strategy.genfl import GenFL
+from strategy.bases import build_base
+from strategy.genfl import GenFL, Reliability
 from strategy.kappa import KappaSchedule
 from torchcore.data import Split, load_splits
 from torchcore.model import seeded_model
+from torchcore.privacy import total_noise_bound
 from torchcore.train import TrainSettings, evaluate, load_numpy_state, resolve_device
 
 app = ServerApp()
@@ -35,7 +38,7 @@ def run_directory(cfg: DictConfig) -> Path:
     return (Path(cfg.output.root).expanduser() / f"{stamp}-{cfg.strategy.name}-{cfg.dataset.name}").resolve()
 
 
-def train_config(cfg: DictConfig) -> ConfigRecord:
+def train_config(cfg: DictConfig, time_budget: float | None = None) -> ConfigRecord:
     """Everything a client needs, flattened into one ConfigRecord (conf/ stays the only source)."""
     flat = {
         "seed": cfg.seed,
@@ -45,7 +48,17 @@ def train_config(cfg: DictConfig) -> ConfigRecord:
         "momentum": float(cfg.client.momentum),
         "weight-decay": float(cfg.client.weight_decay),
         "client-device": cfg.client.device,
+        "client-threads": cfg.client.threads,
+        "client-eval-batch-size": cfg.client.eval_batch_size,
+        # A node gives up on a message after the round's timeout (see client_app/mods.py).
+        "time-budget": float(cfg.federation.round_timeout if time_budget is None else time_budget),
     }
+    privacy = cfg.histogram_privacy
+    flat.update({"histogram-privacy.mechanism": privacy.mechanism, "histogram-privacy.epsilon": float(privacy.epsilon),
+                 "histogram-privacy.delta": float(privacy.delta),
+                 "histogram-privacy.reproducible-noise": bool(privacy.reproducible_noise)})
+    if cfg.aggregation.dp.clipping == "client_adaptive":
+        flat["genfl-adaptive-clipping"] = True
     for group in ("dataset", "partition"):
         for key, value in OmegaConf.to_container(cfg[group], resolve=True).items():
             if value is not None:
@@ -56,11 +69,14 @@ def train_config(cfg: DictConfig) -> ConfigRecord:
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = load_config(overrides_from_run_config(context.run_config))
+    torch.set_num_threads(cfg.server.threads)
     run_dir = run_directory(cfg)
-    report = RunReport(run_dir, OmegaConf.to_container(cfg, resolve=True), run_id=context.run_id)
+    config = OmegaConf.to_container(cfg, resolve=True)
+    resumed = checkpoint.load(run_dir, config) if cfg.output.resume else None
+    report = RunReport(run_dir, config, rounds=resumed["rounds"] if resumed else None, run_id=context.run_id)
     log(INFO, "GenFL config:\n%s", to_yaml(cfg))
     try:
-        _run(grid, cfg, report)
+        _run(grid, cfg, report, resumed)
     except BaseException as err:
         report.set("error", f"{type(err).__name__}: {err}")
         report.finish("failed")
@@ -69,10 +85,11 @@ def main(grid: Grid, context: Context) -> None:
     log(INFO, "Results written to %s", run_dir)
 
 
-def _run(grid: Grid, cfg: DictConfig, report: RunReport) -> None:
-    nodes = cfg.nodes
-    wait_for_federation(grid, nodes.expected, nodes.min_connected, cfg.federation.node_wait_timeout)
-    grid = WatchedGrid(grid, nodes.min_connected, cfg.federation.node_wait_timeout)
+def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -> None:
+    fed = cfg.federation
+    wait_for_federation(grid, fed.expected_nodes, fed.node_wait_timeout)
+    # Flower's sampling waits (forever) for min_available_nodes; fail instead once they stay missing.
+    grid = WatchedGrid(grid, minimum=max(fed.min_train_nodes, fed.min_evaluate_nodes), timeout=fed.node_wait_timeout)
     ds = cfg.dataset
     test = load_splits(ds)["test"]
     device = resolve_device(cfg.server.device)
@@ -84,17 +101,23 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport) -> None:
     if kappa.uses_synthetic_data:
         augmenter = _augmenter(cfg, seeded_model(cfg.seed, **model_spec), device, test)
     strategy = GenFL(
+        base_strategy(cfg, num_nodes=len(list(grid.get_node_ids()))),
         num_classes=ds.num_classes,
-        histogram_timeout=cfg.federation.round_timeout,
         kappa=kappa,
         augmenter=augmenter,
-        fraction_train=cfg.federation.fraction_train,
-        fraction_evaluate=cfg.federation.fraction_evaluate,
-        min_train_nodes=1,
-        min_evaluate_nodes=1,
-        min_available_nodes=nodes.min_connected,
+        histogram_timeout=cfg.federation.histogram_timeout,
+        seed=cfg.seed,
+        reliability=reliability(cfg),
+        overlap=cfg.server.overlap,
     )
-    started = time.monotonic()
+    initial = ArrayRecord(model.state_dict())
+    first_round = 1
+    if resumed:
+        strategy.load_state_dict(resumed["strategy"])
+        initial = ArrayRecord({k: Array(v) for k, v in resumed["arrays"].items()})
+        first_round = resumed["round"] + 1
+        log(INFO, "resuming after round %d from %s", resumed["round"], checkpoint.checkpoint_path(report.run_dir))
+    started = time.monotonic() - (report.data["rounds"][-1]["wall_seconds"] if report.data["rounds"] else 0.0)
 
     def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         load_numpy_state(model, dict(zip(arrays.keys(), arrays.to_numpy_ndarrays())))
@@ -107,17 +130,62 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport) -> None:
             server_round, cfg.num_rounds, accuracy, loss, row.get("clients_trained", "-"), row["wall_seconds"])
         return MetricRecord({"test-accuracy": accuracy, "test-loss": loss})
 
+    def save_checkpoint(server_round: int, arrays: ArrayRecord) -> None:
+        report.set("global_label_histogram", strategy.global_histogram)
+        report.set("generation", dict(strategy.generation_stats))
+        if cfg.checkpoint.enabled:
+            checkpoint.save(report.run_dir, server_round=server_round,
+                            arrays=dict(zip(arrays.keys(), arrays.to_numpy_ndarrays())),
+                            strategy=strategy.state_dict(), rounds=report.data["rounds"], config=report.data["config"])
+
     strategy.start(
         grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
+        initial_arrays=initial,
         num_rounds=cfg.num_rounds,
         timeout=cfg.federation.round_timeout,
         train_config=train_config(cfg),
         evaluate_config=train_config(cfg),
         evaluate_fn=evaluate_global,
+        first_round=first_round,
+        on_round_end=save_checkpoint,
+        histogram_config=train_config(cfg, time_budget=cfg.federation.histogram_timeout),
     )
     report.set("global_label_histogram", strategy.global_histogram)
-    report.set("generation", {k: v for k, v in strategy.generation_stats.items()})
+    report.set("generation", dict(strategy.generation_stats))
+    if strategy.generation_stats.get("images_requested", 0) > sum(strategy.generation_stats.get("plan", {}).values()):
+        log(WARNING, "generation.budget=%s scaled the plan down from %d to %d images", cfg.generation.budget,
+            strategy.generation_stats["images_requested"], sum(strategy.generation_stats["plan"].values()))
+
+
+def base_strategy(cfg: DictConfig, num_nodes: int):
+    """The configured Flower strategy for the client part of Eq. (1), DP-wrapped if asked."""
+    fed = cfg.federation
+    sampling = dict(fraction_train=fed.fraction_train, fraction_evaluate=fed.fraction_evaluate,
+                    min_train_nodes=fed.min_train_nodes, min_evaluate_nodes=fed.min_evaluate_nodes,
+                    # Sampling waits for this many nodes: a node that vanished mid-run must not stall it.
+                    min_available_nodes=max(fed.min_train_nodes, fed.min_evaluate_nodes))
+    dp = None
+    if cfg.aggregation.dp.clipping is not None:
+        d = cfg.aggregation.dp
+        sampled = d.num_sampled_clients or max(int(num_nodes * fed.fraction_train), fed.min_train_nodes)
+        norm_key = "initial_clipping_norm" if d.clipping.endswith("adaptive") else "clipping_norm"
+        dp = {"clipping": d.clipping, "noise_multiplier": float(d.noise_multiplier), "num_sampled_clients": sampled,
+              norm_key: float(d.clipping_norm)}
+    args = OmegaConf.to_container(cfg.aggregation.args, resolve=True)
+    return build_base(cfg.aggregation.name, args, sampling=sampling, dp=dp)
+
+
+def reliability(cfg: DictConfig) -> Reliability:
+    rel, privacy = cfg.reliability, cfg.histogram_privacy
+    return Reliability(
+        max_samples_per_node=rel.max_samples_per_node,
+        node_cap_factor=float(rel.node_cap_factor),
+        claim_slack=total_noise_bound(privacy.mechanism, privacy.epsilon, privacy.delta, cfg.dataset.num_classes),
+        max_relative_update=float(rel.max_relative_update),
+        max_consecutive_failed_rounds=rel.max_consecutive_failed_rounds,
+        min_train_replies=rel.min_train_replies,
+        straggler_cooldown_rounds=rel.straggler_cooldown_rounds,
+    )
 
 
 def _augmenter(cfg: DictConfig, model: torch.nn.Module, device: torch.device, test: Split) -> AugmentedModelTrainer:

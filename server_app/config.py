@@ -23,7 +23,7 @@ RUN_CONFIG_KEYS = {
     "dataset": "dataset",
     "strategy": "strategy",
     "alpha": "partition.alpha",
-    "expected-nodes": "nodes.expected",
+    "expected-nodes": "federation.expected_nodes",
     "local-epochs": "client.local_epochs",
     "lr": "client.lr",
     "seed": "seed",
@@ -84,6 +84,15 @@ def validate(cfg: DictConfig) -> None:
     _check(_number(fed.fraction_train) and 0 < fed.fraction_train <= 1, "federation.fraction_train", "must be in (0, 1]", fed.fraction_train)
     _check(_number(fed.fraction_evaluate) and 0 <= fed.fraction_evaluate <= 1, "federation.fraction_evaluate", "must be in [0, 1]", fed.fraction_evaluate)
     _check(_number(fed.round_timeout) and fed.round_timeout > 0, "federation.round_timeout", "must be > 0 seconds", fed.round_timeout)
+    _check(_number(fed.histogram_timeout) and fed.histogram_timeout > 0, "federation.histogram_timeout", "must be > 0 seconds", fed.histogram_timeout)
+    _check(_number(fed.client_cpus) and fed.client_cpus > 0, "federation.client_cpus", "must be > 0", fed.client_cpus)
+    _check(_number(fed.client_gpus) and fed.client_gpus >= 0, "federation.client_gpus", "must be >= 0 (a share of one GPU per client, e.g. 0.25)", fed.client_gpus)
+    _check(fed.simulation_cpus is None or (isinstance(fed.simulation_cpus, int) and fed.simulation_cpus >= 1),
+           "federation.simulation_cpus", "must be null or an integer >= 1", fed.simulation_cpus)
+    for key in ("min_train_nodes", "min_evaluate_nodes"):
+        value = fed[key]
+        _check(isinstance(value, int) and 0 <= value <= fed.num_clients, f"federation.{key}",
+               f"must be an integer in 0..federation.num_clients ({fed.num_clients}): more clients per round than clients", value)
     part = cfg.partition
     _check(_number(part.alpha) and part.alpha > 0, "partition.alpha", "must be > 0", part.alpha)
     _check(isinstance(part.min_partition_size, int) and part.min_partition_size >= 0, "partition.min_partition_size", "must be an integer >= 0", part.min_partition_size)
@@ -93,6 +102,10 @@ def validate(cfg: DictConfig) -> None:
     _check(_number(client.lr) and client.lr > 0, "client.lr", "must be > 0", client.lr)
     _check(_number(client.momentum) and 0 <= client.momentum < 1, "client.momentum", "must be in [0, 1)", client.momentum)
     _check(_number(client.weight_decay) and client.weight_decay >= 0, "client.weight_decay", "must be >= 0", client.weight_decay)
+    for group in ("client", "server"):
+        node = cfg[group]
+        _check(isinstance(node.threads, int) and node.threads >= 1, f"{group}.threads", "must be an integer >= 1", node.threads)
+        _check(isinstance(node.eval_batch_size, int) and node.eval_batch_size >= 1, f"{group}.eval_batch_size", "must be an integer >= 1", node.eval_batch_size)
     ds = cfg.dataset
     _check(ds.name in ("digits", "cifar10", "cifar100"), "dataset.name", "must be digits, cifar10 or cifar100", ds.name)
     if ds.name == "digits":
@@ -103,15 +116,15 @@ def validate(cfg: DictConfig) -> None:
 
 
 def _validate_nodes(cfg: DictConfig) -> None:
-    nodes = cfg.nodes
-    _check(nodes.expected is None or (isinstance(nodes.expected, int) and not isinstance(nodes.expected, bool) and nodes.expected >= 1),
-           "nodes.expected", "must be null or an integer >= 1", nodes.expected)
-    _check(isinstance(nodes.min_connected, int) and not isinstance(nodes.min_connected, bool) and nodes.min_connected >= 1,
-           "nodes.min_connected", "must be an integer >= 1", nodes.min_connected)
-    if nodes.expected is not None:
-        _check(nodes.min_connected <= nodes.expected, "nodes.min_connected", f"must be <= nodes.expected ({nodes.expected})", nodes.min_connected)
-    timeout = cfg.federation.node_wait_timeout
-    _check(_number(timeout) and timeout > 0, "federation.node_wait_timeout", "must be > 0 seconds", timeout)
+    fed = cfg.federation
+    expected = fed.expected_nodes
+    _check(expected is None or (isinstance(expected, int) and not isinstance(expected, bool) and expected >= 1),
+           "federation.expected_nodes", "must be null or an integer >= 1", expected)
+    if expected is not None:
+        _check(fed.min_train_nodes <= expected, "federation.min_train_nodes",
+               f"must be <= federation.expected_nodes ({expected})", fed.min_train_nodes)
+    _check(_number(fed.node_wait_timeout) and fed.node_wait_timeout > 0, "federation.node_wait_timeout",
+           "must be > 0 seconds", fed.node_wait_timeout)
 
 
 def _validate_genfl(cfg: DictConfig) -> None:
@@ -125,7 +138,8 @@ def _validate_genfl(cfg: DictConfig) -> None:
         raise ConfigError(str(err)) from err
     gen = cfg.generation
     _check(gen.policy in POLICIES, "generation.policy", f"must be one of {', '.join(POLICIES)}", gen.policy)
-    _check(isinstance(gen.budget, int) and gen.budget >= 0, "generation.budget", "must be an integer >= 0", gen.budget)
+    _check(gen.budget is None or (isinstance(gen.budget, int) and gen.budget >= 0), "generation.budget", "must be null or an integer >= 0", gen.budget)
+    _check(gen.policy != "deficit" or gen.budget is not None, "generation.budget", "the deficit policy shares a budget: set it (e.g. 1000)", gen.budget)
     _check(isinstance(gen.per_class, int) and gen.per_class >= 0, "generation.per_class", "must be an integer >= 0", gen.per_class)
     _check(gen.target is None or (isinstance(gen.target, int) and gen.target >= 0), "generation.target", "must be null or an integer >= 0", gen.target)
     aug = cfg.augmented
@@ -135,6 +149,46 @@ def _validate_genfl(cfg: DictConfig) -> None:
     if cfg.generator.backend == "class_conditional" and st.kappa_aug + st.kappa_aug_final > 0:
         _check(cfg.dataset.name == "digits", "generator",
                "class_conditional makes 8x8 digits only; use generator=stable_diffusion for this data set", cfg.dataset.name)
+    names = cfg.generator.get("class_names")
+    if names is not None:
+        _check(len(names) == cfg.dataset.num_classes, "generator.class_names",
+               f"needs one name per class of {cfg.dataset.name} ({cfg.dataset.num_classes})", len(names))
+    _validate_reliability(cfg)
+
+
+def _validate_reliability(cfg: DictConfig) -> None:
+    from strategy.bases import BaseStrategyError, build_base
+    from torchcore.privacy import noise_scale
+
+    rel = cfg.reliability
+    _check(rel.max_samples_per_node is None or (isinstance(rel.max_samples_per_node, int) and rel.max_samples_per_node >= 1),
+           "reliability.max_samples_per_node", "must be null or an integer >= 1", rel.max_samples_per_node)
+    _check(_number(rel.node_cap_factor) and rel.node_cap_factor >= 1, "reliability.node_cap_factor", "must be >= 1", rel.node_cap_factor)
+    _check(_number(rel.max_relative_update) and rel.max_relative_update > 0, "reliability.max_relative_update", "must be > 0", rel.max_relative_update)
+    _check(isinstance(rel.max_consecutive_failed_rounds, int) and rel.max_consecutive_failed_rounds >= 1,
+           "reliability.max_consecutive_failed_rounds", "must be an integer >= 1", rel.max_consecutive_failed_rounds)
+    _check(isinstance(rel.min_train_replies, int) and 1 <= rel.min_train_replies <= cfg.federation.num_clients,
+           "reliability.min_train_replies", f"must be an integer in 1..federation.num_clients ({cfg.federation.num_clients})", rel.min_train_replies)
+    _check(isinstance(rel.straggler_cooldown_rounds, int) and rel.straggler_cooldown_rounds >= 0,
+           "reliability.straggler_cooldown_rounds", "must be an integer >= 0", rel.straggler_cooldown_rounds)
+    privacy = cfg.histogram_privacy
+    try:
+        noise_scale(privacy.mechanism, privacy.epsilon, privacy.delta)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from err
+    agg = cfg.aggregation
+    if not isinstance(agg.get("args"), (dict, DictConfig)):
+        raise ConfigError(f"aggregation.args: must be a mapping of the strategy's arguments (got {agg.get('args')!r})")
+    dp = agg.dp
+    _check(_number(dp.noise_multiplier) and dp.noise_multiplier >= 0, "aggregation.dp.noise_multiplier", "must be >= 0", dp.noise_multiplier)
+    _check(_number(dp.clipping_norm) and dp.clipping_norm > 0, "aggregation.dp.clipping_norm", "must be > 0", dp.clipping_norm)
+    try:  # built once here with the real arguments, so a typo fails before any node is contacted
+        dp_args = None if dp.clipping is None else {
+            "clipping": dp.clipping, "noise_multiplier": float(dp.noise_multiplier), "num_sampled_clients": 1,
+            ("initial_clipping_norm" if str(dp.clipping).endswith("adaptive") else "clipping_norm"): float(dp.clipping_norm)}
+        build_base(agg.name, OmegaConf.to_container(agg.args, resolve=True), sampling={}, dp=dp_args)
+    except BaseStrategyError as err:
+        raise ConfigError(str(err)) from err
 
 
 def to_yaml(cfg: DictConfig) -> str:

@@ -100,9 +100,35 @@ def flower_env(flwr_home: Path) -> dict:
     return env
 
 
+def simulation_config(cfg) -> str:
+    """`--federation-config` for this run: the node count and each ClientApp's CPU/GPU share."""
+    fed = cfg.federation
+    parts = [f"num-supernodes={fed.num_clients}", f"client-resources-num-cpus={fed.client_cpus}"]
+    if fed.client_gpus:
+        parts.append(f"client-resources-num-gpus={fed.client_gpus}")
+    if fed.simulation_cpus:
+        parts.append(f"init-args-num-cpus={fed.simulation_cpus}")
+    return " ".join(parts)
+
+
+def resume_overrides(run_dir: str) -> list[str]:
+    """The overrides an interrupted run was started with, plus ``output.resume=true``."""
+    import tomllib
+
+    path = Path(run_dir).expanduser().resolve() / "run_config.toml"
+    if not path.is_file():
+        raise ConfigError(f"--resume {run_dir}: no {path.name} there; give the results folder of a genfl-run run")
+    overrides = json.loads(tomllib.loads(path.read_text())["overrides"])
+    return [o for o in overrides if not o.startswith("output.resume=")] + ["output.resume=true"]
+
+
 def run(overrides: list[str]) -> int:
     """Validate, run one simulation, check its outcome; returns the process exit code."""
     try:
+        if overrides[:1] == ["--resume"]:
+            if len(overrides) != 2:
+                raise ConfigError("usage: genfl-run --resume <results folder> (the run's own settings are reused)")
+            overrides = resume_overrides(overrides[1])
         cfg = load_config(overrides)
     except ConfigError as err:
         print(f"genfl-run: config error: {err}", file=sys.stderr)
@@ -121,7 +147,8 @@ def run(overrides: list[str]) -> int:
     # A terminated launcher must still stop the SuperLink tree: turn SIGTERM into SystemExit so the
     # `finally` below runs (Ctrl-C already arrives as KeyboardInterrupt).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    log_file = open(run_dir / "superlink.log", "w")
+    (flwr_home / "state.db").unlink(missing_ok=True)  # a resumed run starts a fresh SuperLink
+    log_file = open(run_dir / "superlink.log", "a")
     superlink = subprocess.Popen(
         ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
          "--host", "127.0.0.1", "--port", str(port), "--database", str(flwr_home / "state.db")],
@@ -131,9 +158,7 @@ def run(overrides: list[str]) -> int:
         _wait_for_port(port, superlink, timeout=60)
         run_config = run_dir / "run_config.toml"
         run_config.write_text(f"overrides = {json.dumps(json.dumps(overrides))}\n")
-        federation = (f"num-supernodes={cfg.federation.num_clients} "
-                      f"client-resources-num-cpus={cfg.federation.client_cpus}")
-        run_id = start_run(APP_DIR, "genfl", run_config, env, federation_config=federation)
+        run_id = start_run(APP_DIR, "genfl", run_config, env, federation_config=simulation_config(cfg))
         stream_logs(run_id, "genfl", env)
         status, details = run_status(run_id, "genfl", env)
     except RunError as err:

@@ -2,9 +2,9 @@
 
 In simulation the federation is the nodes that are there (Flower tells each its ``partition-id`` of
 ``num-partitions``, so the partitioning always agrees). A deployment may pin the node count
-(``nodes.expected``): the run waits for that many and fails if they do not come. During the run,
-Flower's node sampling waits forever for missing nodes; `WatchedGrid` turns that into a failure
-once fewer than ``nodes.min_connected`` have been connected for ``federation.node_wait_timeout``.
+(``federation.expected_nodes``): the run waits for that many and fails if they do not come. During
+the run, Flower's node sampling waits forever for ``min_available_nodes``; `WatchedGrid` turns that
+into a failure once fewer have been connected for ``federation.node_wait_timeout``.
 """
 
 from __future__ import annotations
@@ -24,26 +24,26 @@ class NotEnoughNodesError(RuntimeError):
     """Too few SuperNodes are connected to start or to continue the run."""
 
 
-def wait_for_federation(grid: Grid, expected: int | None, minimum: int, timeout: float) -> int:
+def wait_for_federation(grid: Grid, expected: int | None, timeout: float) -> int:
     """Wait until the federation is there and return its size.
 
-    ``expected`` set: exactly that many nodes must connect within ``timeout``. Unset: at least ``minimum``,
-    and then until the count holds still for a poll (simulated nodes register just after the ServerApp starts).
+    ``expected`` set: that many nodes must connect within ``timeout``. Unset: at least one, and then
+    until the count holds still for a poll (simulated nodes register just after the ServerApp starts).
     """
-    need = expected if expected is not None else minimum
+    need = expected if expected is not None else 1
     deadline = time.monotonic() + timeout
     connected = len(list(grid.get_node_ids()))
     while connected < need:
         if time.monotonic() > deadline:
             if expected is not None:
                 raise NotEnoughNodesError(
-                    f"nodes.expected={expected} but only {connected} SuperNode(s) connected within {timeout}s "
-                    "(federation.node_wait_timeout): start the missing SuperNodes (docs/deploy.md), or set "
-                    "nodes.expected=null to run with the nodes that are there"
+                    f"federation.expected_nodes={expected} but only {connected} SuperNode(s) connected within "
+                    f"{timeout}s (federation.node_wait_timeout): start the missing SuperNodes (docs/deploy.md), "
+                    "or set federation.expected_nodes=null to run with the nodes that are there"
                 )
             raise NotEnoughNodesError(
-                f"only {connected} SuperNode(s) connected within {timeout}s (federation.node_wait_timeout), "
-                f"nodes.min_connected={minimum}: start SuperNodes (docs/deploy.md) or check that they reach the SuperLink"
+                f"no SuperNode connected within {timeout}s (federation.node_wait_timeout): start SuperNodes "
+                "(docs/deploy.md) or check that they reach the SuperLink"
             )
         time.sleep(POLL_SECONDS)
         connected = len(list(grid.get_node_ids()))
@@ -52,7 +52,7 @@ def wait_for_federation(grid: Grid, expected: int | None, minimum: int, timeout:
             connected = now
             time.sleep(POLL_SECONDS)
     log(INFO, "federation: %d SuperNode(s) connected%s", connected,
-        f" (nodes.expected={expected})" if expected is not None else "")
+        f" (federation.expected_nodes={expected})" if expected is not None else "")
     return connected
 
 
@@ -74,12 +74,13 @@ class WatchedGrid(Grid):
         now = time.monotonic()
         if self._short_since is None:
             self._short_since = now
-            log(WARNING, "only %d SuperNode(s) connected (nodes.min_connected=%d); waiting up to %ss for more",
-                len(node_ids), self._minimum, self._timeout)
+            log(WARNING, "only %d SuperNode(s) connected, sampling needs %d (federation.min_train_nodes / "
+                "min_evaluate_nodes); waiting up to %ss", len(node_ids), self._minimum, self._timeout)
         elif now - self._short_since > self._timeout:
             raise NotEnoughNodesError(
                 f"only {len(node_ids)} SuperNode(s) connected for {self._timeout}s (federation.node_wait_timeout), "
-                f"fewer than nodes.min_connected={self._minimum}: the run cannot go on"
+                f"fewer than the {self._minimum} that sampling needs (federation.min_train_nodes / min_evaluate_nodes): "
+                "the run cannot go on"
             )
         return node_ids
 

@@ -12,11 +12,15 @@ from pathlib import Path
 
 
 class RunReport:
-    def __init__(self, run_dir: Path, config: dict, run_id: int | None = None):
+    """``rounds`` continues a resumed run's table (from its checkpoint). ``run_id`` (the Flower run's)
+    ties the file to one run: a reused or resumed folder can hold an older run's metrics.json."""
+
+    def __init__(self, run_dir: Path, config: dict, rounds: list[dict] | None = None, run_id: int | None = None):
         self.run_dir = run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        # The Flower run id ties these results to one run: a reused folder can hold an older run's file.
-        self.data = {"status": "running", "run_id": run_id, "config": config, "rounds": []}
+        self.data = {"status": "running", "run_id": run_id, "config": config, "rounds": list(rounds or [])}
+        if rounds:
+            self.data["resumed_after_round"] = rounds[-1]["round"]
         self._write_json()
 
     def set(self, key: str, value) -> None:

@@ -1,15 +1,22 @@
-"""The GenFL strategy (arXiv 2503.20166): FedAvg plus a server-side model trained on synthetic data.
+"""The GenFL strategy (arXiv 2503.20166) as a wrapper around any Flower Message-API strategy.
 
 1. Before round 1 every node reports its label histogram (a ``query.label_histogram`` message).
-2. The server's augmenter plans and synthesises images from the validated global histogram.
-3. Each round clients train on real data while the augmenter trains w_aug on the synthetic set.
-4. w(t+1) = kappa_fl * sum_n rho_n w_n + kappa_aug * w_aug   (Eq. (1)), rho_n by sample counts.
+2. The server's augmenter plans and synthesises images from the robust global histogram.
+3. Each round clients train on real data while the augmenter trains w_aug on the synthetic set
+   (in a background thread, from the same global model, joined at aggregation).
+4. w(t+1) = kappa_fl * base_aggregate(w_1..w_N) + kappa_aug * w_aug   (Eq. (1)); with the FedAvg
+   base, base_aggregate = sum_n rho_n w_n, rho_n by sample counts.
 The torch/diffusers work stays behind the narrow `Augmenter` interface.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+import pickle
+import random
+from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Protocol
 
@@ -17,67 +24,109 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg, Result
-from flwr.serverapp.strategy.strategy_utils import aggregate_metricrecords
+from flwr.serverapp.strategy import FedAvgM, Result, Strategy
 
-from strategy.aggregation import sample_weights, weighted_mix
-from strategy.histograms import global_histogram, histogram_problem
+from strategy.aggregation import weighted_mix
+from strategy.bases import innermost
+from strategy.guard import update_problem
+from strategy.histograms import capped_histograms, global_histogram, histogram_problem, node_cap
 from strategy.kappa import KappaSchedule
 
 LABEL_HISTOGRAM_QUERY = "query.label_histogram"
 
 
-class NoTrainingRepliesError(RuntimeError):
-    """Every client failed a round: continuing would silently keep the old model."""
+class RoundFailedError(RuntimeError):
+    """Rounds kept failing (no usable client model, or the new model was rejected): the run cannot
+    make progress, and continuing would silently keep the old model."""
+
+
+class NoHistogramsError(RuntimeError):
+    """No node reported a usable label histogram: nothing to plan from, no claim can be checked."""
+
+
+# Kept for callers of the earlier name: every client failing a round is one way a round fails.
+NoTrainingRepliesError = RoundFailedError
 
 
 class Augmenter(Protocol):
     """The server-side synthetic-data work, as the strategy sees it (NumPy state in and out)."""
 
-    def prepare(self, global_histogram: Sequence[int]) -> dict: ...
+    def prepare(self, global_histogram: Sequence[int], plan: dict[int, int] | None = None) -> dict: ...
 
     def train(self, global_state: dict[str, np.ndarray], server_round: int) -> tuple[dict[str, np.ndarray], dict]: ...
 
 
-class GenFL(FedAvg):
-    """w(t+1) = kappa_fl * sum_n rho_n w_n + kappa_aug * w_aug, rho_n = n_n / sum n (Eq. (1)).
+@dataclass(frozen=True)
+class Reliability:
+    """What the server accepts from nodes and from its own aggregation (conf/: ``reliability``)."""
 
-    ``kappa`` gives (kappa_fl, kappa_aug) per round: kappa_aug = 0 is FedAvg (no augmenter needed),
-    kappa_fl = 0 is AIGC-only (clients are not asked to train that round). Every float array,
-    BatchNorm running statistics included, is mixed with the same weights; integer counters are
-    handled in `weighted_mix`.
+    max_samples_per_node: int | None = None  # a histogram claiming more is excluded
+    node_cap_factor: float = 10.0  # a node counts for at most this x the median node total
+    claim_slack: int = 0  # num-examples may exceed the declared total by this much (histogram noise)
+    max_relative_update: float = 10.0  # ||w(t+1) - w(t)|| / ||w(t)|| above this rejects the round
+    max_consecutive_failed_rounds: int = 2
+    min_train_replies: int = 1  # usable client models a round needs (when kappa_fl > 0)
+    straggler_cooldown_rounds: int = 2  # a node that failed or missed the deadline sits out this many rounds
 
-    Replies are checked one by one: an error reply, a missing or mismatched ArrayRecord or a bad
-    ``num-examples`` excludes that client from the round with a logged reason. A round that needs
-    clients and gets none raises `NoTrainingRepliesError`.
+
+class GenFL(Strategy):
+    """w(t+1) = kappa_fl * base(w_1..w_N) + kappa_aug * w_aug   (Eq. (1)).
+
+    ``base`` is any Flower Message-API strategy (FedAvg, FedProx, FedMedian, Krum, a DP wrapper, ...):
+    it samples the nodes and aggregates the client models; this wrapper adds the label-histogram
+    step, the augmented model and the mix. ``kappa`` gives (kappa_fl, kappa_aug) per round:
+    kappa_aug = 0 is the base alone, kappa_fl = 0 is AIGC-only (no node is asked to train).
+
+    Every reply is untrusted: an error reply, a malformed or non-finite model, or a ``num-examples``
+    above what the node declared in its histogram excludes that reply with a logged reason. The
+    mixed model must pass `update_problem` before it replaces the global model; a round that fails
+    keeps the old model and is counted, and `RoundFailedError` stops a run that cannot progress.
     """
 
-    def __init__(self, *, num_classes: int, histogram_timeout: float, kappa: KappaSchedule,
-                 augmenter: Augmenter | None, **fedavg_kwargs):
-        super().__init__(**fedavg_kwargs)
+    def __init__(self, base: Strategy, *, num_classes: int, kappa: KappaSchedule, augmenter: Augmenter | None,
+                 histogram_timeout: float, seed: int, reliability: Reliability = Reliability(),
+                 overlap: bool = True):
         if kappa.uses_synthetic_data and augmenter is None:
             raise ValueError("kappa_aug > 0 needs an augmenter (the server's synthetic-data trainer)")
+        self.base = base
         self.num_classes = num_classes
-        self.histogram_timeout = histogram_timeout
         self.kappa = kappa
         self.augmenter = augmenter
+        self.histogram_timeout = histogram_timeout
+        self.seed = seed
+        self.reliability = reliability
+        self.overlap = overlap
+        keys = innermost(base)
+        self.weighted_by_key, self.configrecord_key = keys.weighted_by_key, keys.configrecord_key
         self.generation_stats: dict = {}
-        self.client_histograms: dict[int, list[int]] = {}
-        self.global_histogram: list[int] | None = None
+        self.plan: dict[int, int] | None = None
+        self.client_histograms: dict[int, list[int]] = {}  # by node id, as declared (validated)
+        self.global_histogram: list[int] | None = None  # robust sum used for planning
         self.round_stats: dict[int, dict] = {}
-        self._current_arrays: ArrayRecord | None = None
-        self._sent: list[Message] = []
+        self.rounds_succeeded = 0
+        self.consecutive_failures = 0
+        self._declared_total: dict[int, int] = {}
+        self._weight_cap: float = float("inf")
         self._partition_of: dict[int, int] = {}  # node -> partition id, to mix in a fixed order
+        self._benched_until: dict[int, int] = {}  # node -> last round it sits out (stragglers, failures)
+        self._current: dict[str, np.ndarray] | None = None
+        self._sent: list[Message] = []
+        self._augmented: Future | Callable | None = None  # this round's augmented-model job
+        self._last_cause = "none"
+        self._resumed_histogram: list[int] | None = None
+        self._resumed_bench: dict[int, int] = {}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="augmented-model") if overlap else None
 
     def summary(self) -> None:
-        log(INFO, "\t├── GenFL: kappa_fl=%s kappa_aug=%s (%s schedule, kappa_aug_final=%s)",
-            self.kappa.kappa_fl, self.kappa.kappa_aug, self.kappa.schedule, self.kappa.kappa_aug_final)
-        super().summary()
+        log(INFO, "\t├── GenFL: kappa_fl=%s kappa_aug=%s (%s schedule, kappa_aug_final=%s), base %s, overlap=%s",
+            self.kappa.kappa_fl, self.kappa.kappa_aug, self.kappa.schedule, self.kappa.kappa_aug_final,
+            type(self.base).__name__, self.overlap)
+        self.base.summary()
 
     # -- step 1: label histograms ------------------------------------------------------------
     def collect_label_histograms(self, grid: Grid, config: ConfigRecord) -> list[int]:
-        """Ask every node for its label histogram; keep the valid ones and return their sum."""
-        node_ids = list(grid.get_node_ids())
+        """Ask every node for its label histogram; keep the valid ones and return their robust sum."""
+        node_ids = sorted(grid.get_node_ids())
         messages = [
             Message(RecordDict({self.configrecord_key: config}), message_type=LABEL_HISTOGRAM_QUERY, dst_node_id=n)
             for n in node_ids
@@ -88,124 +137,374 @@ class GenFL(FedAvg):
             if reply.has_error():
                 log(WARNING, "label histogram: node %s failed: %s", node, reply.error.reason)
                 continue
-            histogram, problem = self._histogram_from(reply)
+            histogram, partition, problem = self._histogram_from(reply)
             if problem:
                 log(WARNING, "label histogram: node %s excluded: %s", node, problem)
                 continue
             self.client_histograms[node] = [int(c) for c in histogram]
-            partition = next(iter(reply.content.metric_records.values())).get("partition-id")
-            if isinstance(partition, int):
+            if partition is not None:
                 self._partition_of[node] = partition
         missing = len(node_ids) - len(replies)
         if missing:
             log(WARNING, "label histogram: %d node(s) did not reply within %ss", missing, self.histogram_timeout)
-        self.global_histogram = global_histogram(list(self.client_histograms.values()), self.num_classes)
+        if not self.client_histograms:
+            raise NoHistogramsError(f"none of the {len(node_ids)} node(s) reported a valid label histogram "
+                                    f"({len(replies)} replied); see the warnings above")
+        self._declared_total = {node: sum(h) for node, h in self.client_histograms.items()}
+        self._weight_cap = node_cap(list(self._declared_total.values()), self.reliability.node_cap_factor)
+        capped = capped_histograms(self.client_histograms, self.reliability.node_cap_factor)
+        for node, histogram in capped.items():
+            if histogram != self.client_histograms[node]:
+                log(WARNING, "label histogram: node %s declared %d samples; counted as %d (%s x the median node)",
+                    node, self._declared_total[node], sum(histogram), self.reliability.node_cap_factor)
+        self.global_histogram = global_histogram(list(capped.values()), self.num_classes)
         log(INFO, "label histogram: %d of %d nodes reported; federation has %d samples",
             len(self.client_histograms), len(node_ids), sum(self.global_histogram))
         log(INFO, "label histogram (global, class 0..%d): %s", self.num_classes - 1, self.global_histogram)
+        if self._resumed_bench:
+            node_of = {p: n for n, p in self._partition_of.items()}
+            self._benched_until = {node_of[p]: r for p, r in self._resumed_bench.items() if p in node_of}
+        if self._resumed_histogram is not None and self._resumed_histogram != self.global_histogram:
+            log(WARNING, "label histogram differs from the checkpoint's %s: the federation changed; the "
+                "checkpoint's generation plan is kept", self._resumed_histogram)
         return self.global_histogram
 
-    def _histogram_from(self, reply: Message) -> tuple[list | None, str | None]:
+    def _histogram_from(self, reply: Message) -> tuple[list | None, int | None, str | None]:
         records = reply.content.metric_records
         if len(records) != 1:
-            return None, f"expected one MetricRecord, got {len(records)}"
+            return None, None, f"expected one MetricRecord, got {len(records)}"
         record = next(iter(records.values()))
         if "label-histogram" not in record:
-            return None, "no 'label-histogram' in the reply"
+            return None, None, "no 'label-histogram' in the reply"
         histogram = record["label-histogram"]
-        return histogram, histogram_problem(histogram, self.num_classes)
+        partition = record.get("partition-id")
+        partition = partition if isinstance(partition, int) and not isinstance(partition, bool) else None
+        return histogram, partition, histogram_problem(histogram, self.num_classes, self.reliability.max_samples_per_node)
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, *args, train_config: ConfigRecord | None = None, **kwargs) -> Result:
-        """Collect the label histograms, synthesise data if any round uses it, then run the rounds."""
-        self.collect_label_histograms(grid, train_config or ConfigRecord())
+    # -- the run -----------------------------------------------------------------------------
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+        *,
+        first_round: int = 1,
+        on_round_end: Callable[[int, ArrayRecord], None] | None = None,
+        histogram_config: ConfigRecord | None = None,
+    ) -> Result:
+        """Histograms, synthetic data, then rounds ``first_round..num_rounds``.
+
+        ``first_round > 1`` resumes: ``initial_arrays`` is the checkpointed global model and the
+        strategy's state was restored with `load_state_dict`. ``on_round_end`` runs after each
+        round's evaluation (the ServerApp writes its checkpoint there). ``histogram_config`` goes
+        with the label-histogram query (default: ``train_config``).
+        """
+        train_config = ConfigRecord() if train_config is None else train_config
+        evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
+        log(INFO, "Starting GenFL over %s, rounds %d..%d", type(self.base).__name__, first_round, num_rounds)
+        self.summary()
+        self.collect_label_histograms(grid, train_config if histogram_config is None else histogram_config)
         if self.kappa.uses_synthetic_data:
-            self.generation_stats = self.augmenter.prepare(self.global_histogram)
+            self.generation_stats = self.augmenter.prepare(self.global_histogram, plan=self.plan)
+            self.plan = self.generation_stats.get("plan")
             log(INFO, "synthetic data: %s", self.generation_stats)
-        return super().start(grid, initial_arrays, *args, train_config=train_config, **kwargs)
+        result = Result()
+        arrays = initial_arrays
+        if evaluate_fn and first_round == 1:
+            if (res := evaluate_fn(0, arrays)) is not None:
+                result.evaluate_metrics_serverapp[0] = res
+        try:
+            for server_round in range(first_round, num_rounds + 1):
+                log(INFO, "[ROUND %s/%s]", server_round, num_rounds)
+                messages = list(self.configure_train(server_round, arrays, train_config, grid))
+                replies = list(grid.send_and_receive(messages, timeout=timeout)) if messages else []
+                new_arrays, train_metrics = self.aggregate_train(server_round, replies)
+                if new_arrays is not None:
+                    arrays = result.arrays = new_arrays
+                if train_metrics is not None:
+                    result.train_metrics_clientapp[server_round] = train_metrics
+                messages = list(self.configure_evaluate(server_round, arrays, evaluate_config, grid))
+                if messages:
+                    evaluated = self.aggregate_evaluate(server_round, grid.send_and_receive(messages, timeout=timeout))
+                    if evaluated is not None:
+                        result.evaluate_metrics_clientapp[server_round] = evaluated
+                if evaluate_fn and (res := evaluate_fn(server_round, arrays)) is not None:
+                    result.evaluate_metrics_serverapp[server_round] = res
+                if on_round_end:
+                    on_round_end(server_round, arrays)
+                self._check_progress(server_round)
+        finally:
+            self.close()
+        if self.rounds_succeeded == 0 and num_rounds >= first_round:
+            raise RoundFailedError(f"no round produced a usable model; last cause: {self._last_cause}")
+        return result
+
+    def close(self) -> None:
+        """Wait for the background augmented-model training, if any, and stop its thread."""
+        job, self._augmented = self._augmented, None
+        if isinstance(job, Future):
+            job.exception()  # waits; its error, if any, was or will be reported by the round
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
 
     # -- rounds ------------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        # aggregate_train does not receive the global model; keep it to validate replies against.
-        self._current_arrays = arrays
-        kappa_fl, _ = self.kappa.at(server_round)
-        self._sent = list(super().configure_train(server_round, arrays, config, grid)) if kappa_fl > 0 else []
+        """Start the augmented model (in the background) and let the base sample and configure nodes."""
+        self._current = dict(zip(arrays.keys(), arrays.to_numpy_ndarrays()))
+        kappa_fl, kappa_aug = self.kappa.at(server_round)
+        if kappa_aug > 0:
+            self._start_augmented(server_round)
+        self._sent = []
+        if kappa_fl > 0:
+            if isinstance(innermost(self.base), FedAvgM):
+                # FedAvgM keeps its own copy of the global model; under Eq. (1) the global model is the mix.
+                innermost(self.base).current_arrays = arrays
+            # Node order by partition and a per-round seed: the same nodes are sampled on every rerun.
+            state = random.getstate()
+            random.seed(self.seed * 1_000_003 + server_round)
+            try:
+                grid_view = _OrderedGrid(grid, self._order, skip=self._benched(server_round, grid))
+                self._sent = list(self.base.configure_train(server_round, arrays, config, grid_view))
+            finally:
+                random.setstate(state)
         return self._sent
 
+    def _benched(self, server_round: int, grid: Grid) -> set[int]:
+        """Nodes sitting out this round, unless that would leave too few to sample from."""
+        benched = {n for n, until in self._benched_until.items() if until >= server_round}
+        remaining = len(set(grid.get_node_ids()) - benched)
+        needed = max(self.reliability.min_train_replies, getattr(innermost(self.base), "min_available_nodes", 1))
+        if benched and remaining < needed:
+            log(WARNING, "round %d: only %d node(s) not sitting out; asking the %d resting ones too", server_round,
+                remaining, len(benched))
+            return set()
+        return benched
+
+    def _bench(self, server_round: int, nodes: Iterable[int], why: str) -> None:
+        cooldown = self.reliability.straggler_cooldown_rounds
+        for node in nodes:
+            if cooldown > 0:
+                self._benched_until[node] = server_round + cooldown
+                log(INFO, "node %s sits out rounds %d..%d (%s)", node, server_round + 1, server_round + cooldown, why)
+
+    def _start_augmented(self, server_round: int) -> None:
+        """Overlapped: train now, beside the clients. Sequential: train when the round is aggregated."""
+        state = {k: v.copy() for k, v in self._current.items()}
+        job = functools.partial(self.augmenter.train, state, server_round)
+        self._augmented = self._pool.submit(job) if self._pool is not None else job
+
+    def _join_augmented(self, server_round: int) -> tuple[dict[str, np.ndarray], dict]:
+        job, self._augmented = self._augmented, None
+        if job is None:
+            raise RuntimeError(f"round {server_round}: the augmented model was never started (configure_train not called?)")
+        return job.result() if isinstance(job, Future) else job()
+
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Eq. (1): the clients' weighted average mixed with the augmented model."""
+        """Eq. (1): the base's aggregate of the usable client models mixed with the augmented model.
+
+        Returns ``(None, None)`` when the round fails (the old model stays); `start` stops the run
+        with `RoundFailedError` once ``max_consecutive_failed_rounds`` rounds in a row failed.
+        """
         kappa_fl, kappa_aug = self.kappa.at(server_round)
-        states, weights, metrics = [], [], MetricRecord()
-        if kappa_fl > 0:
-            client_average, metrics = self._average_clients(server_round, list(replies))
-            states.append(client_average)
-            weights.append(kappa_fl)
-        else:
-            self.round_stats[server_round] = {"clients_trained": 0, "clients_failed": 0, "clients_excluded": 0}
-        stats = self.round_stats[server_round]
+        stats = self.round_stats.setdefault(server_round, {})
         stats.update(kappa_fl=kappa_fl, kappa_aug=kappa_aug)
         if server_round == 1 and self.generation_stats:
             stats.update(images_synthesized=self.generation_stats["images_synthesized"],
                          generation_seconds=self.generation_stats["generation_seconds"])
+        states, weights, metrics, cause = [], [], None, None
+        if kappa_fl > 0:
+            client_part, metrics, cause = self._aggregate_clients(server_round, list(replies))
+            if client_part is not None:
+                states.append(client_part)
+                weights.append(kappa_fl)
+        else:
+            stats.update(clients_trained=0, clients_failed=0, clients_excluded=0, clients_missing=0)
         if kappa_aug > 0:
-            global_state = dict(zip(self._current_arrays.keys(), self._current_arrays.to_numpy_ndarrays()))
-            augmented, augmented_metrics = self.augmenter.train(global_state, server_round)
+            augmented, augmented_metrics = self._join_augmented(server_round)  # joined even if the round failed
+            stats.update(augmented_metrics)
             states.append(augmented)
             weights.append(kappa_aug)
-            stats.update(augmented_metrics)
-        mixed = weighted_mix(states, weights)
+        if cause is None:
+            mixed = weighted_mix(states, weights)
+            cause, ratio = update_problem(self._current, mixed, self.reliability.max_relative_update)
+            stats["update_ratio"] = round(ratio, 6) if np.isfinite(ratio) else None
+            if cause:
+                cause = f"the new global model was rejected: {cause}"
+        if cause is not None:
+            return self._round_failed(server_round, cause), None
+        self.consecutive_failures = 0
+        self.rounds_succeeded += 1
+        stats["round_accepted"] = True
         return ArrayRecord({k: Array(v) for k, v in mixed.items()}), metrics
 
-    def _average_clients(self, server_round: int, replies: list[Message]) -> tuple[dict[str, np.ndarray], MetricRecord]:
-        """sum_n rho_n w_n over the valid replies; excluded replies are logged with why."""
-        reference = self._current_arrays.to_numpy_ndarrays() if self._current_arrays is not None else None
-        reference_keys = list(self._current_arrays.keys()) if self._current_arrays is not None else None
-        states, counts, contents, failed, excluded = [], [], [], 0, 0
-        # Replies arrive in completion order; mixing in partition order makes runs bit-reproducible.
-        replies = sorted(replies, key=lambda r: self._partition_of.get(_sender(r, self._sent), _sender(r, self._sent)))
+    def _round_failed(self, server_round: int, cause: str) -> None:
+        self.round_stats[server_round]["round_accepted"] = False
+        self.round_stats[server_round]["round_failure"] = cause
+        self.consecutive_failures += 1
+        self._last_cause = cause
+        log(WARNING, "round %d failed, the global model stays as it was: %s", server_round, cause)
+
+    def _check_progress(self, server_round: int) -> None:
+        limit = self.reliability.max_consecutive_failed_rounds
+        if self.consecutive_failures >= limit:
+            raise RoundFailedError(
+                f"round {server_round}: {self.consecutive_failures} consecutive rounds failed "
+                f"(reliability.max_consecutive_failed_rounds={limit}); last cause: {self._last_cause}"
+            )
+
+    def _aggregate_clients(self, server_round: int, replies: list[Message]) -> tuple[dict | None, MetricRecord | None, str | None]:
+        """(base aggregate as NumPy state, metrics, failure cause) over the usable replies."""
+        usable, failed, excluded = [], 0, 0
+        answered = {_sender(r, self._sent) for r in replies}
+        self._bench(server_round, [m.metadata.dst_node_id for m in self._sent if m.metadata.dst_node_id not in answered],
+                    "no reply within the round timeout")
         for reply in replies:
             node = _sender(reply, self._sent)
             if reply.has_error():
                 failed += 1
                 log(WARNING, "round %d: node %s failed: %s", server_round, node, reply.error.reason)
+                self._bench(server_round, [node], "its last reply was an error")
                 continue
-            state, num_examples, problem = self._client_update(reply, reference_keys, reference)
+            problem = self._reply_problem(reply, node)
             if problem:
                 excluded += 1
                 log(WARNING, "round %d: node %s excluded: %s", server_round, node, problem)
                 continue
-            states.append(state)
-            counts.append(num_examples)
-            contents.append(reply.content)
-        self.round_stats[server_round] = {"clients_trained": len(states), "clients_failed": failed, "clients_excluded": excluded}
-        if not states:
-            raise NoTrainingRepliesError(
-                f"round {server_round}: no client returned a usable model ({len(replies)} replies, "
-                f"{failed} errors, {excluded} excluded); see the warnings above"
-            )
-        metrics = aggregate_metricrecords(contents, self.weighted_by_key)
-        if "train-loss" in metrics:
+            usable.append(reply)
+        # Replies arrive in completion order; the base aggregates them in partition order (bit-reproducible).
+        usable.sort(key=lambda r: self._order(_sender(r, self._sent)))
+        missing = len(self._sent) - len(replies)
+        self.round_stats[server_round].update(clients_trained=len(usable), clients_failed=failed,
+                                              clients_excluded=excluded, clients_missing=max(missing, 0))
+        if missing > 0:
+            log(WARNING, "round %d: %d node(s) did not reply in time", server_round, missing)
+        if len(usable) < self.reliability.min_train_replies:
+            return None, None, (f"{len(usable)} usable client model(s), fewer than reliability.min_train_replies="
+                                f"{self.reliability.min_train_replies} ({len(replies)} replies, {failed} errors, "
+                                f"{excluded} excluded, {max(missing, 0)} missing)")
+        try:
+            record, metrics = self.base.aggregate_train(server_round, usable)
+        except Exception as err:  # a robust rule with too few replies, an inconsistent record, ...
+            return None, None, f"{type(self.base).__name__} could not aggregate: {type(err).__name__}: {err}"
+        if record is None:
+            return None, None, f"{type(self.base).__name__} returned no model"
+        state = dict(zip(record.keys(), record.to_numpy_ndarrays()))
+        if list(state) != list(self._current):
+            return None, None, f"{type(self.base).__name__} returned arrays that differ from the global model's"
+        if metrics is not None and "train-loss" in metrics:
             self.round_stats[server_round]["train_loss"] = float(metrics["train-loss"])
-        return weighted_mix(states, sample_weights(counts)), metrics
+        return _like(state, self._current), metrics, None
 
-    def _client_update(self, reply: Message, keys, reference) -> tuple[dict | None, int, str | None]:
+    def _reply_problem(self, reply: Message, node: int) -> str | None:
+        """Why a training reply must not be aggregated, or None; caps its weight at the node cap."""
         content = reply.content
         if len(content.array_records) != 1 or len(content.metric_records) != 1:
-            return None, 0, "expected exactly one ArrayRecord and one MetricRecord"
+            return "expected exactly one ArrayRecord and one MetricRecord"
         metrics = next(iter(content.metric_records.values()))
         num_examples = metrics.get(self.weighted_by_key)
         if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples <= 0:
-            return None, 0, f"'{self.weighted_by_key}' must be a positive integer, got {num_examples!r}"
+            return f"'{self.weighted_by_key}' must be a positive integer, got {num_examples!r}"
+        declared = self._declared_total.get(node)
+        if declared is None:
+            return "it reported no valid label histogram before round 1, so its sample count cannot be checked"
+        if num_examples > declared + self.reliability.claim_slack:
+            return f"'{self.weighted_by_key}'={num_examples} exceeds the {declared} samples its label histogram declared"
+        for key, value in metrics.items():
+            if isinstance(value, float) and not np.isfinite(value):
+                return f"metric {key!r} is not finite"
         record = next(iter(content.array_records.values()))
-        state = dict(zip(record.keys(), record.to_numpy_ndarrays()))
-        if keys is not None:
-            if list(state) != keys:
-                return None, 0, "array names differ from the global model's"
-            for (name, array), ref in zip(state.items(), reference):
-                if array.shape != ref.shape or array.dtype != ref.dtype:
-                    return None, 0, f"array {name!r} is {array.dtype}{array.shape}, expected {ref.dtype}{ref.shape}"
-                if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-                    return None, 0, f"array {name!r} has non-finite values"
-        return state, num_examples, None
+        if list(record.keys()) != list(self._current):
+            return "array names differ from the global model's"
+        for (name, array), ref in zip(zip(record.keys(), record.to_numpy_ndarrays()), self._current.values()):
+            if array.shape != ref.shape or array.dtype != ref.dtype:
+                return f"array {name!r} is {array.dtype}{array.shape}, expected {ref.dtype}{ref.shape}"
+            if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+                return f"array {name!r} has non-finite values"
+        if num_examples > self._weight_cap:
+            metrics[self.weighted_by_key] = int(self._weight_cap)  # one node cannot dominate the average
+        return None
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        return self.base.configure_evaluate(server_round, arrays, config, _OrderedGrid(grid, self._order))
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        usable = [r for r in replies if not r.has_error()]
+        return self.base.aggregate_evaluate(server_round, usable) if usable else None
+
+    def _order(self, node: int) -> tuple[int, int]:
+        partition = self._partition_of.get(node)
+        return (0, partition) if partition is not None else (1, node)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Everything needed to continue after the last finished round (picklable)."""
+        by_partition = {self._partition_of.get(n, n): h for n, h in self.client_histograms.items()}
+        return {
+            "plan": self.plan,
+            "global_histogram": self.global_histogram,
+            "client_histograms": by_partition,
+            "generation_stats": self.generation_stats,
+            "round_stats": self.round_stats,
+            "rounds_succeeded": self.rounds_succeeded,
+            "consecutive_failures": self.consecutive_failures,
+            "benched_until": {self._partition_of.get(n, n): r for n, r in self._benched_until.items()},
+            "base": pickle.dumps(self.base),  # server optimiser moments, adaptive clipping norms, ...
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore `state_dict`; histograms are collected again (node ids change) and compared."""
+        self.plan = {int(k): int(v) for k, v in state["plan"].items()} if state["plan"] else None
+        self.round_stats = {int(k): v for k, v in state["round_stats"].items()}
+        self.rounds_succeeded = state["rounds_succeeded"]
+        self.consecutive_failures = state["consecutive_failures"]
+        self.base = pickle.loads(state["base"])
+        self._resumed_histogram = state["global_histogram"]
+        self._resumed_bench = state["benched_until"]  # by partition; mapped to node ids after the histogram query
+
+
+def _like(state: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Cast a base strategy's output back to the global model's dtypes (averaging makes counters float)."""
+    out = {}
+    for key, array in state.items():
+        dtype = reference[key].dtype
+        array = np.asarray(array)
+        out[key] = np.rint(array).astype(dtype) if np.issubdtype(dtype, np.integer) else array.astype(dtype, copy=False)
+    return out
+
+
+class _OrderedGrid(Grid):
+    """The run's Grid as the base strategy sees it: node ids in partition order (so seeded sampling
+    picks the same nodes on every rerun), without the nodes that sit out this round."""
+
+    def __init__(self, grid: Grid, order: Callable[[int], tuple], skip: set[int] = frozenset()):
+        self._grid, self._order_key, self._skip = grid, order, skip
+
+    def get_node_ids(self) -> list[int]:
+        return sorted((n for n in self._grid.get_node_ids() if n not in self._skip), key=self._order_key)
+
+    def set_run(self, run) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self):
+        return self._grid.run
+
+    def create_message(self, *args, **kwargs) -> Message:
+        return self._grid.create_message(*args, **kwargs)
+
+    def push_messages(self, messages):
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids):
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages, *, timeout=None):
+        return self._grid.send_and_receive(messages, timeout=timeout)
 
 
 def _sender(reply: Message, sent: list[Message]) -> int:

@@ -9,14 +9,12 @@ from server_app.runs import RunError
 
 
 def test_default_federation_is_the_nodes_that_are_there(make_config):
-    cfg = make_config()
-    assert cfg.nodes.expected is None and cfg.nodes.min_connected == 1
+    assert make_config().federation.expected_nodes is None
 
 
 @pytest.mark.parametrize("override, key", [
-    ("nodes.expected=0", "nodes.expected"),
-    ("nodes.expected=two", "nodes.expected"),
-    ("nodes.min_connected=0", "nodes.min_connected"),
+    ("federation.expected_nodes=0", "federation.expected_nodes"),
+    ("federation.expected_nodes=two", "federation.expected_nodes"),
     ("federation.node_wait_timeout=0", "federation.node_wait_timeout"),
 ])
 def test_bad_node_settings_name_their_key(override, key):
@@ -24,13 +22,13 @@ def test_bad_node_settings_name_their_key(override, key):
         load_config([override])
 
 
-def test_min_connected_cannot_exceed_the_pinned_count():
-    with pytest.raises(ConfigError, match=r"nodes.min_connected: must be <= nodes.expected \(3\)"):
-        load_config(["nodes.expected=3", "nodes.min_connected=4"])
+def test_min_train_nodes_cannot_exceed_the_pinned_count():
+    with pytest.raises(ConfigError, match=r"federation.min_train_nodes: must be <= federation.expected_nodes \(3\)"):
+        load_config(["federation.expected_nodes=3", "federation.min_train_nodes=4"])
 
 
 def test_expected_nodes_run_config_key_pins_the_federation():
-    assert load_config(overrides_from_run_config({"expected-nodes": 3})).nodes.expected == 3
+    assert load_config(overrides_from_run_config({"expected-nodes": 3})).federation.expected_nodes == 3
 
 
 def test_missing_connection_is_named_with_the_known_ones(tmp_path, monkeypatch):

@@ -82,7 +82,7 @@ def test_run_where_every_client_fails_exits_non_zero(tmp_path):
     assert "run FAILED" in proc.stderr
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["status"] == "failed"
-    assert "NoTrainingRepliesError" in metrics["error"]
+    assert "RoundFailedError" in metrics["error"]
     _assert_nothing_left_running(run_dir)
 
 

@@ -1,106 +1,296 @@
-"""The GenFL strategy's aggregation is exactly Eq. (1), checked by hand on small arrays.
+"""The GenFL strategy driven through `GenFL.start` on an in-memory Grid (tests/local_grid.py).
 
-The augmenter here is a fixed-state stand-in: these tests are about the strategy's arithmetic and
-reply handling, not about training (tests/test_augmented.py trains a real augmented model).
+Nodes here answer with fixed NumPy models so every expected value can be computed by hand; the
+augmenter is a fixed-state stand-in (tests/test_cache_and_augmented.py trains a real one, and
+tests/test_overlap.py runs the real ClientApp and augmenter through the same Grid).
 """
 
 import numpy as np
 import pytest
-from flwr.app import Array, ArrayRecord, Message, Metadata, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx
 
-from strategy.genfl import GenFL, NoTrainingRepliesError
+from local_grid import LocalGrid
+from strategy.genfl import GenFL, NoHistogramsError, Reliability, RoundFailedError
 from strategy.kappa import KappaSchedule
 
+KEYS = ("w", "bn.running_mean", "bn.num_batches_tracked")
 
-def _state(w, mean, count):
-    return {"w": np.array(w, np.float32), "bn.running_mean": np.array(mean, np.float32),
-            "bn.num_batches_tracked": np.array(count, np.int64)}
+
+def _state(w, mean=(0.0, 0.0), count=1):
+    return {"w": np.asarray(w, np.float32), "bn.running_mean": np.asarray(mean, np.float32),
+            "bn.num_batches_tracked": np.asarray(count, np.int64)}
+
+
+def _record(state):
+    return ArrayRecord({k: Array(np.asarray(v)) for k, v in state.items()})
+
+
+def _numpy(record):
+    return dict(zip(record.keys(), record.to_numpy_ndarrays()))
+
+
+def node(histogram, partition, update=None, num_examples=None, train_error=None):
+    """A node that reports ``histogram`` and answers training with ``update(global_state)``."""
+    def handle(msg):
+        kind = msg.metadata.message_type
+        if kind == "query.label_histogram":
+            return Message(RecordDict({"h": MetricRecord({"label-histogram": histogram, "partition-id": partition})}), reply_to=msg)
+        if kind == "train":
+            if train_error:
+                raise RuntimeError(train_error)
+            state = update(_numpy(msg.content["arrays"]))
+            n = sum(histogram) if num_examples is None else num_examples
+            metrics = MetricRecord({"num-examples": n, "train-loss": float(partition + 1)})
+            return Message(RecordDict({"arrays": _record(state), "metrics": metrics}), reply_to=msg)
+        raise AssertionError(f"unexpected message {kind}")
+    return handle
+
+
+def fixed(state):
+    return lambda _global: state
 
 
 class FixedAugmenter:
-    def __init__(self, state):
-        self.state, self.calls = state, []
+    """Returns a fixed w_aug and records what it was given and when."""
 
-    def prepare(self, histogram):
-        return {"images_synthesized": 0, "generation_seconds": 0.0}
+    def __init__(self, state, grid=None):
+        self.state, self.grid, self.trained_from, self.prepared = state, grid, [], None
+
+    def prepare(self, histogram, plan=None):
+        self.prepared = (list(histogram), len(self.grid.sent) if self.grid else None)
+        return {"plan": {0: 1}, "images_synthesized": 1, "generation_seconds": 0.0}
 
     def train(self, global_state, server_round):
-        self.calls.append((server_round, {k: v.copy() for k, v in global_state.items()}))
+        self.trained_from.append((server_round, {k: v.copy() for k, v in global_state.items()}))
         return self.state, {"augmented_test_accuracy": 0.5}
 
 
-def _reply(state, num_examples, msg_id):
-    md = Metadata(run_id=1, message_id="r" + msg_id, src_node_id=5, dst_node_id=0, reply_to_message_id=msg_id,
-                  group_id="1", created_at=0.0, ttl=60.0, message_type="train")
-    record = ArrayRecord({k: Array(v) for k, v in state.items()})
-    return Message(metadata=md, content=RecordDict({"arrays": record, "metrics": MetricRecord({"num-examples": num_examples})}))
+def genfl(kappa_fl=1.0, kappa_aug=0.0, augmenter=None, base=None, rounds=1, schedule="constant", final=None, **reliability):
+    kappa = KappaSchedule(kappa_fl, kappa_aug, schedule, kappa_aug if final is None else final, rounds)
+    reliability.setdefault("max_relative_update", 1e9)  # toy models jump far; the guard has its own test
+    return GenFL(base or FedAvg(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1), num_classes=3,
+                 kappa=kappa, augmenter=augmenter, histogram_timeout=1, seed=0, reliability=Reliability(**reliability))
 
 
-def _strategy(kappa_fl, kappa_aug, augmenter):
-    strategy = GenFL(num_classes=3, histogram_timeout=1, kappa=KappaSchedule(kappa_fl, kappa_aug, "constant", kappa_aug, 3),
-                     augmenter=augmenter, min_available_nodes=1)
-    strategy._current_arrays = ArrayRecord({k: Array(v) for k, v in _state([0, 0], [0, 0], 1).items()})
-    return strategy
+def run(strategy, grid, rounds=1, initial=None):
+    result = strategy.start(grid, _record(initial or _state([0, 0])), num_rounds=rounds, timeout=1,
+                            train_config=ConfigRecord({"lr": 0.1}))
+    return _numpy(result.arrays) if len(result.arrays) else None
 
 
-def _mixed(result):
-    return {k: v.numpy() for k, v in result[0].items()}
-
-
-def test_eq1_mixes_client_average_and_augmented_model_including_bn_buffers():
-    clients = [_state([1, 2], [0, 4], 10), _state([3, 6], [2, 0], 20)]  # rho = 1/4, 3/4
-    augmented = _state([10, 20], [8, 8], 5)
-    strategy = _strategy(0.6, 0.4, FixedAugmenter(augmented))
-    out = _mixed(strategy.aggregate_train(1, [_reply(clients[0], 10, "a"), _reply(clients[1], 30, "b")]))
+def test_eq1_mixes_the_client_average_and_the_augmented_model_including_bn_buffers():
+    grid = LocalGrid({
+        10: node([5, 5, 0], 0, fixed(_state([1, 2], [0, 4], 10))),    # rho = 10/40
+        11: node([10, 10, 10], 1, fixed(_state([3, 6], [2, 0], 20))),  # rho = 30/40
+    })
+    augmenter = FixedAugmenter(_state([10, 20], [8, 8], 5))
+    out = run(genfl(0.6, 0.4, augmenter), grid)
     client_w = 0.25 * np.array([1, 2]) + 0.75 * np.array([3, 6])
     client_mean = 0.25 * np.array([0, 4]) + 0.75 * np.array([2, 0])
     np.testing.assert_allclose(out["w"], 0.6 * client_w + 0.4 * np.array([10, 20]), rtol=1e-6)
     np.testing.assert_allclose(out["bn.running_mean"], 0.6 * client_mean + 0.4 * np.array([8, 8]), rtol=1e-6)
-    assert out["bn.num_batches_tracked"] == 20 and out["bn.num_batches_tracked"].dtype == np.int64
-    assert strategy.round_stats[1]["kappa_aug"] == pytest.approx(0.4)
-    assert strategy.round_stats[1]["augmented_test_accuracy"] == 0.5
+    assert out["bn.num_batches_tracked"].dtype == np.int64
 
 
-def test_augmented_model_starts_from_the_current_global_model():
-    augmenter = FixedAugmenter(_state([0, 0], [0, 0], 1))
-    strategy = _strategy(0.5, 0.5, augmenter)
-    strategy.aggregate_train(1, [_reply(_state([1, 1], [1, 1], 1), 4, "a")])
-    np.testing.assert_array_equal(augmenter.calls[0][1]["w"], [0, 0])
+def test_histograms_are_collected_and_the_augmenter_prepared_before_any_training_message():
+    grid = LocalGrid({1: node([1, 2, 3], 0, fixed(_state([1, 1]))), 2: node([4, 0, 1], 1, fixed(_state([1, 1])))})
+    augmenter = FixedAugmenter(_state([0, 0]), grid)
+    strategy = genfl(0.5, 0.5, augmenter)
+    run(strategy, grid)
+    assert augmenter.prepared == ([5, 2, 4], 2)  # the global histogram, after exactly the two queries
+    assert [m.metadata.message_type for m in grid.sent] == ["query.label_histogram"] * 2 + ["train"] * 2
 
 
-def test_kappa_aug_zero_is_fedavg_and_never_trains_the_augmented_model():
-    augmenter = FixedAugmenter(_state([99, 99], [99, 99], 1))
-    strategy = _strategy(1.0, 0.0, augmenter)
-    out = _mixed(strategy.aggregate_train(1, [_reply(_state([1, 3], [0, 0], 1), 1, "a"), _reply(_state([3, 5], [0, 0], 1), 1, "b")]))
-    np.testing.assert_allclose(out["w"], [2, 4])
-    assert augmenter.calls == []
+def test_error_malformed_implausible_and_missing_histograms_are_excluded():
+    def raises(msg):
+        raise RuntimeError("disk on fire")
+    grid = LocalGrid({
+        1: node([1, 2, 3], 0, fixed(_state([1, 1]))),
+        2: raises,
+        3: node([1, 2], 2),                  # wrong length
+        4: node([1, -2, 3], 3),              # negative
+        5: node([10**15, 0, 0], 4),          # implausible total
+        6: lambda msg: None,                 # no reply in time
+    })
+    strategy = genfl(max_samples_per_node=10**6)
+    run(strategy, grid)
+    assert strategy.client_histograms == {1: [1, 2, 3]}
+    assert strategy.global_histogram == [1, 2, 3]
+    # Only the node with a valid histogram is trusted with training; the others are excluded.
+    assert strategy.round_stats[1]["clients_trained"] == 1
 
 
-def test_kappa_fl_zero_is_aigc_only_and_needs_no_client():
-    strategy = _strategy(0.0, 1.0, FixedAugmenter(_state([7, 8], [1, 2], 3)))
-    out = _mixed(strategy.aggregate_train(1, []))
+def test_a_run_where_every_histogram_is_rejected_stops_before_training():
+    grid = LocalGrid({1: node([1, 2], 0), 2: node(["x", 1, 1], 1)})
+    with pytest.raises(NoHistogramsError, match="none of the 2 node"):
+        run(genfl(), grid)
+    assert grid.sent_of_type("train") == []
+
+
+def test_one_node_cannot_steer_the_plan_its_histogram_is_capped_at_a_multiple_of_the_median():
+    grid = LocalGrid({i: node([10, 10, 10], i, fixed(_state([1, 1]))) for i in range(4)})
+    grid.nodes[9] = node([0, 0, 100_000], 9, fixed(_state([1, 1])))
+    augmenter = FixedAugmenter(_state([0, 0]), grid)
+    run(genfl(0.5, 0.5, augmenter, node_cap_factor=2.0), grid)
+    # Median total is 30; the liar counts for at most 60 samples, all of class 2.
+    assert augmenter.prepared[0] == [40, 40, 40 + 60]
+
+
+def test_aigc_only_sends_no_training_messages_and_uses_the_augmented_model():
+    grid = LocalGrid({1: node([1, 1, 1], 0, fixed(_state([9, 9])))})
+    out = run(genfl(0.0, 1.0, FixedAugmenter(_state([7, 8], [1, 2], 3))), grid, rounds=2)
+    assert grid.sent_of_type("train") == []
     np.testing.assert_allclose(out["w"], [7, 8])
-    assert strategy.round_stats[1]["clients_trained"] == 0
 
 
-def test_malformed_replies_are_excluded_not_fatal():
-    strategy = _strategy(1.0, 0.0, None)
-    good = _reply(_state([2, 2], [0, 0], 1), 5, "a")
-    wrong_shape = _reply(_state([1, 2, 3], [0, 0], 1), 5, "b")
-    nan_weights = _reply(_state([np.nan, 1], [0, 0], 1), 5, "c")
-    zero_examples = _reply(_state([9, 9], [0, 0], 1), 0, "d")
-    out = _mixed(strategy.aggregate_train(1, [good, wrong_shape, nan_weights, zero_examples]))
+def test_scheduled_kappas_change_the_mix_round_by_round():
+    grid = LocalGrid({1: node([1, 1, 1], 0, fixed(_state([0, 0])))})
+    augmenter = FixedAugmenter(_state([10, 10]))
+    strategy = genfl(0.5, 0.5, augmenter, rounds=3, schedule="linear", final=0.0)
+    out = run(strategy, grid, rounds=3)
+    assert [strategy.round_stats[r]["kappa_aug"] for r in (1, 2, 3)] == [0.5, 0.25, 0.0]
+    # Round 3 has kappa_aug = 0: the client model alone; round 2's global model fed the augmenter.
+    np.testing.assert_allclose(out["w"], [0, 0])
+    np.testing.assert_allclose(augmenter.trained_from[1][1]["w"], [5, 5])
+    assert [r for r, _ in augmenter.trained_from] == [1, 2]
+
+
+def test_error_replies_count_as_failed_and_the_others_are_averaged():
+    grid = LocalGrid({
+        1: node([1, 1, 1], 0, fixed(_state([2, 2]))),
+        2: node([1, 1, 1], 1, train_error="CUDA out of memory"),
+    })
+    strategy = genfl()
+    out = run(strategy, grid)
     np.testing.assert_allclose(out["w"], [2, 2])
-    assert strategy.round_stats[1] == {"clients_trained": 1, "clients_failed": 0, "clients_excluded": 3,
-                                       "kappa_fl": 1.0, "kappa_aug": 0.0}
+    assert (strategy.round_stats[1]["clients_trained"], strategy.round_stats[1]["clients_failed"]) == (1, 1)
 
 
-def test_a_round_without_any_usable_client_fails_loudly():
-    strategy = _strategy(1.0, 0.0, None)
-    with pytest.raises(NoTrainingRepliesError, match="round 2"):
-        strategy.aggregate_train(2, [_reply(_state([1], [0, 0], 1), 5, "a")])
+def test_malformed_replies_are_excluded_with_their_reason():
+    grid = LocalGrid({
+        1: node([5, 0, 0], 0, fixed(_state([2, 2]))),
+        2: node([5, 0, 0], 1, fixed(_state([1, 2, 3]))),        # wrong shape
+        3: node([5, 0, 0], 2, fixed(_state([np.nan, 1]))),      # NaN
+        4: node([5, 0, 0], 3, fixed(_state([9, 9])), num_examples=0),
+        5: node([5, 0, 0], 4, fixed(_state([9, 9])), num_examples=10**12),  # more than it declared
+    })
+    strategy = genfl()
+    out = run(strategy, grid)
+    np.testing.assert_allclose(out["w"], [2, 2])
+    assert strategy.round_stats[1]["clients_excluded"] == 4
+
+
+def test_mixing_does_not_depend_on_the_order_replies_arrive_in():
+    rng = np.random.default_rng(0)
+    states = [_state(rng.normal(size=2) * 10.0 ** rng.integers(-3, 3), rng.normal(size=2)) for _ in range(7)]
+    nodes = {100 - i: node([i + 1, 2, 3], i, fixed(states[i])) for i in range(7)}
+    forward = run(genfl(), LocalGrid(dict(nodes)))
+    backward = run(genfl(), LocalGrid(dict(nodes), reply_order=lambda replies: replies[::-1]))
+    for key in KEYS:
+        np.testing.assert_array_equal(forward[key], backward[key])
+
+
+def test_an_exploding_aggregate_is_rejected_and_the_run_stops_naming_the_cause():
+    grid = LocalGrid({
+        1: node([5, 5, 5], 0, lambda g: _state(g["w"] + 0.1)),
+        2: node([5, 5, 5], 1, lambda g: _state((g["w"] + 0.1) * 1000)),  # honest count, scaled weights
+    })
+    strategy = genfl(rounds=3, max_relative_update=5.0, max_consecutive_failed_rounds=2)
+    with pytest.raises(RoundFailedError, match="2 consecutive rounds failed.*rejected.*limit reliability.max_relative_update"):
+        run(strategy, grid, rounds=3, initial=_state([1.0, 1.0]))
+    assert strategy.round_stats[1]["round_accepted"] is False
+    assert strategy.round_stats[1]["update_ratio"] > 100
+
+
+def test_a_robust_base_keeps_the_model_healthy_against_scaled_weights():
+    honest = lambda g: _state(g["w"] + 0.1)
+    nodes = {i: node([5, 5, 5], i, honest) for i in range(4)}
+    nodes[9] = node([5, 5, 5], 9, lambda g: _state((g["w"] + 0.1) * 1000))
+    base = FedMedian(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
+    strategy = genfl(base=base, rounds=3)
+    out = run(strategy, LocalGrid(nodes), rounds=3, initial=_state([1.0, 1.0]))
+    np.testing.assert_allclose(out["w"], [1.3, 1.3], rtol=1e-6)
+    assert all(strategy.round_stats[r]["round_accepted"] for r in (1, 2, 3))
+
+
+def test_a_transient_failure_keeps_the_old_model_and_the_run_goes_on():
+    calls = {"n": 0}
+
+    def flaky(global_state):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise RuntimeError("node rebooted")
+        return _state(global_state["w"] + 1)
+
+    strategy = genfl(rounds=3, max_consecutive_failed_rounds=2)
+    out = run(strategy, LocalGrid({1: node([1, 1, 1], 0, flaky)}), rounds=3, initial=_state([0.0, 0.0]))
+    np.testing.assert_allclose(out["w"], [2, 2])  # round 1 failed, rounds 2 and 3 added 1 each
+    assert [strategy.round_stats[r]["round_accepted"] for r in (1, 2, 3)] == [False, True, True]
+
+
+def test_the_base_strategys_config_reaches_the_clients():
+    seen = []
+
+    def update(global_state):
+        return _state(global_state["w"])
+
+    def spy(msg):
+        if msg.metadata.message_type == "train":
+            seen.append(dict(msg.content["config"]))
+        return node([1, 1, 1], 0, update)(msg)
+
+    base = FedProx(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1, proximal_mu=0.25)
+    run(genfl(base=base), LocalGrid({1: spy}))
+    assert seen[0]["proximal-mu"] == 0.25 and seen[0]["lr"] == 0.1 and seen[0]["server-round"] == 1
+
+
+def test_partial_participation_samples_the_same_nodes_on_every_rerun():
+    def sampled(seed_nodes):
+        nodes = {nid: node([1, 1, 1], p, fixed(_state([1, 1]))) for p, nid in enumerate(seed_nodes)}
+        grid = LocalGrid(nodes)
+        base = FedAvg(fraction_train=0.3, fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
+        run(genfl(base=base, rounds=3), grid, rounds=3)
+        return [strategy_partitions for strategy_partitions in
+                [[seed_nodes.index(m.metadata.dst_node_id) for m in grid.sent_of_type("train")]]][0]
+
+    # Node ids differ between runs (SuperLinks assign them at random); partitions are what count.
+    first = sampled([11, 52, 33, 74, 95, 16, 27, 88, 39, 40])
+    second = sampled([901, 17, 455, 3, 78, 1000, 61, 62, 5, 8])
+    assert first == second and len(first) == 9
+
+
+def test_state_dict_round_trip_keeps_the_plan_and_the_base_strategys_state():
+    from flwr.serverapp.strategy import FedAvgM
+
+    grid = LocalGrid({1: node([1, 1, 1], 0, lambda g: _state(g["w"] + 1))})
+    base = FedAvgM(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1, server_momentum=0.5)
+    first = genfl(0.5, 0.5, FixedAugmenter(_state([0, 0])), base=base, rounds=2)
+    run(first, grid, rounds=1)
+    restored = genfl(0.5, 0.5, FixedAugmenter(_state([0, 0])), base=FedAvgM(), rounds=2)
+    restored.load_state_dict(first.state_dict())
+    assert restored.plan == {0: 1}
+    assert restored.base.server_momentum == 0.5
+    np.testing.assert_array_equal(restored.base.momentum_vector[0], first.base.momentum_vector[0])
+    assert restored.round_stats[1]["round_accepted"] is True
 
 
 def test_synthetic_kappas_without_an_augmenter_are_rejected_at_construction():
     with pytest.raises(ValueError, match="augmenter"):
-        GenFL(num_classes=3, histogram_timeout=1, kappa=KappaSchedule(0.5, 0.5, "constant", 0.5, 3), augmenter=None)
+        genfl(0.5, 0.5, None)
+
+
+def test_a_node_that_missed_the_deadline_sits_out_the_next_rounds():
+    replies = {"slow": 0}
+
+    def slow(msg):
+        if msg.metadata.message_type == "train":
+            replies["slow"] += 1
+            return None  # never answers in time
+        return node([1, 1, 1], 1)(msg)
+
+    grid = LocalGrid({1: node([1, 1, 1], 0, fixed(_state([1, 1]))), 2: slow, 3: node([1, 1, 1], 2, fixed(_state([1, 1])))})
+    strategy = genfl(rounds=4, straggler_cooldown_rounds=2)
+    run(strategy, grid, rounds=4)
+    assert replies["slow"] == 2  # rounds 1 and 4; rounds 2 and 3 went on without it
+    assert [strategy.round_stats[r]["clients_missing"] for r in (1, 2, 3, 4)] == [1, 0, 0, 1]

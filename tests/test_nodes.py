@@ -34,22 +34,22 @@ def fast_polls(monkeypatch):
 
 def test_unpinned_federation_is_the_nodes_there_once_the_count_holds_still():
     grid = ScriptedGrid([], [1], [1, 2], [1, 2])  # simulated nodes registering just after the start
-    assert wait_for_federation(grid, expected=None, minimum=1, timeout=5) == 2
+    assert wait_for_federation(grid, expected=None, timeout=5) == 2
 
 
 def test_pinned_federation_waits_for_all_expected_nodes():
     grid = ScriptedGrid([1], [1, 2], [1, 2, 3])
-    assert wait_for_federation(grid, expected=3, minimum=1, timeout=5) == 3
+    assert wait_for_federation(grid, expected=3, timeout=5) == 3
 
 
 def test_pinned_federation_fails_naming_the_setting_when_nodes_do_not_come():
-    with pytest.raises(NotEnoughNodesError, match=r"nodes.expected=3 but only 2 SuperNode\(s\) connected within 0.05s"):
-        wait_for_federation(ScriptedGrid([1, 2]), expected=3, minimum=1, timeout=0.05)
+    with pytest.raises(NotEnoughNodesError, match=r"federation.expected_nodes=3 but only 2 SuperNode\(s\) connected within 0.05s"):
+        wait_for_federation(ScriptedGrid([1, 2]), expected=3, timeout=0.05)
 
 
 def test_no_node_at_all_fails_after_the_timeout():
-    with pytest.raises(NotEnoughNodesError, match="only 0 SuperNode"):
-        wait_for_federation(ScriptedGrid([]), expected=None, minimum=1, timeout=0.05)
+    with pytest.raises(NotEnoughNodesError, match="no SuperNode connected within 0.05s"):
+        wait_for_federation(ScriptedGrid([]), expected=None, timeout=0.05)
 
 
 def test_watched_grid_tolerates_a_short_dip_then_fails_once_nodes_stay_too_few(monkeypatch):
@@ -63,7 +63,7 @@ def test_watched_grid_tolerates_a_short_dip_then_fails_once_nodes_stay_too_few(m
     clock[0] = 9.0
     assert grid.get_node_ids() == []          # a new dip starts at t=9
     clock[0] = 19.5
-    with pytest.raises(NotEnoughNodesError, match="fewer than nodes.min_connected=1"):
+    with pytest.raises(NotEnoughNodesError, match="fewer than the 1 that sampling needs"):
         grid.get_node_ids()
 
 

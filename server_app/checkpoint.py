@@ -1,0 +1,98 @@
+"""Per-round checkpoints of a run, written atomically, and what resuming needs from them.
+
+``<run dir>/checkpoint/latest.pkl`` holds the global model, the strategy's state (kappa position,
+histograms, plan, synthetic cache key, base-strategy state), the RNG states and the metrics rows so
+far. It is replaced by rename after an fsync, so a crash while writing leaves the previous one
+intact. It is a pickle: load only checkpoints this server wrote.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = "genfl-checkpoint/1"
+# Keys that may differ between the interrupted run and its resumption.
+_RUN_ONLY_KEYS = ("output",)
+
+
+class CheckpointError(RuntimeError):
+    """No usable checkpoint to resume from; the message says what to do."""
+
+
+def checkpoint_path(run_dir: Path) -> Path:
+    return run_dir / "checkpoint" / "latest.pkl"
+
+
+def save(run_dir: Path, *, server_round: int, arrays: dict[str, np.ndarray], strategy: dict, rounds: list[dict],
+         config: dict) -> Path:
+    path = checkpoint_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "format": FORMAT,
+        "round": server_round,
+        "arrays": arrays,
+        "strategy": strategy,
+        "rounds": rounds,
+        "config": config,
+        "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+    }
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="latest.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            pickle.dump(payload, handle, protocol=pickle.HIGHEST_PROTOCOL)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load(run_dir: Path, config: dict) -> dict:
+    """The checkpoint of ``run_dir``, checked against this run's ``config``; RNG states restored."""
+    path = checkpoint_path(run_dir)
+    if not path.is_file():
+        raise CheckpointError(f"output.resume=true but {path} does not exist: nothing to resume; start a new run "
+                              "(without output.resume) or point output.dir at an interrupted run's folder")
+    try:
+        with open(path, "rb") as handle:
+            payload = pickle.load(handle)
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError) as err:
+        raise CheckpointError(f"{path} is unreadable ({type(err).__name__}: {err}); start a new run") from err
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a {FORMAT} checkpoint")
+    differences = _differences(payload["config"], config)
+    if differences:
+        raise CheckpointError(f"cannot resume {run_dir}: the config differs from the checkpoint's in "
+                              f"{', '.join(differences)}; resume with the original settings (genfl-run --resume DIR)")
+    rng = payload["rng"]
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    return payload
+
+
+def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    keys = sorted(set(saved) | set(current))
+    found = []
+    for key in keys:
+        name = f"{prefix}{key}"
+        if not prefix and key in _RUN_ONLY_KEYS:
+            continue
+        a, b = saved.get(key, "<missing>"), current.get(key, "<missing>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            found += _differences(a, b, name + ".")
+        elif a != b:
+            found.append(name)
+    return found
