@@ -71,10 +71,10 @@ def outcome(prog: str, run_dir: Path, run_id: int, status: str, details: str, re
     """0 when the SuperLink says the run completed and (if required) this run's metrics.json says so too."""
     metrics = results_of(run_dir, run_id)
     if status == COMPLETED and metrics is not None and metrics.get("status") == "completed":
-        print(f"{prog}: run {run_id} completed; results in {run_dir}")
+        print(f"{prog}: completed (run {run_id}); results in {run_dir}")
         return 0
     if status == COMPLETED and metrics is None and not require_results:
-        print(f"{prog}: run {run_id} completed; results in {run_dir} on the ServerApp's machine")
+        print(f"{prog}: completed (run {run_id}); results in {run_dir} on the ServerApp's machine")
         return 0
     if metrics is not None and metrics.get("error"):
         detail = metrics["error"]
@@ -82,5 +82,5 @@ def outcome(prog: str, run_dir: Path, run_id: int, status: str, details: str, re
         detail = f"no metrics.json of run {run_id} in {run_dir}"
     else:
         detail = f"the ServerApp wrote no results of run {run_id} ({details or 'see the log above'})"
-    print(f"{prog}: run {run_id} FAILED (status {status or 'unknown'}): {detail}; results folder: {run_dir}", file=sys.stderr)
+    print(f"{prog}: run FAILED (run {run_id}, status {status or 'unknown'}): {detail}; results folder: {run_dir}", file=sys.stderr)
     return 1

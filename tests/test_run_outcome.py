@@ -30,7 +30,7 @@ def test_failed_run_in_a_folder_with_an_older_completed_run_fails(tmp_path, caps
     _metrics(tmp_path, 111)
     assert outcome("genfl-run", tmp_path, 222, "finished:failed", "") == 1
     err = capsys.readouterr().err
-    assert "run 222 FAILED (status finished:failed)" in err and "wrote no results of run 222" in err
+    assert "run FAILED (run 222, status finished:failed)" in err and "wrote no results of run 222" in err
 
 
 def test_completed_status_needs_this_runs_completed_metrics(tmp_path, capsys):
@@ -39,7 +39,7 @@ def test_completed_status_needs_this_runs_completed_metrics(tmp_path, capsys):
     assert "no metrics.json of run 222" in capsys.readouterr().err
     _metrics(tmp_path, 222)
     assert outcome("genfl-run", tmp_path, 222, COMPLETED, "") == 0
-    assert "run 222 completed; results in" in capsys.readouterr().out
+    assert "genfl-run: completed (run 222); results in" in capsys.readouterr().out
 
 
 def test_a_failed_runs_own_error_is_reported(tmp_path, capsys):
@@ -68,5 +68,5 @@ def test_genfl_run_reusing_a_folder_does_not_report_the_older_runs_success(tmp_p
         cwd=REPO, capture_output=True, text=True, timeout=900,
     )
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert "FAILED (status finished:failed)" in proc.stderr
+    assert "run FAILED (run " in proc.stderr and "status finished:failed" in proc.stderr
     assert json.loads((run_dir / "metrics.json").read_text())["run_id"] == 111  # untouched, and not trusted
