@@ -75,12 +75,24 @@ class Deployment:
         )
 
     def start_superlink(self) -> None:
-        self.superlink = self._start("superlink", [
-            "flower-superlink", "--ssl-ca-certfile", str(self.certs / "ca.crt"),
+        """TLS and SuperNode authentication, as docs/deploy.md sets it up."""
+        self._start_superlink([
+            "--ssl-ca-certfile", str(self.certs / "ca.crt"),
             "--ssl-certfile", str(self.certs / "server.pem"), "--ssl-keyfile", str(self.certs / "server.key"),
             "--enable-supernode-auth", "--disable-runtime-dependency-installation",
-            "--host", "127.0.0.1", "--port", str(self.port), "--database", str(self.root / "state.db"),
+            "--database", str(self.root / "state.db"),
         ])
+
+    def start_simulation_superlink(self) -> None:
+        """What `flwr run` starts for its `local` connection, on this deployment's own port, plus a
+        `sim` connection (the default) to it."""
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "sim"\n\n[superlink.sim]\naddress = "{self.address}"\ninsecure = true\n')
+        self._start_superlink(["--insecure", "--simulation", "--isolation", "subprocess",
+                               "--disable-runtime-dependency-installation"])
+
+    def _start_superlink(self, args: list[str]) -> None:
+        self.superlink = self._start("superlink", ["flower-superlink", *args, "--host", "127.0.0.1", "--port", str(self.port)])
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             if self.superlink.poll() is not None:

@@ -115,7 +115,7 @@ def test_run_goes_on_when_a_node_dies_and_fails_loudly_when_none_are_left(deploy
         elif "round 2/3: test accuracy" in line and len(killed) == 1:
             dep.kill("edge-0")
             dep.kill("edge-1")
-            killed += ["edge-0", "edge-1"]
+            killed.extend(["edge-0", "edge-1"])
 
     code, out = _deploy_run(dep, _overrides(dep, "run-kill", "num_rounds=3", "federation.expected_nodes=3",
                                             "reliability.max_consecutive_failed_rounds=1"), on_line=kill_nodes)
