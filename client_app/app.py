@@ -24,7 +24,7 @@ from torchcore.train import TrainSettings, evaluate, resolve_device, train
 app = ClientApp(mods=[time_budget_mod, dp_clipping_mod])
 
 
-NO_PARTITION = -1  # the partition id a node reports when it trains on its own images
+NO_PARTITION = -1  # stands for "no built-in partition": the node trains on its own images
 
 
 def _local_data(msg: Message, context: Context):
@@ -75,7 +75,9 @@ def report_label_histogram(msg: Message, context: Context) -> Message:
     if mechanism != "none":
         histogram = privatize_histogram(histogram, mechanism, float(config["histogram-privacy.epsilon"]),
                                         float(config["histogram-privacy.delta"]), _histogram_noise(config, partition_id))
-    metrics = MetricRecord({"label-histogram": histogram, "num-examples": sum(histogram), "partition-id": partition_id})
+    metrics = MetricRecord({"label-histogram": histogram, "num-examples": sum(histogram)})
+    if partition_id != NO_PARTITION:  # a node with its own images has none: the server orders it by node id
+        metrics["partition-id"] = partition_id
     return Message(RecordDict({"histogram": metrics}), reply_to=msg)
 
 
