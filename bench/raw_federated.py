@@ -50,7 +50,7 @@ def run(overrides: list[str]) -> dict:
             counts.append(len(parts[cid]))
         global_state = weighted_mix(states, sample_weights(counts))
         load_numpy_state(model, global_state)
-        loss, accuracy = evaluate(model, test, device)
+        loss, accuracy = evaluate(model, test, device, cfg.server.eval_batch_size)
         rows.append({"round": server_round, "test_accuracy": accuracy, "test_loss": loss,
                      "wall_seconds": round(time.perf_counter() - started, 2)})
         print(json.dumps(rows[-1]), flush=True)

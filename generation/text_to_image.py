@@ -99,6 +99,8 @@ class TextToImageGenerator:
         device: str,
         local_files_only: bool,
         safety_checker: bool,
+        revision: str = "main",
+        compile_unet: bool = False,
     ) -> None:
         if scheduler not in SCHEDULERS:
             raise ValueError(f"Unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}.")
@@ -128,17 +130,24 @@ class TextToImageGenerator:
         self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
         self.local_files_only = bool(local_files_only)
         self.safety_checker = bool(safety_checker)
+        self.revision = str(revision)
+        self.compile_unet = bool(compile_unet)
+        self._weights_id: str | None = None
         self.last_dropped = 0
         self.last_shortfall: dict[int, int] = {}
         self._pipe: StableDiffusionPipeline | None = None
 
     def fingerprint(self) -> dict:
-        """Everything but plan and seed that determines the images (batch_size does not, by design)."""
-        model = self.model
-        if Path(model).expanduser().is_dir():  # a folder is known by where it is, an id by its name
-            model = str(Path(model).expanduser().resolve())
+        """Everything but plan and seed that determines the images (batch_size does not, by design).
+
+        The weights are identified by content, not by name: a Hub id by the commit its revision
+        resolves to, a folder by its files' sizes and modification times (a new upstream revision or a
+        re-downloaded folder must not silently reuse images made with the old weights).
+        """
+        if self._weights_id is None:
+            self._weights_id = weights_identity(self.model, self.revision, self.local_files_only)
         return {
-            "backend": BACKEND, "model": model, "scheduler": self.scheduler,
+            "backend": BACKEND, "weights": self._weights_id, "scheduler": self.scheduler,
             "num_inference_steps": self.num_inference_steps, "guidance_scale": self.guidance_scale,
             "prompts": list(self.prompts), "negative_prompt": self.negative_prompt,
             "generation_resolution": self.generation_resolution, "target_size": self.target_size,
@@ -148,27 +157,27 @@ class TextToImageGenerator:
         }
 
     def generate(self, plan: Mapping[int, int], *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """``plan[c]`` images of each class ``c`` (fewer if too many come out unusable), classes ascending."""
+        """``plan[c]`` images of each class ``c`` (fewer if too many come out unusable), classes ascending.
+
+        Each class is generated in its own batches, so its images are the same whatever else the plan
+        holds: a plan split by class over processes (`generation.shard`) gives identical images.
+        """
         counts = self._checked_plan(plan)
         kept: dict[int, list[torch.Tensor]] = {c: [] for c in counts}
-        next_index = dict(counts)  # replacements continue each class's candidate sequence
-        jobs = [(c, i) for c in counts for i in range(counts[c])]
         dropped = 0
-        for _ in range(1 + MAX_REPLACEMENT_ROUNDS):
-            for start in range(0, len(jobs), self.batch_size):
-                batch = jobs[start:start + self.batch_size]
-                images, usable = self._generate_batch(batch, seed)
-                for (class_id, _), image, ok in zip(batch, images, usable.tolist()):
-                    if ok:
-                        kept[class_id].append(image)
-                dropped += len(batch) - int(usable.sum())
-            jobs = []
-            for class_id in counts:
-                missing = counts[class_id] - len(kept[class_id])
-                jobs += [(class_id, next_index[class_id] + k) for k in range(missing)]
-                next_index[class_id] += missing
-            if not jobs:
-                break
+        for class_id, count in counts.items():
+            next_index = 0  # replacements continue the class's candidate sequence
+            for _ in range(1 + MAX_REPLACEMENT_ROUNDS):
+                missing = count - len(kept[class_id])
+                if missing == 0:
+                    break
+                indices = list(range(next_index, next_index + missing))
+                next_index += missing
+                for start in range(0, len(indices), self.batch_size):
+                    batch = [(class_id, i) for i in indices[start:start + self.batch_size]]
+                    images, usable = self._generate_batch(batch, seed)
+                    kept[class_id] += [image for image, ok in zip(images, usable.tolist()) if ok]
+                    dropped += len(batch) - int(usable.sum())
         self.last_dropped = dropped
         self.last_shortfall = {c: counts[c] - len(kept[c]) for c in counts if len(kept[c]) < counts[c]}
         if dropped:
@@ -203,11 +212,11 @@ class TextToImageGenerator:
                 num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
                 generator=generators, output_type="pt",
             )
-        images = output.images.float().cpu()
-        usable = ~unusable_images(images)
+        images = output.images.float()  # still on the device: resize there, copy only 32x32 pixels back
+        usable = ~unusable_images(images).cpu()
         if output.nsfw_content_detected is not None:
             usable &= ~torch.tensor(output.nsfw_content_detected, dtype=torch.bool)
-        return self._to_target_format(images), usable
+        return self._to_target_format(images).cpu(), usable
 
     def _to_target_format(self, images: torch.Tensor) -> torch.Tensor:
         """Downsample with antialiasing (plain bilinear would alias at 512 -> 32) and convert channels."""
@@ -215,7 +224,7 @@ class TextToImageGenerator:
             size = (self.target_size, self.target_size)
             images = F.interpolate(images, size=size, mode="bilinear", antialias=True, align_corners=False)
         if self.target_channels == 1:
-            images = (images * _LUMA).sum(dim=1, keepdim=True)
+            images = (images * _LUMA.to(images.device)).sum(dim=1, keepdim=True)
         return images.clamp(0, 1).contiguous()
 
     def load(self) -> StableDiffusionPipeline:
@@ -224,7 +233,10 @@ class TextToImageGenerator:
             pipe = self._load()
             pipe.scheduler = SCHEDULERS[self.scheduler].from_config(pipe.scheduler.config)
             pipe.set_progress_bar_config(disable=True)
-            self._pipe = pipe.to(self.device)
+            pipe = pipe.to(self.device)
+            if self.compile_unet:  # minutes of compiling once, then faster steps (bench/throughput.py)
+                pipe.unet = torch.compile(pipe.unet)
+            self._pipe = pipe
         return self._pipe
 
     def _load(self) -> StableDiffusionPipeline:
@@ -241,7 +253,8 @@ class TextToImageGenerator:
         try:
             pipe = StableDiffusionPipeline.from_pretrained(
                 str(folder) if folder.is_dir() else self.model, dtype=self.dtype,
-                local_files_only=self.local_files_only, **kwargs,
+                local_files_only=self.local_files_only, **({} if folder.is_dir() else {"revision": self.revision}),
+                **kwargs,
             )
         except (OSError, ValueError) as error:  # LocalEntryNotFoundError, HTTP errors, bad repo ids
             if folder.is_dir():
@@ -263,10 +276,52 @@ class TextToImageGenerator:
         return pipe
 
 
+def folder_digest(folder: Path, sample: int = 1 << 20) -> str:
+    """A hash of every file's name and size plus its first and last MiB: cheap for 4 GB of weights,
+    stable when the folder is copied elsewhere, different for other weights (tensor data differs
+    right after the safetensors header)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        size = path.stat().st_size
+        digest.update(f"{path.relative_to(folder).as_posix()}:{size}\n".encode())
+        with open(path, "rb") as handle:
+            digest.update(handle.read(sample))
+            if size > 2 * sample:
+                handle.seek(-sample, os.SEEK_END)
+                digest.update(handle.read(sample))
+    return digest.hexdigest()[:24]
+
+
 _SETTINGS = (
     "model", "class_names", "prompt_template", "negative_prompt", "guidance_scale", "num_inference_steps",
     "scheduler", "generation_resolution", "batch_size", "device", "local_files_only", "safety_checker",
+    "revision", "compile_unet",
 )
+
+
+def weights_identity(model: str, revision: str, local_files_only: bool) -> str:
+    """What identifies the weights behind ``model``: ``folder:<sampled content hash>``,
+    ``hub:<commit>`` (asked of the Hub when allowed, else read from the local Hub cache), or
+    ``hub-unresolved:<revision>`` when neither knows, which matches no cache entry made with
+    resolved weights."""
+    folder = Path(model).expanduser()
+    if folder.is_dir():
+        return f"folder:{folder_digest(folder)}"
+    if _looks_like_path(model):
+        return f"folder-missing:{folder.resolve()}"
+    if not local_files_only and not os.environ.get("HF_HUB_OFFLINE"):
+        try:
+            from huggingface_hub import HfApi
+
+            return f"hub:{model}@{HfApi().model_info(model, revision=revision, timeout=10).sha}"
+        except Exception as error:  # offline, rate-limited, private: fall back to the local cache
+            logger.info("could not ask the Hub which commit %s@%s is (%s)", model, revision, type(error).__name__)
+    from huggingface_hub import try_to_load_from_cache
+
+    cached = try_to_load_from_cache(model, "model_index.json", revision=revision)
+    if isinstance(cached, str):
+        return f"hub:{model}@{Path(cached).parent.name}"  # .../snapshots/<commit>/model_index.json
+    return f"hub-unresolved:{model}@{revision}"
 
 
 def from_config(

@@ -4,9 +4,7 @@ after every round and write the results folder. Any failure raises, so the run i
 from __future__ import annotations
 
 import time
-from datetime import datetime
 from logging import INFO, WARNING
-from pathlib import Path
 
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
@@ -17,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from generation.augmented import AugmentedModelTrainer
 from generation.factory import build_generator
 from server_app import checkpoint
-from server_app.config import load_config, overrides_from_run_config, to_yaml
+from server_app.config import load_config, overrides_from_run_config, run_directory, to_yaml
 from server_app.nodes import WatchedGrid, wait_for_federation
 from server_app.report import RunReport
 from strategy.bases import build_base
@@ -29,13 +27,6 @@ from torchcore.privacy import total_noise_bound
 from torchcore.train import TrainSettings, evaluate, load_numpy_state, resolve_device
 
 app = ServerApp()
-
-
-def run_directory(cfg: DictConfig) -> Path:
-    if cfg.output.dir:
-        return Path(cfg.output.dir).expanduser().resolve()
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    return (Path(cfg.output.root).expanduser() / f"{stamp}-{cfg.strategy.name}-{cfg.dataset.name}").resolve()
 
 
 def train_config(cfg: DictConfig, time_budget: float | None = None) -> ConfigRecord:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shlex
+from datetime import datetime
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -189,6 +190,14 @@ def _validate_reliability(cfg: DictConfig) -> None:
         build_base(agg.name, OmegaConf.to_container(agg.args, resolve=True), sampling={}, dp=dp_args)
     except BaseStrategyError as err:
         raise ConfigError(str(err)) from err
+
+
+def run_directory(cfg: DictConfig) -> Path:
+    """The run's results folder: ``output.dir``, else a new time-stamped folder under ``output.root``."""
+    if cfg.output.dir:
+        return Path(cfg.output.dir).expanduser().resolve()
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    return (Path(cfg.output.root).expanduser() / f"{stamp}-{cfg.strategy.name}-{cfg.dataset.name}").resolve()
 
 
 def to_yaml(cfg: DictConfig) -> str:

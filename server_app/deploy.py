@@ -19,7 +19,7 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-from server_app.config import ConfigError, load_config
+from server_app.config import ConfigError, load_config, run_directory
 from server_app.runs import RunError, outcome, run_status, start_run, stop_run, stream_logs
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -86,8 +86,6 @@ def run(connection: str, overrides: list[str], app_dir: Path = APP_DIR, federati
     except ConfigError as err:
         print(f"{PROG}: config error: {err}", file=sys.stderr)
         return 2
-    from server_app.app import run_directory
-
     # Absolute, so the ServerApp writes where this command says (run it on the ServerApp's machine, or
     # pass output.dir as a path there).
     run_dir = run_directory(cfg)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import psutil
 
-from server_app.config import ConfigError, load_config
+from server_app.config import ConfigError, load_config, run_directory
 from server_app.runs import RunError, outcome, run_status, start_run, stream_logs
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -97,6 +97,9 @@ def flower_env(flwr_home: Path) -> dict:
         FLWR_DISABLE_UPDATE_CHECK="1",
         PYTHONUNBUFFERED="1",
     )
+    # Few malloc arenas: each ClientApp message runs in a fresh thread (client_app/mods.py), and glibc
+    # would give every thread its own arena; this keeps each worker's memory flat (bench/simulation_scale.py).
+    env.setdefault("MALLOC_ARENA_MAX", "2")
     return env
 
 
@@ -133,8 +136,6 @@ def run(overrides: list[str]) -> int:
     except ConfigError as err:
         print(f"genfl-run: config error: {err}", file=sys.stderr)
         return 2
-    from server_app.app import run_directory  # after validation: keeps config errors fast
-
     run_dir = run_directory(cfg)
     overrides = [*overrides, f"output.dir={run_dir}"]
     flwr_home = run_dir / "flwr-home"

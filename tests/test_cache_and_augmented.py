@@ -5,6 +5,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
 from generation.augmented import AugmentedModelTrainer
 from generation.cache import generate_cached
@@ -12,7 +13,7 @@ from generation.factory import build_generator
 from tiny_sd import build_tiny_sd_folder
 from torchcore.data import Split
 from torchcore.model import seeded_model
-from torchcore.train import TrainSettings, state_to_numpy
+from torchcore.train import TrainSettings, evaluate, load_numpy_state, state_to_numpy
 
 
 @pytest.fixture
@@ -25,14 +26,24 @@ def sd_config(tmp_path, make_config):
     ), folder
 
 
-def test_cache_hit_returns_identical_tensors_without_the_model(sd_config):
+def test_cache_hit_returns_identical_tensors_without_loading_the_model(sd_config, tmp_path, monkeypatch):
+    from generation.text_to_image import TextToImageGenerator
+
     cfg, folder = sd_config
     plan = {0: 2, 7: 1}
     images, labels, hit = generate_cached(build_generator(cfg.generator, cfg.dataset), plan, 3, cfg.generation.cache_dir)
     assert not hit and images.dtype == torch.uint8 and images.shape == (3, 3, 32, 32)
     assert labels.tolist() == [0, 0, 7]
-    shutil.rmtree(folder)  # no model any more: only a cache hit can answer now
-    again, again_labels, hit = generate_cached(build_generator(cfg.generator, cfg.dataset), plan, 3, cfg.generation.cache_dir)
+
+    def no_loading(self):
+        raise AssertionError("a cache hit must not load the pipeline")
+
+    monkeypatch.setattr(TextToImageGenerator, "load", no_loading)
+    # The same weights copied elsewhere (e.g. to the server that runs the ServerApp) hit the same entry.
+    copy = tmp_path / "copied-model"
+    shutil.copytree(folder, copy)
+    generator = build_generator(OmegaConf.merge(cfg.generator, {"model": str(copy)}), cfg.dataset)
+    again, again_labels, hit = generate_cached(generator, plan, 3, cfg.generation.cache_dir)
     assert hit
     assert torch.equal(again, images) and torch.equal(again_labels, labels)
 
@@ -65,8 +76,10 @@ def test_augmented_model_trains_on_the_synthetic_set(sd_config):
     state, metrics = trainer.train(start, server_round=1)
     assert set(state) == set(start)
     assert not np.allclose(state["1.fc.weight"], start["1.fc.weight"])
-    assert 0.0 <= metrics["augmented_test_accuracy"] <= 1.0
-    assert metrics["images_used"] == 3
+    trained = seeded_model(1, num_classes=10, in_channels=3, mean=[0.5] * 3, std=[0.25] * 3)
+    load_numpy_state(trained, state)
+    loss, accuracy = evaluate(trained, test, torch.device("cpu"), 8)
+    assert (metrics["augmented_test_accuracy"], metrics["images_used"]) == (accuracy, 3)
 
 
 def test_pregenerate_fills_the_cache_that_the_run_reads(sd_config, capsys):
@@ -81,3 +94,84 @@ def test_pregenerate_fills_the_cache_that_the_run_reads(sd_config, capsys):
     assert main(["--histogram", "5,5,5,5,5,5,5,5,5,5", *overrides]) == 0
     assert "found in" in capsys.readouterr().out
     assert main(["--histogram", "1,2", *overrides]) == 2
+
+
+# --- cache robustness -----------------------------------------------------------------------------
+
+def _entry(sd_config):
+    from generation.cache import cache_path
+
+    cfg, _ = sd_config
+    generator = build_generator(cfg.generator, cfg.dataset)
+    plan = {0: 2, 3: 1}
+    images, labels, _ = generate_cached(generator, plan, 0, cfg.generation.cache_dir)
+    return generator, plan, cfg.generation.cache_dir, cache_path(generator, plan, 0, cfg.generation.cache_dir), images
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "wrong-contents"])
+def test_a_damaged_cache_entry_is_regenerated_with_a_warning(sd_config, damage, caplog):
+    from safetensors.torch import save_file
+
+    generator, plan, cache_dir, path, images = _entry(sd_config)
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "garbage":
+        path.write_bytes(b"not a safetensors file")
+    else:
+        save_file({"images": torch.zeros(99, 3, 32, 32, dtype=torch.uint8), "labels": torch.zeros(99, dtype=torch.int64)}, str(path))
+    again, _, hit = generate_cached(generator, plan, 0, cache_dir)
+    assert not hit and torch.equal(again, images)
+    assert "regenerating it" in caplog.text
+    assert generate_cached(generator, plan, 0, cache_dir)[2]  # repaired: a hit again
+
+
+def _write_many(path, value):
+    from generation.cache import write_entry
+
+    for _ in range(300):  # with one shared temporary file this fails (FileNotFoundError) every time we tried
+        write_entry(path, torch.full((4, 1, 8, 8), value, dtype=torch.uint8), torch.zeros(4, dtype=torch.int64), {"v": value})
+
+
+def test_concurrent_writers_of_one_key_never_leave_a_broken_entry(tmp_path):
+    import multiprocessing
+
+    from generation.cache import read_entry
+
+    path = tmp_path / "cache" / "key.safetensors"
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_write_many, args=(path, v)) for v in (1, 2)]
+    for writer in writers:
+        writer.start()
+    for writer in writers:
+        writer.join(timeout=120)
+    assert [w.exitcode for w in writers] == [0, 0]
+    images, _ = read_entry(path, {0: 4})
+    assert images.unique().tolist() in ([1], [2])  # one writer's whole entry, never a mix
+    assert sorted(p.name for p in path.parent.iterdir()) == ["key.json", "key.safetensors"]  # no temporaries left
+
+
+def test_a_budget_that_scales_the_plan_is_reported(sd_config):
+    cfg, _ = sd_config
+    model = seeded_model(0, num_classes=10, in_channels=3, mean=[0.5] * 3, std=[0.25] * 3)
+    test = Split(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), torch.arange(4))
+    trainer = AugmentedModelTrainer(
+        make_generator=lambda: build_generator(cfg.generator, cfg.dataset), model=model,
+        settings=TrainSettings(epochs=1, batch_size=4, lr=0.05, momentum=0.9, weight_decay=0.0),
+        device=torch.device("cpu"), test=test, eval_batch_size=8, policy="uniform", budget=5, per_class=1,
+        target=None, seed=0, cache_dir=None,
+    )
+    stats = trainer.prepare([1] * 10)
+    assert (stats["images_requested"], sum(stats["plan"].values())) == (10, 5)
+
+
+def test_pregenerate_rejects_malformed_histograms_with_one_line(capsys):
+    from server_app.pregenerate import main
+
+    for bad in ("1,2,x", "1,,2", "a", "1,2", "-1,1,1,1,1,1,1,1,1,1"):
+        assert main([f"--histogram={bad}"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("genfl-generate: --histogram:") and "\n" not in err and "Traceback" not in err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--no-such-flag"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.strip().startswith("genfl-generate: unrecognized arguments")

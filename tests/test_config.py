@@ -52,6 +52,6 @@ def test_pyproject_run_config_keys_are_all_known():
 
     from server_app.config import RUN_CONFIG_KEYS
 
-    keys = tomllib.loads(Path("pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
+    keys = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert set(keys) == set(RUN_CONFIG_KEYS) | {"overrides"}
     assert all(value == "" for value in keys.values()), "defaults belong in conf/, not pyproject.toml"

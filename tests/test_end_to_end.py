@@ -1,93 +1,178 @@
 """`genfl-run` end to end: a real SuperLink, `flwr run`, simulated ClientApps, real training.
 
-Each run gets its own FLWR_HOME and ports inside tmp_path; the launcher stops the SuperLink's whole
-process group by PID, and these tests check that nothing it started is left behind.
+The simulations are shared among the assertions (module-scoped, each launched once, on first use):
+- genfl A and B: the same command twice (reproducibility), C with another seed;
+- genfl K: the same command, killed after round 1 and resumed (checkpoint/resume);
+- fedavg F: one round, to show that K's round-1 model is exactly Eq. (1) of F's client average and
+  an augmented model trained here from the same initial model on the same cached images.
+Each run gets its own FLWR_HOME and ports; every test checks that nothing it started survives.
 """
 
+from __future__ import annotations
+
 import json
+import pickle
+import signal
 import subprocess
 import sys
-import tomllib
-from pathlib import Path
+import time
 
-import psutil
+import numpy as np
 import pytest
+import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from sim import REPO, assert_nothing_left_running, comparable, launch, metrics
 
-
-def _launch(tmp_path: Path, *overrides: str) -> tuple[subprocess.CompletedProcess, Path]:
-    run_dir = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "-m", "server_app.launch", f"output.dir={run_dir}", *overrides],
-        cwd=REPO, capture_output=True, text=True, timeout=900,
-    )
-    return proc, run_dir
+CLIENTS = ("federation.num_clients=3", "client.local_epochs=1")
 
 
-def _assert_nothing_left_running(run_dir: Path) -> None:
-    port = int(tomllib.loads((run_dir / "flwr-home" / "config.toml").read_text())["superlink"]["genfl"]["address"].rsplit(":", 1)[1])
-    leftovers = []
-    for process in psutil.process_iter(["pid", "cmdline", "environ"]):
-        try:
-            cmdline = " ".join(process.info["cmdline"] or [])
-            environ = process.info["environ"] or {}
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-        if str(run_dir) in cmdline or f"127.0.0.1:{port}" in cmdline or environ.get("FLWR_HOME") == str(run_dir / "flwr-home"):
-            leftovers.append((process.pid, cmdline[:120]))
-    assert leftovers == []
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("e2e")
+    cache = base / "image-cache"
+    done = {}
+
+    def get(name: str, *overrides: str):
+        if name not in done:
+            run_dir = base / name
+            proc = launch(run_dir, *CLIENTS, f"generation.cache_dir={cache}", "generation.per_class=20", *overrides)
+            done[name] = (proc, run_dir)
+        return done[name]
+
+    get.base, get.cache = base, cache
+    return get
+
+
+GENFL_A = ("strategy=genfl", "num_rounds=2", "seed=0")
 
 
 @pytest.mark.slow
-def test_simulation_trains_above_chance_and_writes_results(tmp_path):
-    proc, run_dir = _launch(tmp_path, "strategy=fedavg", "federation.num_clients=4", "num_rounds=2", "client.local_epochs=1")
+def test_genfl_simulation_trains_writes_results_and_mixes_in_the_augmented_model(runs):
+    proc, run_dir = runs("A", *GENFL_A)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["status"] == "completed"
-    assert metrics["config"]["federation"]["num_clients"] == 4
-    rounds = metrics["rounds"]
-    assert [r["round"] for r in rounds] == [0, 1, 2]
-    assert all(r["clients_trained"] == 4 for r in rounds[1:])
-    assert rounds[-1]["test_accuracy"] > 0.2, rounds  # chance is 0.1 on 10 balanced classes
-    assert rounds[-1]["train_loss"] > 0 and rounds[-1]["wall_seconds"] > 0
-    assert sum(metrics["global_label_histogram"]) == 1077
+    result = metrics(run_dir)
+    assert result["status"] == "completed" and result["config"]["federation"]["num_clients"] == 3
+    assert sum(result["global_label_histogram"]) == 1077
+    assert list(result["generation"]["plan"].values()) == [20] * 10
+    rows = result["rounds"]
+    assert [r["round"] for r in rows] == [0, 1, 2]
+    first, second = rows[1], rows[2]
+    assert (first["kappa_fl"], first["kappa_aug"]) == (0.7, 0.3)
+    assert first["images_used"] == 200 and first["clients_trained"] == 3 and first["round_accepted"]
+    assert second["test_accuracy"] > 0.3, rows  # chance is 0.10
+    assert 0 < second["update_ratio"] < 5
     assert (run_dir / "metrics.csv").read_text().startswith("round,test_accuracy,test_loss")
     assert (run_dir / "accuracy.png").stat().st_size > 1000
     assert "round 2/2: test accuracy" in proc.stdout
-    _assert_nothing_left_running(run_dir)
+    assert_nothing_left_running(run_dir)
 
 
 @pytest.mark.slow
-def test_genfl_simulation_mixes_in_the_augmented_model(tmp_path):
-    proc, run_dir = _launch(tmp_path, "strategy=genfl", "federation.num_clients=3", "num_rounds=2", "client.local_epochs=1",
-                            "generation.per_class=10", f"generation.cache_dir={tmp_path / 'cache'}")
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["generation"]["images_available"] == 100 and not metrics["generation"]["cache_hit"]
-    first, second = metrics["rounds"][1], metrics["rounds"][2]
-    assert first["images_synthesized"] == 100 and first["images_used"] == 100
-    assert (first["kappa_fl"], first["kappa_aug"]) == (metrics["config"]["strategy"]["kappa_fl"], metrics["config"]["strategy"]["kappa_aug"])
-    assert 0.0 <= second["augmented_test_accuracy"] <= 1.0 and second["augmented_train_seconds"] > 0
-    assert second["clients_trained"] == 3
-    assert second["test_accuracy"] > 0.2
-    _assert_nothing_left_running(run_dir)
+def test_the_same_command_gives_the_same_numbers(runs):
+    (_, a), (proc, b) = runs("A", *GENFL_A), runs("B", *GENFL_A)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    assert comparable(metrics(a)["rounds"]) == comparable(metrics(b)["rounds"])  # every metric, exactly
+
+
+@pytest.mark.slow
+def test_another_seed_gives_other_numbers(runs):
+    (_, a), (proc, c) = runs("A", *GENFL_A), runs("C", "strategy=genfl", "num_rounds=2", "seed=1")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    rows_a, rows_c = metrics(a)["rounds"], metrics(c)["rounds"]
+    assert metrics(a)["global_label_histogram"] == metrics(c)["global_label_histogram"]  # same data, other split
+    assert all(x["test_loss"] != y["test_loss"] for x, y in zip(rows_a, rows_c))
+
+
+def _killed_after_round_1(runs):
+    """genfl A's command, stopped with SIGTERM once round 1 is checkpointed, then resumed."""
+    run_dir = runs.base / "K"
+    if not (run_dir / "resumed.json").exists():
+        command = [sys.executable, "-m", "server_app.launch", f"output.dir={run_dir}", *CLIENTS,
+                   f"generation.cache_dir={runs.cache}", "generation.per_class=20", *GENFL_A]
+        launcher = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and launcher.poll() is None:
+            if (run_dir / "checkpoint" / "latest.pkl").exists() and len(metrics(run_dir)["rounds"]) >= 2:
+                break
+            time.sleep(0.5)
+        launcher.send_signal(signal.SIGTERM)
+        killed_output = launcher.communicate(timeout=120)[0]
+        killed = {"code": launcher.returncode, "rounds": len(metrics(run_dir)["rounds"]),
+                  "status": metrics(run_dir)["status"], "output": killed_output[-2000:]}
+        with open(run_dir / "checkpoint" / "latest.pkl", "rb") as handle:
+            checkpoint = pickle.load(handle)
+        killed["checkpoint_round"] = checkpoint["round"]
+        np.savez(run_dir / "killed-checkpoint-arrays.npz", **checkpoint["arrays"])  # resuming overwrites it
+        (run_dir / "killed.json").write_text(json.dumps(killed))
+        assert_nothing_left_running(run_dir)
+        resumed = subprocess.run([sys.executable, "-m", "server_app.launch", "--resume", str(run_dir)], cwd=REPO,
+                                 capture_output=True, text=True, timeout=900)
+        (run_dir / "resumed.json").write_text(json.dumps({"code": resumed.returncode, "output": resumed.stdout[-3000:] + resumed.stderr[-3000:]}))
+    return json.loads((run_dir / "killed.json").read_text()), json.loads((run_dir / "resumed.json").read_text()), run_dir
+
+
+@pytest.mark.slow
+def test_a_run_killed_after_round_1_resumes_to_the_same_metrics(runs):
+    killed, resumed, run_dir = _killed_after_round_1(runs)
+    assert killed["code"] != 0 and killed["checkpoint_round"] == 1, killed
+    assert resumed["code"] == 0, resumed["output"]
+    result = metrics(run_dir)
+    assert result["status"] == "completed" and result["resumed_after_round"] >= 1
+    _, uninterrupted = runs("A", *GENFL_A)
+    assert comparable(result["rounds"]) == comparable(metrics(uninterrupted)["rounds"])
+    assert_nothing_left_running(run_dir)
+
+
+@pytest.mark.slow
+def test_round_1_of_genfl_is_exactly_eq1_of_the_client_average_and_the_augmented_model(runs):
+    from generation.augmented import AugmentedModelTrainer
+    from server_app.app import _augmenter
+    from server_app.config import load_config
+    from torchcore.data import load_splits
+    from torchcore.model import seeded_model
+    from torchcore.train import resolve_device, state_to_numpy
+
+    proc, fedavg_dir = runs("F", "strategy=fedavg", "num_rounds=1", "seed=0")
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    with open(fedavg_dir / "checkpoint" / "latest.pkl", "rb") as handle:
+        client_average = pickle.load(handle)["arrays"]  # FedAvg's round 1: the clients' weighted average
+    killed, _, genfl_dir = _killed_after_round_1(runs)
+    assert killed["checkpoint_round"] == 1
+    genfl_round_1 = dict(np.load(genfl_dir / "killed-checkpoint-arrays.npz"))  # GenFL's round 1, same clients
+    cfg = load_config([*CLIENTS, f"generation.cache_dir={runs.cache}", "generation.per_class=20", *GENFL_A])
+    torch.set_num_threads(cfg.server.threads)
+    ds = cfg.dataset
+    spec = dict(num_classes=ds.num_classes, in_channels=ds.channels, mean=list(ds.mean), std=list(ds.std))
+    augmenter: AugmentedModelTrainer = _augmenter(cfg, seeded_model(cfg.seed, **spec), resolve_device("cpu"),
+                                                  load_splits(ds)["test"])
+    stats = augmenter.prepare(metrics(genfl_dir)["global_label_histogram"])
+    assert stats["cache_hit"]  # the very images the run trained on
+    augmented, _ = augmenter.train(state_to_numpy(seeded_model(cfg.seed, **spec)), 1)
+    expected = {k: (0.7 * client_average[k].astype(np.float64) + 0.3 * augmented[k].astype(np.float64)).astype(v.dtype)
+                for k, v in client_average.items() if v.dtype == np.float32}
+    differs = 0
+    for key, value in expected.items():
+        np.testing.assert_allclose(genfl_round_1[key], value, rtol=1e-5, atol=1e-6, err_msg=key)
+        differs += not np.allclose(genfl_round_1[key], client_average[key], rtol=1e-3, atol=1e-4)
+    assert differs > 10  # and it is not the client average: the augmented model moved most arrays
 
 
 @pytest.mark.slow
 def test_run_where_every_client_fails_exits_non_zero(tmp_path):
     # A device no client has: every ClientApp raises, so no round can aggregate anything.
-    proc, run_dir = _launch(tmp_path, "strategy=fedavg", "federation.num_clients=2", "num_rounds=1", "client.device=cuda:7")
+    run_dir = tmp_path / "run"
+    proc = launch(run_dir, "strategy=fedavg", "federation.num_clients=2", "num_rounds=1", "client.device=cuda:7")
     assert proc.returncode == 1, proc.stdout[-2000:]
     assert "run FAILED" in proc.stderr
-    metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["status"] == "failed"
-    assert "RoundFailedError" in metrics["error"]
-    _assert_nothing_left_running(run_dir)
+    result = metrics(run_dir)
+    assert result["status"] == "failed"
+    assert "RoundFailedError" in result["error"] and "no round produced a usable model" in result["error"]
+    assert_nothing_left_running(run_dir)
 
 
 def test_bad_config_fails_before_starting_anything(tmp_path):
-    proc, run_dir = _launch(tmp_path, "partition.alpha=-1")
+    run_dir = tmp_path / "run"
+    proc = launch(run_dir, "partition.alpha=-1")
     assert proc.returncode == 2
     assert proc.stderr.strip() == "genfl-run: config error: partition.alpha: must be > 0 (got -1)"
     assert not run_dir.exists()

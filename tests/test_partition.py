@@ -1,5 +1,7 @@
 """Dirichlet partitioning and label histograms: coverage, determinism, skew, clear errors."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -11,7 +13,7 @@ from torchcore.partition import PartitionError, client_partition, dirichlet_part
 def federation_labels():
     from omegaconf import OmegaConf
 
-    cfg = OmegaConf.load("conf/dataset/digits.yaml")
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "dataset" / "digits.yaml")
     return load_splits(cfg)["federation"].labels.numpy()
 
 

@@ -193,9 +193,9 @@ def test_safety_checker_requested_but_absent_is_an_error(tiny_sd, tmp_path):
         make_generator(tmp_path, safety_checker=True).load()
 
 
-def test_fingerfingerprintnames_what_changes_the_images_and_not_batch_size(tiny_sd):
+def test_fingerprint_names_what_changes_the_images_and_not_batch_size(tiny_sd):
     base = make_generator(tiny_sd).fingerprint()
-    assert base["model"] == str(tiny_sd.resolve()) and base["prompts"][3] == "a photo of a cat"
+    assert base["weights"].startswith("folder:") and base["prompts"][3] == "a photo of a cat"
     assert make_generator(tiny_sd, batch_size=1).fingerprint() == base
     for change in [dict(num_inference_steps=3), dict(scheduler="ddim"), dict(guidance_scale=2.0),
                    dict(negative_prompt=None), dict(target_channels=1), dict(generation_resolution=24)]:
@@ -203,11 +203,48 @@ def test_fingerfingerprintnames_what_changes_the_images_and_not_batch_size(tiny_
     json.dumps(base)  # usable as a cache key
 
 
+def test_a_folder_is_keyed_by_its_weights_not_its_name(tiny_sd, tmp_path):
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_sd, copy)
+    before = make_generator(copy).fingerprint()["weights"]
+    assert before == make_generator(tiny_sd).fingerprint()["weights"]  # known by contents, not by path
+    weights = next(copy.glob("unet/*.safetensors"))
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1  # other weights under the same file name (a re-download of another revision)
+    weights.write_bytes(bytes(data))
+    assert make_generator(copy).fingerprint()["weights"] != before
+    assert make_generator(tiny_sd).fingerprint()["weights"] == before  # the copy had the same weights
+
+
+def test_a_hub_id_is_keyed_by_the_commit_its_revision_resolves_to(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    repo = tmp_path / "models--someone--sd"
+
+    def publish(commit):
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / "main").write_text(commit)
+        (repo / "snapshots" / commit).mkdir(parents=True)
+        (repo / "snapshots" / commit / "model_index.json").write_text("{}")
+
+    hub_generator = lambda: make_generator("someone/sd", local_files_only=True)  # never asks the Hub
+    assert hub_generator().fingerprint()["weights"] == "hub-unresolved:someone/sd@main"
+    publish("a" * 40)
+    old = hub_generator().fingerprint()
+    publish("b" * 40)  # a new upstream revision of main
+    new = hub_generator().fingerprint()
+    assert (old["weights"], new["weights"]) == ("hub:someone/sd@" + "a" * 40, "hub:someone/sd@" + "b" * 40)
+
+
 def test_config_file_builds_the_generator_with_builtin_names():
     config = yaml.safe_load(CONFIG_FILE.read_text())
+    config["local_files_only"] = True  # no Hub request from the tests
     generator = from_config(config, target_size=32, target_channels=3, class_names_default=CIFAR10_CLASS_NAMES)
     fingerprint = generator.fingerprint()
-    assert fingerprint["model"] == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    assert fingerprint["weights"] == "hub-unresolved:stable-diffusion-v1-5/stable-diffusion-v1-5@main"
     assert fingerprint["scheduler"] == "dpm++" and fingerprint["num_inference_steps"] == 25
     assert fingerprint["prompts"][0] == "a photo of a airplane" and fingerprint["target_size"] == 32
 

@@ -49,6 +49,40 @@ def _write_tokenizer(folder: Path) -> None:
     (folder / "tokenizer_config.json").write_text(json.dumps(config))
 
 
+def build_sd15_random_folder(path: str | Path, dtype: torch.dtype = torch.float16) -> Path:
+    """Stable Diffusion v1-5's exact architecture (UNet 860M, VAE, CLIP ViT-L/14 text encoder) with
+    random weights, in the v1-5 folder layout: the real model's FLOPs, built offline, for benchmarks."""
+    folder = Path(path)
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(sample_size=64, cross_attention_dim=768, attention_head_dim=8)  # v1-5's config
+    vae = AutoencoderKL(
+        block_out_channels=(128, 256, 512, 512), in_channels=3, out_channels=3, latent_channels=4, layers_per_block=2,
+        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, sample_size=512,
+    )
+    symbols = 2 * 256 + 2
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+        max_position_embeddings=_MAX_TOKENS, hidden_act="quick_gelu", bos_token_id=symbols - 2,
+        eos_token_id=symbols - 1, pad_token_id=symbols - 1, projection_dim=768,
+    ))
+    scheduler = PNDMScheduler.from_config({
+        "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+        "num_train_timesteps": 1000, "skip_prk_steps": True, "set_alpha_to_one": False,
+        "steps_offset": 1, "clip_sample": False,
+    })
+    staging = folder / "tokenizer-staging"
+    _write_tokenizer(staging)
+    pipe = StableDiffusionPipeline(
+        vae=vae.to(dtype), text_encoder=text_encoder.to(dtype), tokenizer=CLIPTokenizer.from_pretrained(staging),
+        unet=unet.to(dtype), scheduler=scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.save_pretrained(folder)
+    shutil.rmtree(folder / "tokenizer")
+    staging.rename(folder / "tokenizer")
+    return folder
+
+
 def build_tiny_sd_folder(path: str | Path, *, safety_threshold: float = 1.0) -> Path:
     """Save a seeded, tiny StableDiffusionPipeline under ``path`` and return the folder.
 

@@ -37,16 +37,21 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Per-sample random 4-pixel-padded crop and horizontal flip (the standard CIFAR recipe)."""
+    """Per-sample random 4-pixel-padded crop and horizontal flip (the standard CIFAR recipe).
+
+    The random numbers come from ``generator`` on its own device: on CUDA nothing is copied from the
+    host per step (a pageable host-to-device copy would stall the CPU until the GPU caught up).
+    """
     n, _, h, w = x.shape
+    device = generator.device
     padded = nn.functional.pad(x, (4, 4, 4, 4), mode="reflect")
-    dy = torch.randint(0, 9, (n,), generator=generator)
-    dx = torch.randint(0, 9, (n,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h))[:, None, :, None].expand(n, x.shape[1], h, w + 8)
+    dy = torch.randint(0, 9, (n,), generator=generator, device=device)
+    dx = torch.randint(0, 9, (n,), generator=generator, device=device)
+    rows = (dy[:, None] + torch.arange(h, device=device))[:, None, :, None].expand(n, x.shape[1], h, w + 8)
     x = padded.gather(2, rows.to(x.device))
-    cols = (dx[:, None] + torch.arange(w))[:, None, None, :].expand(n, x.shape[1], h, w)
+    cols = (dx[:, None] + torch.arange(w, device=device))[:, None, None, :].expand(n, x.shape[1], h, w)
     x = x.gather(3, cols.to(x.device))
-    flip = torch.rand(n, generator=generator) < 0.5
+    flip = torch.rand(n, generator=generator, device=device) < 0.5
     return torch.where(flip.to(x.device)[:, None, None, None], x.flip(3), x)
 
 
@@ -75,20 +80,20 @@ def train(model: nn.Module, data: Split, settings: TrainSettings, device: torch.
     )
     anchor = [p.detach().clone() for p in model.parameters()] if settings.proximal_mu > 0 else None
     generator = torch.Generator().manual_seed(seed)
+    # CUDA draws its augmentation on the device (see _augment); the CPU path is unchanged.
+    augment_generator = torch.Generator(device=device).manual_seed(seed) if fast else generator
     loss_fn = nn.CrossEntropyLoss()
-    total = torch.zeros((), device=device, dtype=torch.float64)
-    count = 0
+    losses, sizes = [], []
     for _ in range(settings.epochs):
-        order = torch.randperm(len(data), generator=generator)
+        order = torch.randperm(len(data), generator=generator).to(data.labels.device)  # one copy per epoch
         for start in range(0, len(order), settings.batch_size):
             idx = order[start : start + settings.batch_size]
             if len(idx) < 2:  # BatchNorm cannot train on a single sample
                 continue
-            idx = idx.to(data.labels.device)
             x = as_float(data.images[idx]).to(device, non_blocking=True)
             y = data.labels[idx].to(device, non_blocking=True)
             if settings.augment:
-                x = _augment(x, generator)
+                x = _augment(x, augment_generator)
             if fast:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=fast):
@@ -99,11 +104,14 @@ def train(model: nn.Module, data: Split, settings: TrainSettings, device: torch.
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            total += loss.detach().double() * len(idx)  # no per-step host sync
-            count += len(idx)
+            losses.append(loss.detach())  # summed once at the end: no per-step host sync or extra kernels
+            sizes.append(len(idx))
     if fast:
         model.to(memory_format=torch.contiguous_format)
-    return total.item() / max(count, 1)
+    if not losses:
+        return 0.0
+    weighted = torch.stack(losses).double() * torch.tensor(sizes, dtype=torch.float64, device=losses[0].device)
+    return weighted.sum().item() / sum(sizes)
 
 
 @torch.no_grad()
