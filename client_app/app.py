@@ -1,8 +1,9 @@
 """ClientApp: local training, evaluation and the label-histogram query, all driven by the server.
 
 Everything the client needs (data set, partitioning, optimiser settings) arrives in the message's
-ConfigRecord, so the server's conf/ is the one source of truth; the node itself only says which
-partition it holds (``partition-id`` / ``num-partitions`` in its node config).
+ConfigRecord, so the server's conf/ is the one source of truth; the node itself only says where its
+data is: its own image folder (``data-path`` in its node config) or a built-in partition
+(``partition-id`` / ``num-partitions``, which Flower's simulation sets).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client_app.mods import dp_clipping_mod, time_budget_mod
+from torchcore.classes import class_names
+from torchcore.imagefolder import read_image_folder
 from torchcore.model import build_resnet18
 from torchcore.partition import client_partition, label_histogram
 from torchcore.privacy import privatize_histogram
@@ -21,12 +24,27 @@ from torchcore.train import TrainSettings, evaluate, resolve_device, train
 app = ClientApp(mods=[time_budget_mod, dp_clipping_mod])
 
 
+NO_PARTITION = -1  # stands for "no built-in partition": the node trains on its own images
+
+
 def _local_data(msg: Message, context: Context):
+    """(config, this node's data, its partition id): the operator's image folder when the node config
+    has ``data-path``, else the built-in partition. Bad data raises, which Flower turns into an error
+    reply whose reason names the file or folder."""
     config = msg.content["config"]
+    node = context.node_config
+    if "data-path" in node:
+        data = read_image_folder(str(node["data-path"]), class_names(str(config["dataset.name"])),
+                                 int(config["dataset.channels"]), int(config["dataset.image_size"]))
+        return config, data, NO_PARTITION
+    if "partition-id" not in node or "num-partitions" not in node:
+        raise ValueError(
+            "this SuperNode has no data: start flower-supernode with --node-config 'data-path=\"/abs/images\"' "
+            "(one sub-folder per class) or --node-config 'partition-id=I num-partitions=N' (a built-in partition)"
+        )
     spec = {k: v for k, v in config.items() if k.startswith(("dataset.", "partition.")) or k == "seed"}
-    partition_id = int(context.node_config["partition-id"])
-    num_partitions = int(context.node_config["num-partitions"])
-    return config, client_partition(spec, partition_id, num_partitions), partition_id
+    partition_id = int(node["partition-id"])
+    return config, client_partition(spec, partition_id, int(node["num-partitions"])), partition_id
 
 
 def _model(config, arrays: ArrayRecord) -> torch.nn.Module:
@@ -58,14 +76,16 @@ def report_label_histogram(msg: Message, context: Context) -> Message:
     if mechanism != "none":
         histogram = privatize_histogram(histogram, mechanism, float(config["histogram-privacy.epsilon"]),
                                         float(config["histogram-privacy.delta"]), _histogram_noise(config, partition_id))
-    metrics = MetricRecord({"label-histogram": histogram, "num-examples": sum(histogram), "partition-id": partition_id})
+    metrics = MetricRecord({"label-histogram": histogram, "num-examples": sum(histogram)})
+    if partition_id != NO_PARTITION:  # a node with its own images has none: the server orders it by node id
+        metrics["partition-id"] = partition_id
     return Message(RecordDict({"histogram": metrics}), reply_to=msg)
 
 
 @app.train()
 def train_locally(msg: Message, context: Context) -> Message:
     """Train the received global model on local data with the server's settings."""
-    config, data, _ = _local_data(msg, context)
+    config, data, partition_id = _local_data(msg, context)
     model = _model(config, msg.content["arrays"])
     settings = TrainSettings(
         epochs=int(config["local-epochs"]),
@@ -78,7 +98,7 @@ def train_locally(msg: Message, context: Context) -> Message:
     )
     device = resolve_device(str(config["client-device"]))
     # A different but reproducible data order per round and client.
-    seed = int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 1_009 + int(context.node_config["partition-id"])
+    seed = int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 1_009 + partition_id
     train_loss = train(model, data, settings, device, seed)
     metrics = MetricRecord({"train-loss": train_loss, "num-examples": len(data)})
     return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)

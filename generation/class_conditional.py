@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import importlib.metadata
 import json
 import logging
 import math
@@ -17,6 +18,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 import torch
@@ -34,7 +36,7 @@ from generation.corpora import build_corpus
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-WEIGHTS_DIR_ENV = "GENFL_WEIGHTS_DIR"
+PACKAGE_WEIGHTS = Path("generation") / "weights"  # the committed weights, relative to a checkout or install
 RECORD_FORMAT = "genfl-class-conditional/1"
 IMAGE_SHAPE = (1, 8, 8)  # the model works at the digits' native resolution
 
@@ -298,15 +300,39 @@ def record_path(weights: Path) -> Path:
     return weights.with_suffix(".json")
 
 
-def resolve_weights_path(weights: str | os.PathLike) -> Path:
-    """Absolute paths stay; relative ones go under ``$GENFL_WEIGHTS_DIR`` if set, else under the repo root."""
+def package_weights_dirs() -> list[Path]:
+    """``generation/weights/`` of this code and of the installed ``genfl`` distribution.
+
+    A ServerApp started by a SuperLink runs from the unpacked FAB, which carries no weights files; the
+    installed package (an editable install points at its checkout) still has them.
+    """
+    dirs = [REPO_ROOT / PACKAGE_WEIGHTS]
+    try:
+        dist = importlib.metadata.distribution("genfl")
+    except importlib.metadata.PackageNotFoundError:
+        return dirs
+    direct_url = json.loads(dist.read_text("direct_url.json") or "{}")
+    if direct_url.get("dir_info", {}).get("editable") and direct_url.get("url", "").startswith("file://"):
+        dirs.append(Path(unquote(urlparse(direct_url["url"]).path)) / PACKAGE_WEIGHTS)
+    else:
+        dirs.append(Path(dist.locate_file(PACKAGE_WEIGHTS)))
+    return list(dict.fromkeys(d.resolve() for d in dirs))
+
+
+def weights_candidates(weights: str | os.PathLike, weights_dir: str | os.PathLike | None) -> list[Path]:
+    """Where ``weights`` may be, in search order: an absolute path is itself; a relative one is looked
+    up in ``weights_dir`` (the ``generator.weights_dir`` cache), then in the package's ``generation/weights/``."""
     path = Path(weights).expanduser()
     if path.is_absolute():
-        return path
-    override = os.environ.get(WEIGHTS_DIR_ENV)
-    if override:
-        return Path(override).expanduser().resolve() / path.name
-    return REPO_ROOT / path
+        return [path]
+    roots = ([Path(weights_dir).expanduser().resolve()] if weights_dir else []) + package_weights_dirs()
+    return [root / path for root in roots]
+
+
+def resolve_weights_path(weights: str | os.PathLike, weights_dir: str | os.PathLike | None = None) -> Path:
+    """The first existing candidate, else the first one (where pretraining on first use writes)."""
+    candidates = weights_candidates(weights, weights_dir)
+    return next((path for path in candidates if path.is_file()), candidates[0])
 
 
 class ClassConditionalGenerator:
@@ -330,6 +356,7 @@ class ClassConditionalGenerator:
         batch_size: int,
         device: str,
         pretraining: Pretraining | None,
+        weights_dir: str | os.PathLike | None = None,
     ):
         if sampling_steps < 1:
             raise ValueError(f"sampling_steps must be >= 1, got {sampling_steps}.")
@@ -337,7 +364,8 @@ class ClassConditionalGenerator:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
         if guidance_scale < 0:
             raise ValueError(f"guidance_scale must be >= 0 (<= 1 means unguided), got {guidance_scale}.")
-        self.weights_path = resolve_weights_path(weights)
+        self.weights_candidates = weights_candidates(weights, weights_dir)
+        self.weights_path = resolve_weights_path(weights, weights_dir)
         self.corpus = corpus
         self.architecture = architecture if isinstance(architecture, Architecture) else Architecture.from_mapping(architecture)
         self.sampling_steps = int(sampling_steps)
@@ -357,6 +385,7 @@ class ClassConditionalGenerator:
             raise ValueError(f"Config is for generator backend {config['backend']!r}, not 'class_conditional'.")
         return cls(
             weights=config["weights"],
+            weights_dir=config.get("weights_dir"),
             corpus=config["corpus"],
             architecture=Architecture.from_mapping(config["architecture"]),
             sampling_steps=config["sampling_steps"],
@@ -436,10 +465,12 @@ class ClassConditionalGenerator:
             return
         if not self.weights_path.is_file():
             if self.pretraining is None:
+                looked = ", ".join(str(path) for path in self.weights_candidates)
                 raise FileNotFoundError(
-                    f"No generator weights at {self.weights_path}. Pretrain them with "
-                    f"`python -m generation.pretrain corpus={self.corpus}`, point generator.weights (or "
-                    f"${WEIGHTS_DIR_ENV}) at existing weights, or enable generator.pretrain_if_missing."
+                    f"No generator weights (generator.weights) at {looked}. Copy the committed ones into "
+                    f"generator.weights_dir (`cp <checkout>/generation/weights/* {self.weights_path.parent}/`), "
+                    f"make them with `python -m generation.pretrain corpus={self.corpus}`, set generator.weights "
+                    f"to an absolute path, or set generator.pretrain_if_missing=true."
                 )
             logger.warning(
                 "Generator weights not found at %s: pretraining on corpus %r for %d steps and caching them there.",

@@ -16,6 +16,7 @@ from generation.augmented import AugmentedModelTrainer
 from generation.factory import build_generator
 from server_app import checkpoint
 from server_app.config import load_config, overrides_from_run_config, run_directory, to_yaml
+from server_app.nodes import WatchedGrid, wait_for_federation
 from server_app.report import RunReport
 from strategy.bases import build_base
 from strategy.genfl import GenFL, Reliability
@@ -56,18 +57,6 @@ def train_config(cfg: DictConfig, time_budget: float | None = None) -> ConfigRec
     return ConfigRecord(flat)
 
 
-def wait_for_nodes(grid: Grid, expected: int, timeout: float) -> None:
-    """Deployed SuperNodes connect over time; fail clearly rather than run a smaller federation."""
-    deadline = time.monotonic() + timeout
-    while (connected := len(list(grid.get_node_ids()))) < expected:
-        if time.monotonic() > deadline:
-            raise RuntimeError(
-                f"federation.num_clients={expected} but only {connected} node(s) connected within {timeout}s: "
-                f"start more SuperNodes, or in simulation pass --federation-config 'num-supernodes={expected}'"
-            )
-        time.sleep(1.0)
-
-
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = load_config(overrides_from_run_config(context.run_config))
@@ -75,7 +64,7 @@ def main(grid: Grid, context: Context) -> None:
     run_dir = run_directory(cfg)
     config = OmegaConf.to_container(cfg, resolve=True)
     resumed = checkpoint.load(run_dir, config) if cfg.output.resume else None
-    report = RunReport(run_dir, config, rounds=resumed["rounds"] if resumed else None)
+    report = RunReport(run_dir, config, rounds=resumed["rounds"] if resumed else None, run_id=context.run_id)
     log(INFO, "GenFL config:\n%s", to_yaml(cfg))
     try:
         _run(grid, cfg, report, resumed)
@@ -88,7 +77,10 @@ def main(grid: Grid, context: Context) -> None:
 
 
 def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -> None:
-    wait_for_nodes(grid, cfg.federation.num_clients, cfg.federation.node_wait_timeout)
+    fed = cfg.federation
+    wait_for_federation(grid, fed.expected_nodes, fed.node_wait_timeout)
+    # Flower's sampling waits (forever) for min_available_nodes; fail instead once they stay missing.
+    grid = WatchedGrid(grid, minimum=max(fed.min_train_nodes, fed.min_evaluate_nodes), timeout=fed.node_wait_timeout)
     ds = cfg.dataset
     test = load_splits(ds)["test"]
     device = resolve_device(cfg.server.device)

@@ -24,7 +24,7 @@ RUN_CONFIG_KEYS = {
     "dataset": "dataset",
     "strategy": "strategy",
     "alpha": "partition.alpha",
-    "num-clients": "federation.num_clients",
+    "expected-nodes": "federation.expected_nodes",
     "local-epochs": "client.local_epochs",
     "lr": "client.lr",
     "seed": "seed",
@@ -115,6 +115,19 @@ def validate(cfg: DictConfig) -> None:
         _check(_number(ds.test_fraction) and 0 < ds.test_fraction < 1, "dataset.test_fraction", "must be in (0, 1)", ds.test_fraction)
         _check(_number(ds.public_fraction) and 0 <= ds.public_fraction < 1 - ds.test_fraction, "dataset.public_fraction", "must be in [0, 1 - test_fraction)", ds.public_fraction)
     _validate_genfl(cfg)
+    _validate_nodes(cfg)
+
+
+def _validate_nodes(cfg: DictConfig) -> None:
+    fed = cfg.federation
+    expected = fed.expected_nodes
+    _check(expected is None or (isinstance(expected, int) and not isinstance(expected, bool) and expected >= 1),
+           "federation.expected_nodes", "must be null or an integer >= 1", expected)
+    if expected is not None:
+        _check(fed.min_train_nodes <= expected, "federation.min_train_nodes",
+               f"must be <= federation.expected_nodes ({expected})", fed.min_train_nodes)
+    _check(_number(fed.node_wait_timeout) and fed.node_wait_timeout > 0, "federation.node_wait_timeout",
+           "must be > 0 seconds", fed.node_wait_timeout)
 
 
 def _validate_genfl(cfg: DictConfig) -> None:

@@ -1,9 +1,9 @@
 """`genfl-run`: one command for a simulated GenFL run that fails loudly.
 
-It validates the config (conf/ + Hydra overrides) before anything starts, runs the app with
-`flwr run --stream` on a private SuperLink (its own FLWR_HOME and free ports, started and stopped
-by PID), sizes the simulation from ``federation.num_clients``, and exits non-zero unless the
-ServerApp wrote a completed metrics.json (`flwr run` itself exits 0 when the ServerApp crashes).
+It validates the config (conf/ + Hydra overrides) before anything starts, runs the app on a private
+SuperLink (its own FLWR_HOME and free ports, started and stopped by PID), sizes the simulation from
+``federation.num_clients``, streams the logs, and exits non-zero unless the SuperLink says this run
+completed and this run's metrics.json says so too (`flwr run` itself exits 0 when the ServerApp crashes).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from pathlib import Path
 import psutil
 
 from server_app.config import ConfigError, load_config, run_directory
+from server_app.runs import RunError, outcome, run_status, start_run, stream_logs
 
 APP_DIR = Path(__file__).resolve().parents[1]
 
@@ -99,8 +100,6 @@ def flower_env(flwr_home: Path) -> dict:
     # Few malloc arenas: each ClientApp message runs in a fresh thread (client_app/mods.py), and glibc
     # would give every thread its own arena; this keeps each worker's memory flat (bench/simulation_scale.py).
     env.setdefault("MALLOC_ARENA_MAX", "2")
-    # The FAB carries code and config only: point the ServerApp at the repo's generator weights.
-    env.setdefault("GENFL_WEIGHTS_DIR", str(APP_DIR / "generation" / "weights"))
     return env
 
 
@@ -166,26 +165,16 @@ def run(overrides: list[str]) -> int:
         _wait_for_port(port, superlink, timeout=60)
         run_config = run_dir / "run_config.toml"
         run_config.write_text(f"overrides = {json.dumps(json.dumps(overrides))}\n")
-        flwr = subprocess.run(
-            ["flwr", "run", str(APP_DIR), "genfl", "--stream", "--run-config", str(run_config),
-             "--federation-config", simulation_config(cfg)],
-            env=env,
-        )
+        run_id = start_run(APP_DIR, "genfl", run_config, env, federation_config=simulation_config(cfg))
+        stream_logs(run_id, "genfl", env)
+        status, details = run_status(run_id, "genfl", env)
+    except RunError as err:
+        print(f"genfl-run: run FAILED: {err}; SuperLink log: {run_dir / 'superlink.log'}", file=sys.stderr)
+        return 1
     finally:
         _stop(superlink, flwr_home)
         log_file.close()
-    return _outcome(run_dir, flwr.returncode)
-
-
-def _outcome(run_dir: Path, flwr_code: int) -> int:
-    metrics = run_dir / "metrics.json"
-    status = json.loads(metrics.read_text()).get("status") if metrics.exists() else None
-    if status == "completed" and flwr_code == 0:
-        print(f"genfl-run: completed; results in {run_dir}")
-        return 0
-    detail = json.loads(metrics.read_text()).get("error", "") if metrics.exists() else "no metrics.json written"
-    print(f"genfl-run: run FAILED (status={status}, flwr exit {flwr_code}) {detail}; logs: {run_dir}", file=sys.stderr)
-    return 1
+    return outcome("genfl-run", run_dir, run_id, status, details)
 
 
 def main() -> None:

@@ -12,12 +12,13 @@ from pathlib import Path
 
 
 class RunReport:
-    """``rounds`` continues a resumed run's table (from its checkpoint)."""
+    """``rounds`` continues a resumed run's table (from its checkpoint). ``run_id`` (the Flower run's)
+    ties the file to one run: a reused or resumed folder can hold an older run's metrics.json."""
 
-    def __init__(self, run_dir: Path, config: dict, rounds: list[dict] | None = None):
+    def __init__(self, run_dir: Path, config: dict, rounds: list[dict] | None = None, run_id: int | None = None):
         self.run_dir = run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.data = {"status": "running", "config": config, "rounds": list(rounds or [])}
+        self.data = {"status": "running", "run_id": run_id, "config": config, "rounds": list(rounds or [])}
         if rounds:
             self.data["resumed_after_round"] = rounds[-1]["round"]
         self._write_json()

@@ -12,7 +12,6 @@ from safetensors.torch import load_file
 
 from generation.class_conditional import (
     REPO_ROOT,
-    WEIGHTS_DIR_ENV,
     Architecture,
     ClassConditionalGenerator,
     Pretraining,
@@ -222,17 +221,34 @@ def test_fingerprint_names_weights_and_sampler(weights):
 # --- configuration ---------------------------------------------------------------------------------
 
 
-def test_relative_weights_resolve_against_repo_root_or_env_dir(monkeypatch, tmp_path):
-    monkeypatch.delenv(WEIGHTS_DIR_ENV, raising=False)
-    assert resolve_weights_path("generation/weights/w.safetensors") == REPO_ROOT / "generation/weights/w.safetensors"
-    assert resolve_weights_path(tmp_path / "w.safetensors") == tmp_path / "w.safetensors"
-    monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path))
-    assert resolve_weights_path("generation/weights/w.safetensors") == tmp_path / "w.safetensors"
+def test_weights_resolve_absolute_as_given_else_weights_dir_then_the_package(tmp_path):
+    committed = "class_conditional_digits-public.safetensors"
+    assert resolve_weights_path(tmp_path / "w.safetensors", tmp_path / "cache") == tmp_path / "w.safetensors"
+    # Nothing in the cache folder: the package's committed file.
+    assert resolve_weights_path(committed, tmp_path / "cache") == REPO_ROOT / "generation/weights" / committed
+    # A file in the cache folder wins over the package's.
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / committed).write_bytes(b"x")
+    assert resolve_weights_path(committed, tmp_path / "cache") == tmp_path / "cache" / committed
+    # Found nowhere: the cache folder, where pretraining on first use writes.
+    assert resolve_weights_path("new.safetensors", tmp_path / "cache") == tmp_path / "cache" / "new.safetensors"
+
+
+def test_missing_weights_error_names_the_setting_the_places_and_the_commands(tmp_path):
+    generator = ClassConditionalGenerator(weights="absent.safetensors", weights_dir=tmp_path, corpus="fonts",
+                                          architecture=TINY, sampling_steps=3, guidance_scale=1.0, batch_size=4,
+                                          device="cpu", pretraining=None)
+    with pytest.raises(FileNotFoundError) as error:
+        generator.generate({0: 1}, seed=0)
+    message = str(error.value)
+    assert "generator.weights" in message and "generator.weights_dir" in message
+    assert str(tmp_path / "absent.safetensors") in message and str(REPO_ROOT / "generation/weights/absent.safetensors") in message
+    assert "python -m generation.pretrain corpus=fonts" in message and "generator.pretrain_if_missing=true" in message
 
 
 def test_pretrain_config_builds_the_generator_named_by_the_corpus_shorthand():
     with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base=None):
-        cfg = compose(config_name="pretrain", overrides=["corpus=fonts"])
+        cfg = compose(config_name="pretrain", overrides=["corpus=fonts", "generator.weights_dir=null"])
     generator, pretraining = generator_and_pretraining(cfg)
     assert generator.corpus == "fonts"
     assert generator.weights_path == REPO_ROOT / "generation/weights/class_conditional_fonts.safetensors"

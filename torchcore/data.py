@@ -14,8 +14,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from torchcore.digits import digits_split_indices, load_digits_arrays
-
 DATASETS = ("digits", "cifar10", "cifar100")
 
 _CIFAR_FILES = {
@@ -51,6 +49,8 @@ def as_float(images: torch.Tensor) -> torch.Tensor:
 def load_splits(cfg) -> dict[str, Split]:
     """``{"federation": Split, "test": Split}`` (+ ``"public"`` for digits) for the data set config ``cfg``."""
     if cfg.name == "digits":
+        from torchcore.digits import digits_split_indices, load_digits_arrays  # scikit-learn: not on edge nodes
+
         images, labels = load_digits_arrays()
         parts = digits_split_indices(cfg.split_seed, cfg.test_fraction, cfg.public_fraction)
         return {name: Split(images[idx], labels[idx]) for name, idx in parts.items()}

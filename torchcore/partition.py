@@ -11,8 +11,6 @@ import warnings
 from types import SimpleNamespace
 
 import numpy as np
-from datasets import Dataset
-from flwr_datasets.partitioner import DirichletPartitioner
 
 from torchcore.data import Split, load_splits
 
@@ -25,6 +23,10 @@ def dirichlet_partitions(
     labels: np.ndarray, num_partitions: int, alpha: float, seed: int, min_partition_size: int, self_balancing: bool
 ) -> list[np.ndarray]:
     """Index arrays, one per partition, drawn with Dirichlet(alpha) class proportions."""
+    # Imported here: an edge node that reads its own images never needs them (see requirements/edge.txt).
+    from datasets import Dataset
+    from flwr_datasets.partitioner import DirichletPartitioner
+
     table = Dataset.from_dict({"label": np.asarray(labels), "index": np.arange(len(labels))})
     partitioner = DirichletPartitioner(
         num_partitions=num_partitions,

@@ -1,0 +1,149 @@
+"""`genfl-certs`: TLS certificates for the SuperLink and authentication keys for SuperNodes.
+
+    genfl-certs tls --out certificates --san 192.168.1.10 --san gpu-server.lan
+        -> ca.crt (give it to every SuperNode and CLI), ca.key, server.pem, server.key (SuperLink only)
+    genfl-certs node-key --out keys --name edge-0
+        -> edge-0.key (stays on that edge box), edge-0.pub (registered with `flwr supernode register`)
+
+Needs only the `cryptography` package (which flwr itself depends on), so it also runs on an edge box as
+`python server_app/certs.py node-key ...`. Private keys are written owner-only and never overwritten
+without --force; the repo git-ignores certificates/ and keys/ so they are never committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import ipaddress
+import os
+import sys
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+PROG = "genfl-certs"
+
+
+class CertError(ValueError):
+    """Bad arguments or files in the way; the message says what to do."""
+
+
+def _write(path: Path, data: bytes, secret: bool, force: bool) -> None:
+    if path.exists() and not force:
+        raise CertError(f"{path} exists; pass --force to replace it (nodes holding the old files must get the new ones)")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if secret else 0o644)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(path, 0o600 if secret else 0o644)
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def _san(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def make_tls(out: Path, sans: list[str], days: int, force: bool = False) -> list[Path]:
+    """A CA and a SuperLink certificate signed by it, valid for ``sans`` (the addresses nodes and the CLI dial)."""
+    if not sans:
+        raise CertError("give at least one --san: the IP address or host name SuperNodes and the flwr CLI use to reach the SuperLink")
+    if days < 1:
+        raise CertError(f"--days must be >= 1 (got {days})")
+    now = datetime.datetime.now(datetime.timezone.utc)
+    start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)  # tolerate small clock skew
+    ca_key = ec.generate_private_key(ec.SECP384R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "GenFL deployment CA")])
+    ca_cert = (
+        x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                                     encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA384())
+    )
+    server_key = ec.generate_private_key(ec.SECP384R1())
+    server_cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, sans[0])]))
+        .issuer_name(ca_name).public_key(server_key.public_key())
+        .serial_number(x509.random_serial_number()).not_valid_before(start).not_valid_after(end)
+        .add_extension(x509.SubjectAlternativeName([_san(name) for name in sans]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA384())
+    )
+    files = {
+        "ca.crt": (ca_cert.public_bytes(serialization.Encoding.PEM), False),
+        "ca.key": (_pem_key(ca_key), True),
+        "server.pem": (server_cert.public_bytes(serialization.Encoding.PEM), False),
+        "server.key": (_pem_key(server_key), True),
+    }
+    if not force:
+        for name in files:
+            if (out / name).exists():
+                raise CertError(f"{out / name} exists; pass --force to replace it (nodes holding the old files must get the new ones)")
+    for name, (data, secret) in files.items():
+        _write(out / name, data, secret, force=True)
+    return [out / name for name in files]
+
+
+def make_node_key(out: Path, name: str, force: bool = False) -> tuple[Path, Path]:
+    """An ECDSA P-384 key pair in OpenSSH format, the kind `flower-supernode --auth-supernode-private-key`
+    and `flwr supernode register` read (Flower accepts NIST curves only)."""
+    if not name or "/" in name or name.startswith("."):
+        raise CertError(f"--name must be a plain file name such as edge-0 (got {name!r})")
+    key = ec.generate_private_key(ec.SECP384R1())
+    private = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption())
+    public = key.public_key().public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + f" {name}\n".encode()
+    private_path, public_path = out / f"{name}.key", out / f"{name}.pub"
+    if not force and (private_path.exists() or public_path.exists()):
+        raise CertError(f"{private_path} or {public_path} exists; pass --force to replace (a registered key must then be registered again)")
+    _write(private_path, private, secret=True, force=True)
+    _write(public_path, public, secret=False, force=True)
+    return private_path, public_path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description="Certificates and keys for a secure GenFL deployment (docs/deploy.md).")
+    commands = parser.add_subparsers(dest="command", required=True)
+    tls = commands.add_parser("tls", help="a CA plus the SuperLink's TLS certificate")
+    tls.add_argument("--out", type=Path, default=Path("certificates"), help="folder to write into (default: certificates)")
+    tls.add_argument("--san", action="append", default=[], help="an IP address or DNS name that nodes dial (repeat for several)")
+    tls.add_argument("--days", type=int, default=365, help="validity in days (default: 365)")
+    tls.add_argument("--force", action="store_true", help="replace existing files")
+    node = commands.add_parser("node-key", help="a SuperNode's authentication key pair")
+    node.add_argument("--out", type=Path, default=Path("keys"), help="folder to write into (default: keys)")
+    node.add_argument("--name", required=True, help="the node's name, e.g. edge-0: writes NAME.key and NAME.pub")
+    node.add_argument("--force", action="store_true", help="replace existing files")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "tls":
+            written = make_tls(args.out, args.san, args.days, args.force)
+        else:
+            written = make_node_key(args.out, args.name, args.force)
+    except CertError as err:
+        print(f"{PROG}: error: {err}", file=sys.stderr)
+        return 2
+    for path in written:
+        print(f"wrote {path}{' (secret: keep it on this machine)' if path.suffix == '.key' else ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

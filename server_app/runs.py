@@ -1,0 +1,86 @@
+"""Run the app on a SuperLink with the flwr CLI and judge the outcome from that run alone.
+
+`flwr run --stream` exits 0 even when the ServerApp crashed, and a reused results folder may hold an
+older run's "completed" metrics.json. So both launchers start the run with `flwr run --format json`
+(which gives its id), stream its logs with `flwr log --stream`, ask the SuperLink for that run's
+status (`flwr list --run-id`), and trust a metrics.json only if it carries the same run id.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+COMPLETED = "finished:completed"
+
+
+class RunError(RuntimeError):
+    """A flwr CLI step failed; the message says which and why."""
+
+
+def _flwr_json(args: list[str], env: dict, what: str) -> dict:
+    proc = subprocess.run(["flwr", *args, "--format", "json"], env=env, capture_output=True, text=True)
+    try:
+        payload = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        payload = {}
+    if proc.returncode != 0 or not payload.get("success"):
+        detail = payload.get("error-message") or (proc.stderr or proc.stdout).strip()[-2000:]
+        raise RunError(f"{what} failed (`flwr {' '.join(args)}`, exit {proc.returncode}): {detail}")
+    return payload
+
+
+def start_run(app_dir: Path, connection: str, run_config: Path, env: dict, federation_config: str | None = None) -> int:
+    """`flwr run` without waiting; returns the new run's id."""
+    args = ["run", str(app_dir), connection, "--run-config", str(run_config)]
+    if federation_config:
+        args += ["--federation-config", federation_config]
+    return int(_flwr_json(args, env, "starting the run")["run-id"])
+
+
+def stream_logs(run_id: int, connection: str, env: dict) -> None:
+    """Print the run's logs as they come, until the run ends (a stream error is not the run's outcome)."""
+    subprocess.run(["flwr", "log", str(run_id), connection, "--stream"], env=env)
+
+
+def run_status(run_id: int, connection: str, env: dict) -> tuple[str, str]:
+    """(status, details) of the run as the SuperLink records it, e.g. ("finished:failed", "...")."""
+    runs = _flwr_json(["list", connection, "--run-id", str(run_id)], env, "reading the run's status")["runs"]
+    if not runs:
+        raise RunError(f"the SuperLink has no run {run_id}")
+    return str(runs[0].get("status", "")), str(runs[0].get("status-details", ""))
+
+
+def stop_run(run_id: int, connection: str, env: dict) -> None:
+    """Ask the SuperLink to stop the run (used when the launcher is interrupted)."""
+    subprocess.run(["flwr", "stop", str(run_id), connection], env=env, capture_output=True, text=True, timeout=60)
+
+
+def results_of(run_dir: Path, run_id: int) -> dict | None:
+    """metrics.json if it belongs to run ``run_id``, else None (absent, unreadable, or another run's)."""
+    try:
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return metrics if metrics.get("run_id") == run_id else None
+
+
+def outcome(prog: str, run_dir: Path, run_id: int, status: str, details: str, require_results: bool = True) -> int:
+    """0 when the SuperLink says the run completed and (if required) this run's metrics.json says so too."""
+    metrics = results_of(run_dir, run_id)
+    if status == COMPLETED and metrics is not None and metrics.get("status") == "completed":
+        print(f"{prog}: completed (run {run_id}); results in {run_dir}")
+        return 0
+    if status == COMPLETED and metrics is None and not require_results:
+        print(f"{prog}: completed (run {run_id}); results in {run_dir} on the ServerApp's machine")
+        return 0
+    if metrics is not None and metrics.get("error"):
+        detail = metrics["error"]
+    elif status == COMPLETED:
+        detail = f"no metrics.json of run {run_id} in {run_dir}"
+    else:
+        detail = f"the ServerApp wrote no results of run {run_id} ({details or 'see the log above'})"
+    print(f"{prog}: run FAILED (run {run_id}, status {status or 'unknown'}): {detail}; results folder: {run_dir}", file=sys.stderr)
+    return 1
