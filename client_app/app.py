@@ -95,6 +95,7 @@ def train_locally(msg: Message, context: Context) -> Message:
         weight_decay=float(config["weight-decay"]),
         augment=bool(config["dataset.augment"]),
         proximal_mu=float(config.get("proximal-mu", 0.0)),  # sent by Flower's FedProx
+        max_steps=int(config["max-steps"]) or None,  # 0: no cap
     )
     device = resolve_device(str(config["client-device"]))
     # A different but reproducible data order per round and client.

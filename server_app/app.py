@@ -34,6 +34,7 @@ def train_config(cfg: DictConfig, time_budget: float | None = None) -> ConfigRec
     flat = {
         "seed": cfg.seed,
         "local-epochs": cfg.client.local_epochs,
+        "max-steps": cfg.client.max_steps or 0,
         "batch-size": cfg.client.batch_size,
         "lr": float(cfg.client.lr),
         "momentum": float(cfg.client.momentum),

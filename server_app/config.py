@@ -101,6 +101,8 @@ def validate(cfg: DictConfig) -> None:
     _check(isinstance(part.min_partition_size, int) and part.min_partition_size >= 0, "partition.min_partition_size", "must be an integer >= 0", part.min_partition_size)
     client = cfg.client
     _check(isinstance(client.local_epochs, int) and client.local_epochs >= 1, "client.local_epochs", "must be an integer >= 1", client.local_epochs)
+    _check(client.max_steps is None or (isinstance(client.max_steps, int) and client.max_steps >= 1), "client.max_steps",
+           "must be null (no cap) or an integer >= 1", client.max_steps)
     _check(isinstance(client.batch_size, int) and client.batch_size >= 2, "client.batch_size", "must be an integer >= 2", client.batch_size)
     _check(_number(client.lr) and client.lr > 0, "client.lr", "must be > 0", client.lr)
     _check(_number(client.momentum) and 0 <= client.momentum < 1, "client.momentum", "must be in [0, 1)", client.momentum)

@@ -71,3 +71,30 @@ def test_unknown_norm_is_rejected_and_config_accepts_exactly_the_models_norms():
         assert load_config([f"model.norm={norm}"]).model.norm == norm
     with pytest.raises(ConfigError, match="model.norm"):
         load_config(["model.norm=layer"])
+
+
+def test_max_steps_caps_the_optimiser_steps_of_a_round():
+    from torchcore.data import Split
+    from torchcore.train import TrainSettings, train
+
+    data = Split(torch.rand(100, 1, 8, 8), torch.arange(100) % 10)
+    steps = []
+
+    class Counting(torch.optim.SGD):
+        def step(self, closure=None):
+            steps.append(1)
+            return super().step(closure)
+
+    model = seeded_model(0, num_classes=10, in_channels=1, mean=[0.3], std=[0.38])
+    original = torch.optim.SGD
+    torch.optim.SGD = Counting
+    try:
+        train(model, data, TrainSettings(epochs=2, batch_size=10, lr=0.01, momentum=0.0, weight_decay=0.0, max_steps=7),
+              torch.device("cpu"), seed=0)
+        capped = len(steps)
+        steps.clear()
+        train(model, data, TrainSettings(epochs=2, batch_size=10, lr=0.01, momentum=0.0, weight_decay=0.0),
+              torch.device("cpu"), seed=0)
+    finally:
+        torch.optim.SGD = original
+    assert (capped, len(steps)) == (7, 20)

@@ -26,6 +26,7 @@ class TrainSettings:
     weight_decay: float
     augment: bool = False  # random crop + flip, for natural images (CIFAR), never digits
     proximal_mu: float = 0.0  # FedProx: (mu / 2) * ||w - w_global||^2 added to the loss
+    max_steps: int | None = None  # stop after this many optimiser steps (None: every batch of every epoch)
     fast_cuda: bool = True  # on CUDA: data moved once, channels_last, bf16 autocast (no effect on CPU)
 
 
@@ -84,11 +85,12 @@ def train(model: nn.Module, data: Split, settings: TrainSettings, device: torch.
     augment_generator = torch.Generator(device=device).manual_seed(seed) if fast else generator
     loss_fn = nn.CrossEntropyLoss()
     losses, sizes = [], []
+    budget = settings.max_steps if settings.max_steps is not None else float("inf")
     for _ in range(settings.epochs):
         order = torch.randperm(len(data), generator=generator).to(data.labels.device)  # one copy per epoch
         for start in range(0, len(order), settings.batch_size):
             idx = order[start : start + settings.batch_size]
-            if len(idx) < 2:  # BatchNorm cannot train on a single sample
+            if len(idx) < 2 or len(losses) >= budget:  # BatchNorm cannot train on a single sample
                 continue
             x = as_float(data.images[idx]).to(device, non_blocking=True)
             y = data.labels[idx].to(device, non_blocking=True)
