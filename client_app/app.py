@@ -60,10 +60,11 @@ def _model(config, arrays: ArrayRecord) -> torch.nn.Module:
     return model
 
 
-def _histogram_noise(config, partition_id: int) -> np.random.Generator:
+def _histogram_noise(config, partition_id: int, node_id: int) -> np.random.Generator:
     """OS entropy by default: a seed the server knows would let it subtract the noise again."""
     if bool(config["histogram-privacy.reproducible-noise"]):
-        return np.random.default_rng([int(config["seed"]), partition_id, 0x4E01])
+        identity = partition_id if partition_id != NO_PARTITION else node_id  # a node with its own images
+        return np.random.default_rng([int(config["seed"]), identity % 2**63, 0x4E01])
     return np.random.default_rng()
 
 
@@ -75,7 +76,7 @@ def report_label_histogram(msg: Message, context: Context) -> Message:
     mechanism = str(config["histogram-privacy.mechanism"])
     if mechanism != "none":
         histogram = privatize_histogram(histogram, mechanism, float(config["histogram-privacy.epsilon"]),
-                                        float(config["histogram-privacy.delta"]), _histogram_noise(config, partition_id))
+                                        float(config["histogram-privacy.delta"]), _histogram_noise(config, partition_id, context.node_id))
     metrics = MetricRecord({"label-histogram": histogram, "num-examples": sum(histogram)})
     if partition_id != NO_PARTITION:  # a node with its own images has none: the server orders it by node id
         metrics["partition-id"] = partition_id
