@@ -17,8 +17,8 @@ can be run in pieces; the full plan's seed-0 jobs are the core plan's, in the sa
 Setting (convergence/base): the embedded default (digits, 20 clients, ResNet-18 with BatchNorm,
 1 local epoch, batch 16, SGD lr 0.02 with momentum, 1,000 images from the class-conditional
 generator pretrained on the server's public digits), 30 rounds: FedAvg at alpha 0.1 flattens there
-(one 40-round run, seed 0: 0.15 -> 0.71 at round 10 -> 0.74 at 20 -> 0.87 at 30, then 0.73-0.89;
-mean of rounds 25-40: 0.85).
+(one 40-round run, seed 0, on the code before GenFL became a wrapper strategy: 0.15 -> 0.71 at
+round 10 -> 0.74 at 20 -> 0.87 at 30, then 0.73-0.89; mean of rounds 25-40: 0.85).
 
 Pieces (seeds 0, 1, 2)                                                runs   hours here (quiet)
   main               fedavg / genfl x alpha 0.1, 0.3, 1.0              18     1.9
