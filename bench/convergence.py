@@ -1,52 +1,50 @@
 """The offline convergence benchmark: FedAvg vs AIGC-only vs GenFL on digits, with controls.
 
-    python bench/convergence.py run                 # the ~2-hour core plan (seed 0), resumable
-    python bench/convergence.py run --plan full     # every arm x 3 seeds (~10 h here), resumable
+    python bench/convergence.py run                 # core plan: every arm once (seed 0), ~2 h; resumable
+    python bench/convergence.py run --plan full     # every arm x seeds 0-2, ~5.5 h; reuses the core's runs
     python bench/convergence.py run main kappa      # named pieces, their full grids
     python bench/convergence.py report              # bench/results/convergence.json, .md and the plots
-    python bench/convergence.py tiny                # the whole pipeline in ~20 min (2 rounds, seed 0)
+    python bench/convergence.py tiny                # the whole pipeline small: 2 rounds, seed 0, ~10 min
 
 Each piece is a preset, conf/experiment/convergence/<piece>.yaml, whose grid is a Hydra sweep; a plan
 runs ``genfl-sweep +experiment=convergence/<piece> [narrowing overrides]
 hydra.sweep.dir=outputs/convergence/<piece>`` per piece, one simulation at a time (the commands are
-printed: run one by hand to do a piece). Re-running a plan skips completed jobs, so a stopped plan
-resumes, and the full plan reuses the core plan's runs (same jobs, same folders). ``report`` reads
-whatever has completed.
+printed: run one by hand to do a piece). Every job of a plan is validated before the first starts.
+Re-running a plan skips completed jobs and continues a stopped one from its checkpoint, so a plan
+can be run in pieces; the full plan's seed-0 jobs are the core plan's, in the same folders.
+``report`` reads whatever has completed and names what has not.
 
 Setting (convergence/base): the embedded default (digits, 20 clients, ResNet-18 with BatchNorm,
 1 local epoch, batch 16, SGD lr 0.02 with momentum, 1,000 images from the class-conditional
-generator pretrained on the server's public digits), 30 rounds. 30 because FedAvg at alpha 0.1
-flattens there: one 40-round run (seed 0) rose 0.15 -> 0.71 (round 10) -> 0.74 (20) -> 0.87 (30),
-then stayed in 0.73-0.89 (mean of rounds 25-40: 0.85).
+generator pretrained on the server's public digits), 30 rounds: FedAvg at alpha 0.1 flattens there
+(one 40-round run, seed 0, on the code before GenFL became a wrapper strategy: 0.15 -> 0.71 at
+round 10 -> 0.74 at 20 -> 0.87 at 30, then 0.73-0.89; mean of rounds 25-40: 0.85).
 
-Pieces (full grids; seeds 0, 1, 2)                                    runs   est. hours here
-  main               fedavg / genfl x alpha 0.1, 0.3, 1.0              18     3.3
-  aigc_only          alpha 0.1 only (alpha cannot change it)             3     0.3
-  participation      fedavg / genfl, 10 of 40 clients per round, a0.1    6     0.8
-  control_corpus     (a) aigc_only / genfl on the generator's corpus     6     0.9
-  control_fonts      (b) aigc_only / genfl, fonts (shifted) generator    6     0.9
-  control_groupnorm  (c) fedavg, GroupNorm vs BatchNorm, both lr 0.005   6     1.2
-  kappa              genfl kappa_aug 0.1, 0.5, 0.7, 0.9 at alpha 0.1   12     2.4
-                     (0 = FedAvg, 0.3 = GenFL, 1 = AIGC-only come from main/aigc_only)
-  all                                                                  57     9.8
+Pieces (seeds 0, 1, 2)                                                runs   hours here (quiet)
+  main               fedavg / genfl x alpha 0.1, 0.3, 1.0              18     1.9
+  aigc_only          alpha 0.1 only (alpha cannot change it)             3     0.2
+  participation      fedavg / genfl, 10 of 40 clients per round, a0.1    6     0.4
+  control_corpus     (a) aigc_only / genfl on the generator's corpus     6     0.5
+  control_fonts      (b) aigc_only / genfl, fonts (shifted) generator    6     0.5
+  control_groupnorm  (c) fedavg, GroupNorm vs BatchNorm, both lr 0.005   6     0.6
+  kappa              genfl kappa_aug 0.1, 0.5, 0.7, 0.9 at alpha 0.1   12     1.4
+                     (0 = FedAvg, 0.3 = GenFL, 1 = AIGC-only come from main / aigc_only)
+  full plan                                                            57     5.5
+  core plan = the same with seed 0 only                                19     1.8
 
-SIZING, measured with this code on the project's 2-core machine (2026-11-26; the two cores were shared
-with two other engineers' runs: at load 3-5 the figures below, at load 10-12 up to 2-3x slower):
-  fixed cost per run (SuperLink, Ray, 20 label histograms, round-0 eval, teardown)   ~60 s
-  FedAvg, 20 clients                          14-24 s/round (median 18)
-  GenFL (augmented model overlapped)          20-25 s/round (augmented training 7-10 s of it)
-  AIGC-only                                   8-12 s/round
-  FedAvg with GroupNorm                       ~25 s/round (17-23 before the merge; 49 at load 10)
-  10 of 40 clients: FedAvg / GenFL            ~10 / ~18 s/round
-  generating 1,000 images, once per generator and seed (then cached)   14-30 s
-Per 30-round run: FedAvg 600 s, GenFL 720, AIGC-only 360, GroupNorm 810, partial 360 / 600.
-The full grid is ~10 hours here, so the default plan is the core (~2 hours), one seed of every
-claim's arms:
-  main (fedavg + genfl x alpha 0.1, 0.3, 1.0), aigc_only, participation, control (c) GroupNorm,
-  control (a) both arms; seed 0; 12 runs, ~7,200 s.
-Cut from the core (run them with --plan full, which keeps the core's runs): seeds 1 and 2 everywhere,
-the kappa_aug sweep (main and aigc_only still give kappa_aug 0, 0.3 and 1), control (b) fonts (the
-README has a 5-round fonts comparison) and control (c)'s BatchNorm-at-lr-0.005 arm.
+SIZING. Measured with this code on the project's 2-core machine (2026-11-26), from `tiny` (every
+arm, 2 rounds) on a quiet machine (load 1-2):
+  fixed cost per run (SuperLink, Ray, 20 label histograms, round-0 eval, teardown)   30-35 s
+  FedAvg, 20 clients          9.5-10.8 s/round     GenFL (augmented model overlapped)  12.5-13.3
+  AIGC-only                   5.3                  FedAvg with GroupNorm                 9.5-11
+  10 of 40 clients: FedAvg    4.7-5.1              GenFL                                 7.8-9.1
+  generating 1,000 images once per generator and seed (then cached): ~14 s
+Per 30-round run: FedAvg 350 s, GenFL 420, AIGC-only 190, GroupNorm 350, 10-of-40 180 / 290.
+When the two cores are shared (other simulations running) everything is 1.5-2x slower at load 3-5
+and 2-3x at load 10-12 (measured: FedAvg 14-59 s/round, GenFL 20-38).
+Cut to reach ~2 hours: seeds 1 and 2 (the core plan). Cut outright: the 50-client federation
+(1,077 digits do not split into 50 Dirichlet(0.1) partitions of >= 2 samples for every seed: 40
+clients, 10 per round); AIGC-only at alpha 0.3 and 1.0 (the same computation as at 0.1).
 """
 
 from __future__ import annotations
@@ -79,13 +77,7 @@ TARGET = 0.9  # "rounds to target": GenFL passes it within a few rounds here, Fe
 # A plan: (piece, overrides that narrow its grid). Narrowed jobs are jobs of the full grid, in the
 # same folders, so a later full plan skips them.
 PLANS = {
-    "core": [
-        ("main", ["seed=0"]),
-        ("aigc_only", ["seed=0"]),
-        ("participation", ["seed=0"]),
-        ("control_groupnorm", ["model.norm=group", "seed=0"]),
-        ("control_corpus", ["seed=0"]),
-    ],
+    "core": [(piece, ["seed=0"]) for piece in PIECES],
     "full": [(piece, []) for piece in PIECES],
 }
 # The tiny end-to-end version: every piece, 2 rounds, seed 0, one or two arms each (its own folders).

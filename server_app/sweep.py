@@ -154,7 +154,7 @@ def _check_distinct_folders(jobs: list[list[str]], config: DictConfig) -> None:
 def run_job(overrides: list[str], job_dir: Path) -> int:
     """One genfl-run in ``job_dir``, unless a completed run of the same overrides is already there.
 
-    An unfinished earlier attempt of the same job that left a checkpoint is resumed from it
+    An earlier attempt of the same job that was stopped mid-run is continued from its checkpoint
     (genfl-run's ``output.resume``); anything else an earlier attempt left is cleared first.
     """
     previous = _read_json(job_dir / JOB_RECORD)
@@ -163,7 +163,7 @@ def run_job(overrides: list[str], job_dir: Path) -> int:
         log.info("skipped (already complete): %s", job_dir)
         return 0
     resume = should_resume(job_dir, overrides)
-    if not resume:  # a failed resumption starts afresh next time
+    if not resume:
         for name in RUN_FILES:
             path = job_dir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
@@ -189,11 +189,11 @@ def run_job(overrides: list[str], job_dir: Path) -> int:
 
 
 def should_resume(job_dir: Path, overrides: list[str]) -> bool:
-    """An earlier attempt of this very job stopped after writing a checkpoint, and was not itself a
-    resumption that failed (that one starts afresh, in case the checkpoint is the problem)."""
+    """An earlier attempt of this very job was stopped mid-run (its record still says running) after
+    writing a checkpoint. An attempt that ended in failure starts afresh: resuming it would step
+    over the failed round."""
     previous = _read_json(job_dir / JOB_RECORD)
-    failed_resumption = bool(previous.get("resumed")) and previous.get("status") == "failed"
-    return (sorted(previous.get("overrides", [])) == sorted(overrides) and not failed_resumption
+    return (previous.get("status") == "running" and sorted(previous.get("overrides", [])) == sorted(overrides)
             and (job_dir / "checkpoint" / "latest.pkl").is_file())
 
 

@@ -84,7 +84,7 @@ def test_sweep_runs_every_job_and_exits_non_zero_naming_the_failed_one(tiny_swee
     assert first.returncode == 1, first.stdout[-3000:] + first.stderr[-3000:]
     assert "genfl-sweep: 1 of 2 job(s) completed" in first.stdout
     failed = [line for line in first.stderr.splitlines() if line.startswith("genfl-sweep: FAILED")]
-    assert len(failed) == 1 and "client.device=cuda\\:7" in failed[0] and "NoTrainingRepliesError" in failed[0]
+    assert len(failed) == 1 and "client.device=cuda\\:7" in failed[0] and "0 usable client model(s)" in failed[0]
     good = json.loads((sweep_dir / ",".join(GOOD) / "metrics.json").read_text())
     assert good["status"] == "completed" and [r["round"] for r in good["rounds"]] == [0, 1]
     assert good["config"]["output"]["dir"] == str(sweep_dir / ",".join(GOOD))  # results in the job's folder
@@ -117,8 +117,8 @@ def test_rerun_skips_the_completed_job_and_retries_the_failed_one_on_another_lau
     good = sweep_dir / ",".join(GOOD)
     assert (good / "metrics.json").stat().st_mtime_ns == stamp  # not run again
     assert json.loads((good / JOB_RECORD).read_text())["skipped"] is True
-    failed = next(p for p in sweep_dir.iterdir() if "cuda" in p.name)
-    assert json.loads((failed / JOB_RECORD).read_text())["skipped"] is False  # retried
+    failed = json.loads((next(p for p in sweep_dir.iterdir() if "cuda" in p.name) / JOB_RECORD).read_text())
+    assert (failed["skipped"], failed["resumed"], failed["status"]) == (False, False, "failed")  # retried afresh
     assert "FAILED" in second.stderr and "joblib" in (sweep_dir / "multirun.yaml").read_text()
 
 
@@ -129,7 +129,7 @@ def test_report_of_the_sweep_uses_the_completed_job_and_names_the_failed_one(tin
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "1 configuration(s) from 1 run(s)" in proc.stdout
-    assert "not included" in proc.stderr and "cuda" in proc.stderr and "NoTrainingRepliesError" in proc.stderr
+    assert "not included" in proc.stderr and "cuda" in proc.stderr and "0 usable client model(s)" in proc.stderr
     assert (tmp_path / "accuracy_by_round.png").exists()
 
 
@@ -141,16 +141,14 @@ def _attempt(job_dir: Path, overrides, checkpoint=True, **record):
         (job_dir / "checkpoint" / "latest.pkl").write_bytes(b"checkpoint")
 
 
-def test_a_stopped_job_continues_from_its_checkpoint_unless_that_already_failed(tmp_path):
+def test_a_stopped_job_continues_from_its_checkpoint_but_a_failed_one_starts_afresh(tmp_path):
     from server_app.sweep import is_complete, should_resume
 
     job = ["strategy=genfl", "seed=1"]
     _attempt(tmp_path / "stopped", job, status="running")  # killed mid-run: the record still says running
     assert should_resume(tmp_path / "stopped", list(reversed(job)))
-    _attempt(tmp_path / "crashed", job, status="failed", resumed=False)
-    assert should_resume(tmp_path / "crashed", job)
-    _attempt(tmp_path / "bad-checkpoint", job, status="failed", resumed=True)
-    assert not should_resume(tmp_path / "bad-checkpoint", job)
+    _attempt(tmp_path / "failed", job, status="failed")  # resuming would step over the failed round
+    assert not should_resume(tmp_path / "failed", job)
     _attempt(tmp_path / "other-job", ["strategy=genfl", "seed=2"], status="running")
     assert not should_resume(tmp_path / "other-job", job)
     _attempt(tmp_path / "no-checkpoint", job, checkpoint=False, status="running")
