@@ -235,11 +235,11 @@ class GenFL(Strategy):
                         result.evaluate_metrics_clientapp[server_round] = evaluated
                 if evaluate_fn and (res := evaluate_fn(server_round, arrays)) is not None:
                     result.evaluate_metrics_serverapp[server_round] = res
-                if on_round_end:
-                    on_round_end(server_round, arrays)
                 del messages, replies
                 gc.collect()  # the round's replies (one model each) sit in reference cycles otherwise
-                self._check_progress(server_round)
+                self._check_progress(server_round)  # before the checkpoint: a resumed run retries this round
+                if on_round_end:
+                    on_round_end(server_round, arrays)
         finally:
             self.close()
         if self.rounds_succeeded == 0 and num_rounds >= first_round:

@@ -203,6 +203,16 @@ def test_an_exploding_aggregate_is_rejected_and_the_run_stops_naming_the_cause()
     assert strategy.round_stats[1]["update_ratio"] > 100
 
 
+def test_the_round_that_stops_the_run_is_not_checkpointed_so_resuming_retries_it():
+    grid = LocalGrid({1: node([5, 5, 5], 0, lambda g: _state(g["w"] * 1000))})
+    checkpointed = []
+    strategy = genfl(rounds=3, max_relative_update=5.0, max_consecutive_failed_rounds=2)
+    with pytest.raises(RoundFailedError):
+        strategy.start(grid, _record(_state([1.0, 1.0])), num_rounds=3, timeout=1, train_config=ConfigRecord(),
+                       on_round_end=lambda r, arrays: checkpointed.append(r))
+    assert checkpointed == [1]  # round 1 failed but the run went on; round 2 stopped it
+
+
 def test_a_robust_base_keeps_the_model_healthy_against_scaled_weights():
     honest = lambda g: _state(g["w"] + 0.1)
     nodes = {i: node([5, 5, 5], i, honest) for i in range(4)}

@@ -98,3 +98,11 @@ def test_max_steps_caps_the_optimiser_steps_of_a_round():
     finally:
         torch.optim.SGD = original
     assert (capped, len(steps)) == (7, 20)
+
+
+def test_a_short_last_batch_joins_the_previous_one():
+    from torchcore.train import batch_bounds
+
+    assert batch_bounds(66, 16) == [(0, 16), (16, 32), (32, 48), (48, 66)]  # a tail of 2 would explode BatchNorm
+    assert batch_bounds(72, 16) == [(0, 16), (16, 32), (32, 48), (48, 64), (64, 72)]  # a tail of 8 is half a batch
+    assert batch_bounds(5, 16) == [(0, 5)] and batch_bounds(1, 16) == [] and batch_bounds(17, 16) == [(0, 17)]

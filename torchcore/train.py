@@ -65,6 +65,16 @@ def _on_device(data: Split, device: torch.device, fast: bool) -> Split:
     return Split(data.images.to(device), data.labels.to(device)) if fast else data
 
 
+def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
+    """(start, end) of each mini-batch over ``n`` samples; a last batch shorter than half a batch joins
+    the previous one. BatchNorm normalises over the batch alone once ResNet-18 has pooled an 8x8
+    digit down to 1x1: a tail batch of 2 made one client's model explode (test loss 1e34)."""
+    bounds = [(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+    if len(bounds) > 1 and bounds[-1][1] - bounds[-1][0] < batch_size / 2:
+        bounds[-2:] = [(bounds[-2][0], n)]
+    return [(a, b) for a, b in bounds if b - a >= 2]  # BatchNorm cannot train on a single sample
+
+
 def train(model: nn.Module, data: Split, settings: TrainSettings, device: torch.device, seed: int) -> float:
     """SGD over ``data`` for ``settings.epochs``; returns the mean training loss. ``seed`` fixes the order.
 
@@ -88,10 +98,10 @@ def train(model: nn.Module, data: Split, settings: TrainSettings, device: torch.
     budget = settings.max_steps if settings.max_steps is not None else float("inf")
     for _ in range(settings.epochs):
         order = torch.randperm(len(data), generator=generator).to(data.labels.device)  # one copy per epoch
-        for start in range(0, len(order), settings.batch_size):
-            idx = order[start : start + settings.batch_size]
-            if len(idx) < 2 or len(losses) >= budget:  # BatchNorm cannot train on a single sample
-                continue
+        for start, end in batch_bounds(len(order), settings.batch_size):
+            if len(losses) >= budget:
+                break
+            idx = order[start:end]
             x = as_float(data.images[idx]).to(device, non_blocking=True)
             y = data.labels[idx].to(device, non_blocking=True)
             if settings.augment:
