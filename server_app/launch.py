@@ -97,6 +97,9 @@ def flower_env(flwr_home: Path) -> dict:
         FLWR_DISABLE_UPDATE_CHECK="1",
         PYTHONUNBUFFERED="1",
     )
+    # Flower's executables (flower-superlink, flwr, flwr-serverapp, ...) from this interpreter's
+    # environment, even when it was not activated (`.venv/bin/python -m server_app.launch`).
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     # Few malloc arenas: each ClientApp message runs in a fresh thread (client_app/mods.py), and glibc
     # would give every thread its own arena; this keeps each worker's memory flat (bench/simulation_scale.py).
     env.setdefault("MALLOC_ARENA_MAX", "2")

@@ -70,3 +70,16 @@ def test_genfl_run_reusing_a_folder_does_not_report_the_older_runs_success(tmp_p
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "run FAILED (run " in proc.stderr and "status finished:failed" in proc.stderr
     assert json.loads((run_dir / "metrics.json").read_text())["run_id"] == 111  # untouched, and not trusted
+
+
+def test_flower_executables_come_from_this_interpreters_environment(tmp_path, monkeypatch):
+    """`.venv/bin/python bench/convergence.py run` without an activated venv once failed every job with
+    `No such file or directory: 'flower-superlink'`: the launcher must find Flower's tools beside its Python."""
+    import shutil
+
+    from server_app.launch import flower_env
+
+    monkeypatch.setenv("PATH", "/usr/bin:/bin")
+    env = flower_env(tmp_path)
+    assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
+    assert shutil.which("flower-superlink", path=env["PATH"]) == str(Path(sys.executable).parent / "flower-superlink")
