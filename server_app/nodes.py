@@ -13,9 +13,10 @@ import time
 from collections.abc import Iterable
 from logging import INFO, WARNING
 
-from flwr.app import Message
 from flwr.common.logger import log
 from flwr.serverapp import Grid
+
+from strategy.grids import DelegatingGrid
 
 POLL_SECONDS = 1.0
 
@@ -56,12 +57,12 @@ def wait_for_federation(grid: Grid, expected: int | None, timeout: float) -> int
     return connected
 
 
-class WatchedGrid(Grid):
+class WatchedGrid(DelegatingGrid):
     """``grid`` itself, except that `get_node_ids` raises `NotEnoughNodesError` once fewer than ``minimum``
     nodes have been connected for ``timeout`` seconds in a row (Flower's sampling would wait forever)."""
 
     def __init__(self, grid: Grid, minimum: int, timeout: float):
-        self._grid = grid
+        super().__init__(grid)
         self._minimum = minimum
         self._timeout = timeout
         self._short_since: float | None = None
@@ -83,26 +84,3 @@ class WatchedGrid(Grid):
                 "the run cannot go on"
             )
         return node_ids
-
-    # Everything else is the wrapped grid's.
-    def set_run(self, run) -> None:
-        self._grid.set_run(run)
-
-    @property
-    def run(self):
-        return self._grid.run
-
-    def create_message(self, *args, **kwargs) -> Message:
-        return self._grid.create_message(*args, **kwargs)
-
-    def get_nodes(self):
-        return self._grid.get_nodes()
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return self._grid.pull_messages(message_ids)
-
-    def send_and_receive(self, messages: Iterable[Message], *args, **kwargs) -> Iterable[Message]:
-        return self._grid.send_and_receive(messages, *args, **kwargs)

@@ -29,6 +29,7 @@ from flwr.serverapp.strategy import FedAvgM, Result, Strategy
 
 from strategy.aggregation import weighted_mix
 from strategy.bases import innermost
+from strategy.grids import DelegatingGrid
 from strategy.guard import update_problem
 from strategy.histograms import capped_histograms, global_histogram, histogram_problem, node_cap
 from strategy.kappa import KappaSchedule
@@ -480,34 +481,16 @@ def _like(state: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dic
     return out
 
 
-class _OrderedGrid(Grid):
+class _OrderedGrid(DelegatingGrid):
     """The run's Grid as the base strategy sees it: node ids in partition order (so seeded sampling
     picks the same nodes on every rerun), without the nodes that sit out this round."""
 
     def __init__(self, grid: Grid, order: Callable[[int], tuple], skip: set[int] = frozenset()):
-        self._grid, self._order_key, self._skip = grid, order, skip
+        super().__init__(grid)
+        self._order_key, self._skip = order, skip
 
     def get_node_ids(self) -> list[int]:
         return sorted((n for n in self._grid.get_node_ids() if n not in self._skip), key=self._order_key)
-
-    def set_run(self, run) -> None:
-        self._grid.set_run(run)
-
-    @property
-    def run(self):
-        return self._grid.run
-
-    def create_message(self, *args, **kwargs) -> Message:
-        return self._grid.create_message(*args, **kwargs)
-
-    def push_messages(self, messages):
-        return self._grid.push_messages(messages)
-
-    def pull_messages(self, message_ids):
-        return self._grid.pull_messages(message_ids)
-
-    def send_and_receive(self, messages, *, timeout=None):
-        return self._grid.send_and_receive(messages, timeout=timeout)
 
 
 def _sender(reply: Message, sent: list[Message]) -> int:

@@ -1,0 +1,41 @@
+"""A Grid that forwards everything to the run's own Grid: the base for views that change only how
+nodes are listed (GenFL's partition-ordered view, the deployment's node-count watch)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+
+
+class DelegatingGrid(Grid):
+    """``grid`` itself; subclasses override `get_node_ids`."""
+
+    def __init__(self, grid: Grid):
+        self._grid = grid
+
+    def get_node_ids(self) -> Iterable[int]:
+        return self._grid.get_node_ids()
+
+    def set_run(self, run) -> None:
+        self._grid.set_run(run)
+
+    @property
+    def run(self):
+        return self._grid.run
+
+    def create_message(self, *args, **kwargs) -> Message:
+        return self._grid.create_message(*args, **kwargs)
+
+    def get_nodes(self):
+        return self._grid.get_nodes()
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        return self._grid.push_messages(messages)
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return self._grid.pull_messages(message_ids)
+
+    def send_and_receive(self, messages: Iterable[Message], *args, **kwargs) -> Iterable[Message]:
+        return self._grid.send_and_receive(messages, *args, **kwargs)
