@@ -318,7 +318,7 @@ def plot_accuracy_by_round(summary: dict, path: Path, title: str = "") -> None:
     if title:
         fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.05 * len(labels) / (1 + 0.05 * len(labels)) + 0.03, 1, 1))
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")  # a legend wider than the panels is kept whole
     plt.close(fig)
 
 
