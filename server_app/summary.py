@@ -312,8 +312,15 @@ def plot_accuracy_by_round(summary: dict, path: Path, title: str = "") -> None:
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("test accuracy (mean; band: lowest to highest seed)")
     handles = [plt.Line2D([], [], color=colours[name]) for name in labels]
-    runs = {label(row): row["runs"] for row in summary["configurations"]}
-    fig.legend(handles, [f"{name} (n={runs[name]})" for name in labels], loc="lower center", fontsize=8, ncol=1,
+    runs: dict[str, set] = {}  # seeds per line can differ between panels (alphas)
+    for row in summary["configurations"]:
+        runs.setdefault(label(row), set()).add(row["runs"])
+
+    def n(name):
+        low, high = min(runs[name]), max(runs[name])
+        return f"n={low}" if low == high else f"n={low}-{high} by panel"
+
+    fig.legend(handles, [f"{name} ({n(name)})" for name in labels], loc="lower center", fontsize=8, ncol=1,
                frameon=False)
     if title:
         fig.suptitle(title)
