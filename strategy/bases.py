@@ -91,3 +91,14 @@ def innermost(strategy: Strategy) -> FedAvg:
             raise BaseStrategyError(f"{type(strategy).__name__} wraps no FedAvg-family strategy")
         strategy = inner
     return strategy
+
+
+def dp_wrapper(strategy: Strategy) -> Strategy | None:
+    """The Flower DP wrapper in a wrapper chain, if any (GenFL calibrates its noise every round)."""
+    while not isinstance(strategy, FedAvg):
+        if isinstance(strategy, tuple(DP_WRAPPERS.values())):
+            return strategy
+        strategy = getattr(strategy, "strategy", None)
+        if strategy is None:
+            return None
+    return None

@@ -25,14 +25,16 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
+from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
 from flwr.serverapp.strategy import FedAvgM, Result, Strategy
 
 from strategy.aggregation import weighted_mix
-from strategy.bases import innermost
+from strategy.bases import dp_wrapper, innermost
 from strategy.grids import DelegatingGrid
 from strategy.guard import update_problem
 from strategy.histograms import capped_histograms, global_histogram, histogram_problem, node_cap
 from strategy.kappa import KappaSchedule
+from strategy.replies import cap_weight, evaluate_reply_problem, inconsistent, train_reply_problem
 
 LABEL_HISTOGRAM_QUERY = "query.label_histogram"
 
@@ -98,6 +100,7 @@ class GenFL(Strategy):
         self.seed = seed
         self.reliability = reliability
         self.overlap = overlap
+        self._dp = dp_wrapper(base)
         keys = innermost(base)
         self.weighted_by_key, self.configrecord_key = keys.weighted_by_key, keys.configrecord_key
         self.generation_stats: dict = {}
@@ -113,10 +116,11 @@ class GenFL(Strategy):
         self._benched_until: dict[int, int] = {}  # node -> last round it sits out (stragglers, failures)
         self._current: dict[str, np.ndarray] | None = None
         self._sent: list[Message] = []
+        self._sent_evaluate: list[Message] = []
         self._augmented: Future | Callable | None = None  # this round's augmented-model job
         self._last_cause = "none"
         self._resumed_histogram: list[int] | None = None
-        self._resumed_bench: dict[int, int] = {}
+        self._resumed_bench: list[tuple[str, int, int]] = []
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="augmented-model") if overlap else None
 
     def summary(self) -> None:
@@ -164,8 +168,7 @@ class GenFL(Strategy):
             len(self.client_histograms), len(node_ids), sum(self.global_histogram))
         log(INFO, "label histogram (global, class 0..%d): %s", self.num_classes - 1, self.global_histogram)
         if self._resumed_bench:
-            node_of = {p: n for n, p in self._partition_of.items()}
-            self._benched_until = {node_of[p]: r for p, r in self._resumed_bench.items() if p in node_of}
+            self._restore_bench()
         if self._resumed_histogram is not None and self._resumed_histogram != self.global_histogram:
             log(WARNING, "label histogram differs from the checkpoint's %s: the federation changed; the "
                 "checkpoint's generation plan is kept", self._resumed_histogram)
@@ -374,7 +377,10 @@ class GenFL(Strategy):
                 log(WARNING, "round %d: node %s failed: %s", server_round, node, reply.error.reason)
                 self._bench(server_round, [node], "its last reply was an error")
                 continue
-            problem = self._reply_problem(reply, node)
+            problem = train_reply_problem(reply.content, self._current, weighted_by_key=self.weighted_by_key,
+                                          declared=self._declared_total.get(node), slack=self.reliability.claim_slack)
+            if problem is None and self._dp is not None and not _changed(reply, self._current):
+                problem = "its update is exactly zero (Flower's DP clipping divides by the update's norm)"
             if problem:
                 excluded += 1
                 log(WARNING, "round %d: node %s excluded: %s", server_round, node, problem)
@@ -382,6 +388,8 @@ class GenFL(Strategy):
             usable.append(reply)
         # Replies arrive in completion order; the base aggregates them in partition order (bit-reproducible).
         usable.sort(key=lambda r: self._order(_sender(r, self._sent)))
+        usable, odd = self._consistent(server_round, usable, self._sent)
+        excluded += odd
         missing = len(self._sent) - len(replies)
         self.round_stats[server_round].update(clients_trained=len(usable), clients_failed=failed,
                                               clients_excluded=excluded, clients_missing=max(missing, 0))
@@ -391,9 +399,10 @@ class GenFL(Strategy):
             return None, None, (f"{len(usable)} usable client model(s), fewer than reliability.min_train_replies="
                                 f"{self.reliability.min_train_replies} ({len(replies)} replies, {failed} errors, "
                                 f"{excluded} excluded, {max(missing, 0)} missing)")
+        self._weigh(usable)
         try:
             record, metrics = self.base.aggregate_train(server_round, usable)
-        except Exception as err:  # a robust rule with too few replies, an inconsistent record, ...
+        except (AggregationError, InconsistentMessageReplies) as err:  # Flower's verdicts on its input; bugs propagate
             return None, None, f"{type(self.base).__name__} could not aggregate: {type(err).__name__}: {err}"
         if record is None:
             return None, None, f"{type(self.base).__name__} returned no model"
@@ -404,41 +413,58 @@ class GenFL(Strategy):
             self.round_stats[server_round]["train_loss"] = float(metrics["train-loss"])
         return _like(state, self._current), metrics, None
 
-    def _reply_problem(self, reply: Message, node: int) -> str | None:
-        """Why a training reply must not be aggregated, or None; caps its weight at the node cap."""
-        content = reply.content
-        if len(content.array_records) != 1 or len(content.metric_records) != 1:
-            return "expected exactly one ArrayRecord and one MetricRecord"
-        metrics = next(iter(content.metric_records.values()))
-        num_examples = metrics.get(self.weighted_by_key)
-        if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples <= 0:
-            return f"'{self.weighted_by_key}' must be a positive integer, got {num_examples!r}"
-        declared = self._declared_total.get(node)
-        if declared is None:
-            return "it reported no valid label histogram before round 1, so its sample count cannot be checked"
-        if num_examples > declared + self.reliability.claim_slack:
-            return f"'{self.weighted_by_key}'={num_examples} exceeds the {declared} samples its label histogram declared"
-        for key, value in metrics.items():
-            if isinstance(value, float) and not np.isfinite(value):
-                return f"metric {key!r} is not finite"
-        record = next(iter(content.array_records.values()))
-        if list(record.keys()) != list(self._current):
-            return "array names differ from the global model's"
-        for (name, array), ref in zip(zip(record.keys(), record.to_numpy_ndarrays()), self._current.values()):
-            if array.shape != ref.shape or array.dtype != ref.dtype:
-                return f"array {name!r} is {array.dtype}{array.shape}, expected {ref.dtype}{ref.shape}"
-            if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-                return f"array {name!r} has non-finite values"
-        if num_examples > self._weight_cap:
-            metrics[self.weighted_by_key] = int(self._weight_cap)  # one node cannot dominate the average
-        return None
+    def _consistent(self, server_round: int, replies: list[Message], sent: list[Message]) -> tuple[list[Message], int]:
+        """The replies that share the common record layout (Flower refuses a mixed set), and how many did not."""
+        odd = inconsistent(replies)
+        for i, why in odd.items():
+            log(WARNING, "round %d: node %s excluded: %s", server_round, _sender(replies[i], sent), why)
+        return [r for i, r in enumerate(replies) if i not in odd], len(odd)
+
+    def _weigh(self, usable: list[Message]) -> None:
+        """Aggregation weights: sample counts capped at the node cap; under DP uniform weights and the
+        noise calibrated to the replies actually aggregated (DP-FedAvg's analysis assumes both)."""
+        dp = self._dp
+        for reply in usable:
+            if dp is not None:
+                next(iter(reply.content.metric_records.values()))[self.weighted_by_key] = 1
+            else:
+                cap_weight(reply.content, self.weighted_by_key, self._weight_cap)
+        if dp is not None:
+            dp.num_sampled_clients = len(usable)  # noise std = noise_multiplier * clipping_norm / this
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        return self.base.configure_evaluate(server_round, arrays, config, _OrderedGrid(grid, self._order))
+        self._sent_evaluate = list(self.base.configure_evaluate(server_round, arrays, config, _OrderedGrid(grid, self._order)))
+        return self._sent_evaluate
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        usable = [r for r in replies if not r.has_error()]
-        return self.base.aggregate_evaluate(server_round, usable) if usable else None
+        """The base's average of the usable evaluation replies; each is validated like a training reply."""
+        replies = list(replies)
+        usable, failed, excluded = [], 0, 0
+        for reply in replies:
+            node = _sender(reply, self._sent_evaluate)
+            if reply.has_error():
+                failed += 1
+                log(WARNING, "round %d: evaluation on node %s failed: %s", server_round, node, reply.error.reason)
+                continue
+            problem = evaluate_reply_problem(reply.content, weighted_by_key=self.weighted_by_key,
+                                             declared=self._declared_total.get(node), slack=self.reliability.claim_slack)
+            if problem:
+                excluded += 1
+                log(WARNING, "round %d: evaluation reply of node %s excluded: %s", server_round, node, problem)
+                continue
+            cap_weight(reply.content, self.weighted_by_key, self._weight_cap)
+            usable.append(reply)
+        usable.sort(key=lambda r: self._order(_sender(r, self._sent_evaluate)))
+        usable, odd = self._consistent(server_round, usable, self._sent_evaluate)
+        stats = self.round_stats.setdefault(server_round, {})
+        stats.update(clients_evaluated=len(usable), clients_evaluate_failed=failed, clients_evaluate_excluded=excluded + odd)
+        if not usable:
+            return None
+        metrics = self.base.aggregate_evaluate(server_round, usable)
+        for key, value in (metrics or {}).items():
+            if key != self.weighted_by_key and isinstance(value, (int, float)):
+                stats["federated_" + key.replace("-", "_")] = float(value)
+        return metrics
 
     def _order(self, node: int) -> tuple[int, int]:
         partition = self._partition_of.get(node)
@@ -446,17 +472,19 @@ class GenFL(Strategy):
 
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Everything needed to continue after the last finished round (picklable)."""
-        by_partition = {self._partition_of.get(n, n): h for n, h in self.client_histograms.items()}
+        """Everything needed to continue after the last finished round (picklable).
+
+        Per-node histograms are not kept: node ids change when a simulation restarts, so they are
+        asked for again and only their sum is compared with the checkpoint's.
+        """
         return {
             "plan": self.plan,
             "global_histogram": self.global_histogram,
-            "client_histograms": by_partition,
             "generation_stats": self.generation_stats,
             "round_stats": self.round_stats,
             "rounds_succeeded": self.rounds_succeeded,
             "consecutive_failures": self.consecutive_failures,
-            "benched_until": {self._partition_of.get(n, n): r for n, r in self._benched_until.items()},
+            "benched_until": [(*self._identity(n), r) for n, r in sorted(self._benched_until.items())],
             "base": pickle.dumps(self.base),  # server optimiser moments, adaptive clipping norms, ...
         }
 
@@ -467,8 +495,26 @@ class GenFL(Strategy):
         self.rounds_succeeded = state["rounds_succeeded"]
         self.consecutive_failures = state["consecutive_failures"]
         self.base = pickle.loads(state["base"])
+        self._dp = dp_wrapper(self.base)
         self._resumed_histogram = state["global_histogram"]
-        self._resumed_bench = state["benched_until"]  # by partition; mapped to node ids after the histogram query
+        self._resumed_bench = list(state["benched_until"])  # mapped to node ids after the histogram query
+
+    def _identity(self, node: int) -> tuple[str, int]:
+        """What names a node across a restart: its partition (simulation), else its node id (a
+        SuperNode with its own data keeps its id while it runs)."""
+        partition = self._partition_of.get(node)
+        return ("partition", partition) if partition is not None else ("node", node)
+
+    def _restore_bench(self) -> None:
+        node_of = {self._identity(n): n for n in self.client_histograms}
+        self._benched_until = {node_of[(kind, key)]: until for kind, key, until in self._resumed_bench
+                               if (kind, key) in node_of}
+
+
+def _changed(reply: Message, reference: dict[str, np.ndarray]) -> bool:
+    """Whether a (validated) training reply's model differs from the global model anywhere."""
+    record = next(iter(reply.content.array_records.values()))
+    return any(not np.array_equal(a, ref) for a, ref in zip(record.to_numpy_ndarrays(), reference.values()))
 
 
 def _like(state: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

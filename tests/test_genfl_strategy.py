@@ -30,18 +30,24 @@ def _numpy(record):
     return dict(zip(record.keys(), record.to_numpy_ndarrays()))
 
 
-def node(histogram, partition, update=None, num_examples=None, train_error=None):
-    """A node that reports ``histogram`` and answers training with ``update(global_state)``."""
+def node(histogram, partition, update=None, num_examples=None, train_error=None, evaluation=None):
+    """A node that reports ``histogram``, answers training with ``update(global_state)`` and
+    evaluation with the RecordDict ``evaluation(global_state)`` returns."""
     def handle(msg):
         kind = msg.metadata.message_type
         if kind == "query.label_histogram":
-            return Message(RecordDict({"h": MetricRecord({"label-histogram": histogram, "partition-id": partition})}), reply_to=msg)
+            record = {"label-histogram": histogram}
+            if partition is not None:
+                record["partition-id"] = partition
+            return Message(RecordDict({"h": MetricRecord(record)}), reply_to=msg)
+        if kind == "evaluate":
+            return Message(evaluation(_numpy(msg.content["arrays"])), reply_to=msg)
         if kind == "train":
             if train_error:
                 raise RuntimeError(train_error)
             state = update(_numpy(msg.content["arrays"]))
             n = sum(histogram) if num_examples is None else num_examples
-            metrics = MetricRecord({"num-examples": n, "train-loss": float(partition + 1)})
+            metrics = MetricRecord({"num-examples": n, "train-loss": float((partition or 0) + 1)})
             return Message(RecordDict({"arrays": _record(state), "metrics": metrics}), reply_to=msg)
         raise AssertionError(f"unexpected message {kind}")
     return handle
@@ -304,3 +310,156 @@ def test_a_node_that_missed_the_deadline_sits_out_the_next_rounds():
     run(strategy, grid, rounds=4)
     assert replies["slow"] == 2  # rounds 1 and 4; rounds 2 and 3 went on without it
     assert [strategy.round_stats[r]["clients_missing"] for r in (1, 2, 3, 4)] == [1, 0, 0, 1]
+
+
+# -- evaluation replies are untrusted too (review item 1) ----------------------------------------------
+def honest_evaluation(loss, n):
+    return lambda _global: RecordDict({"metrics": MetricRecord({"eval-loss": loss, "eval-acc": 1 - loss, "num-examples": n})})
+
+
+def test_malformed_nan_and_inflated_evaluation_replies_are_excluded_and_the_rest_averaged():
+    two_records = lambda g: RecordDict({"a": MetricRecord({"eval-loss": 0.0, "num-examples": 5}),
+                                        "b": MetricRecord({"eval-loss": 0.0, "num-examples": 5})})
+    nan = lambda g: RecordDict({"metrics": MetricRecord({"eval-loss": float("nan"), "eval-acc": 0.5, "num-examples": 5})})
+    extra_key = lambda g: RecordDict({"metrics": MetricRecord({"eval-loss": 0.0, "eval-acc": 1.0, "x": 1.0, "num-examples": 5})})
+    with_model = lambda g: RecordDict({"arrays": _record(g), "metrics": MetricRecord({"eval-loss": 0.0, "eval-acc": 1.0, "num-examples": 5})})
+    grid = LocalGrid({
+        1: node([5, 5, 0], 0, fixed(_state([1, 1])), evaluation=honest_evaluation(0.2, 10)),
+        2: node([5, 5, 20], 1, fixed(_state([1, 1])), evaluation=honest_evaluation(0.6, 30)),
+        3: node([5, 0, 0], 2, fixed(_state([1, 1])), evaluation=two_records),
+        4: node([5, 0, 0], 3, fixed(_state([1, 1])), evaluation=nan),
+        5: node([5, 0, 0], 4, fixed(_state([1, 1])), evaluation=honest_evaluation(0.0, 10**12)),  # above its 5 samples
+        6: node([5, 0, 0], 5, fixed(_state([1, 1])), evaluation=extra_key),
+        7: node([5, 0, 0], 6, fixed(_state([1, 1])), evaluation=with_model),
+    })
+    base = FedAvg(fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
+    strategy = genfl(base=base)
+    result = strategy.start(grid, _record(_state([0, 0])), num_rounds=1, timeout=1, train_config=ConfigRecord())
+    stats = strategy.round_stats[1]
+    assert (stats["clients_evaluated"], stats["clients_evaluate_excluded"], stats["clients_evaluate_failed"]) == (2, 5, 0)
+    # Weighted by the two honest nodes' sample counts only: (0.2 * 10 + 0.6 * 30) / 40.
+    assert stats["federated_eval_loss"] == pytest.approx(0.5)
+    assert result.evaluate_metrics_clientapp[1]["eval-loss"] == pytest.approx(0.5)
+
+
+def test_an_evaluation_weight_is_capped_at_the_node_cap_like_a_training_weight():
+    grid = LocalGrid({i: node([10, 10, 10], i, fixed(_state([1, 1])), evaluation=honest_evaluation(0.0, 30)) for i in range(3)})
+    grid.nodes[9] = node([10_000, 10_000, 10_000], 9, fixed(_state([1, 1])), evaluation=honest_evaluation(1.0, 30_000))
+    base = FedAvg(fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
+    strategy = genfl(base=base, node_cap_factor=2.0)
+    run(strategy, grid)
+    # The big node counts as 2 x the median node (60 samples), not 30,000: loss = 60 / (3 * 30 + 60).
+    assert strategy.round_stats[1]["federated_eval_loss"] == pytest.approx(60 / 150)
+
+
+# -- DP: noise for the replies actually aggregated, with uniform weights (review item 2) ---------------
+def _dp_strategy(noise_multiplier, nodes_sampled):
+    from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+
+    inner = FedAvg(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
+    base = DifferentialPrivacyServerSideFixedClipping(inner, noise_multiplier=noise_multiplier, clipping_norm=1.0,
+                                                      num_sampled_clients=nodes_sampled)
+    return genfl(base=base)
+
+
+def test_dp_noise_is_calibrated_to_the_replies_that_were_aggregated_not_to_those_sampled():
+    size = 40_000
+    start = {"w": np.ones(size, np.float32), "bn.running_mean": np.zeros(2, np.float32),
+             "bn.num_batches_tracked": np.asarray(1, np.int64)}
+    unchanged = lambda g: {**g, "w": g["w"] + np.float32(0.001)}
+    poisoned = lambda g: {**g, "w": np.full(size, np.nan, np.float32)}
+    grid = LocalGrid({1: node([5, 5, 5], 0, unchanged), 2: node([5, 5, 5], 1, unchanged),
+                      3: node([5, 5, 5], 2, poisoned), 4: node([5, 5, 5], 3, poisoned)})
+    strategy = _dp_strategy(noise_multiplier=1.0, nodes_sampled=4)
+    out = run(strategy, grid, initial=start)
+    assert strategy.round_stats[1]["clients_trained"] == 2
+    # Two updates averaged: sensitivity clipping_norm / 2, so the noise std must be 1.0 * 1.0 / 2.
+    noise = out["w"].astype(np.float64) - 1.001
+    assert np.std(noise) == pytest.approx(0.5, rel=0.03)
+
+
+def test_dp_averages_with_uniform_weights_whatever_num_examples_says():
+    grid = LocalGrid({1: node([1, 0, 0], 0, lambda g: _state(g["w"] + 0.1)),
+                      2: node([99, 0, 0], 1, lambda g: _state(g["w"] + 0.3))})
+    out = run(_dp_strategy(noise_multiplier=0.0, nodes_sampled=2), grid, initial=_state([1.0, 1.0]))
+    np.testing.assert_allclose(out["w"], [1.2, 1.2], rtol=1e-6)  # the plain mean; by samples it would be 1.298
+
+
+def test_under_dp_an_all_zero_update_is_excluded_instead_of_crashing_flowers_clipping():
+    grid = LocalGrid({1: node([5, 5, 5], 0, lambda g: _state(g["w"] + 0.1)), 2: node([5, 5, 5], 1, lambda g: _state(g["w"]))})
+    strategy = _dp_strategy(noise_multiplier=0.0, nodes_sampled=2)
+    out = run(strategy, grid, initial=_state([1.0, 1.0]))
+    np.testing.assert_allclose(out["w"], [1.1, 1.1], rtol=1e-6)
+    assert (strategy.round_stats[1]["clients_trained"], strategy.round_stats[1]["clients_excluded"]) == (1, 1)
+
+
+# -- the straggler cooldown survives a resume, also for nodes with their own data (review item 7) -----
+def test_a_benched_node_with_its_own_data_still_sits_out_after_a_resume():
+    asked = []
+
+    def own_data_node(fail):
+        def handle(msg):
+            if msg.metadata.message_type == "train":
+                asked.append(msg.content["config"]["server-round"])
+                if fail:
+                    raise RuntimeError("disk unplugged")
+            return node([1, 1, 1], None, fixed(_state([1, 1])))(msg)
+        return handle
+
+    grid = LocalGrid({1: node([1, 1, 1], 0, fixed(_state([1, 1]))), 77: own_data_node(fail=True)})
+    first = genfl(rounds=3, straggler_cooldown_rounds=2)
+    first.start(grid, _record(_state([0, 0])), num_rounds=1, timeout=1, train_config=ConfigRecord())
+    state = first.state_dict()
+    # The run stopped after round 1 and resumes on the same SuperNodes (a deployment keeps node ids).
+    grid = LocalGrid({1: node([1, 1, 1], 0, fixed(_state([1, 1]))), 77: own_data_node(fail=False)})
+    resumed = genfl(rounds=3, straggler_cooldown_rounds=2)
+    resumed.load_state_dict(state)
+    resumed.start(grid, _record(_state([0, 0])), num_rounds=3, timeout=1, train_config=ConfigRecord(), first_round=2)
+    assert asked == [1]  # benched for rounds 2..3, as it would have been without the interruption
+
+
+def test_training_does_not_depend_on_the_global_random_state_so_a_checkpoint_needs_none():
+    import random
+
+    import torch
+
+    from torchcore.data import Split
+    from torchcore.model import seeded_model
+    from torchcore.train import TrainSettings, state_to_numpy, train
+
+    data = Split(torch.rand(40, 1, 8, 8), torch.arange(40) % 3)
+    settings = TrainSettings(epochs=1, batch_size=8, lr=0.05, momentum=0.9, weight_decay=0.0, augment=True)
+    outcomes = []
+    for global_seed in (1, 2):
+        model = seeded_model(0, num_classes=3, in_channels=1, mean=[0.5], std=[0.5], norm="batch")
+        random.seed(global_seed), np.random.seed(global_seed), torch.manual_seed(global_seed)
+        train(model, data, settings, torch.device("cpu"), seed=7)
+        outcomes.append(state_to_numpy(model))
+    for key in outcomes[0]:
+        np.testing.assert_array_equal(outcomes[0][key], outcomes[1][key])
+
+
+# -- a bug in the base strategy surfaces instead of becoming a failed round (review item 10) -----------
+def test_a_programming_error_in_the_base_strategy_propagates_with_its_traceback():
+    class Buggy(FedAvg):
+        def aggregate_train(self, server_round, replies):
+            return {}["missing"]
+
+    grid = LocalGrid({1: node([1, 1, 1], 0, fixed(_state([1, 1])))})
+    strategy = genfl(base=Buggy(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1))
+    with pytest.raises(KeyError, match="missing"):
+        run(strategy, grid)
+
+
+def test_flowers_own_verdict_on_bad_replies_fails_the_round_not_the_run():
+    from flwr.serverapp.exception import AggregationError
+
+    class Refusing(FedAvg):
+        def aggregate_train(self, server_round, replies):
+            raise AggregationError("not enough replies for this rule")
+
+    grid = LocalGrid({1: node([1, 1, 1], 0, fixed(_state([1, 1])))})
+    strategy = genfl(base=Refusing(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1), rounds=2,
+                     max_consecutive_failed_rounds=2)
+    with pytest.raises(RoundFailedError, match="AggregationError: not enough replies"):
+        run(strategy, grid, rounds=2)
