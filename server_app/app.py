@@ -160,7 +160,8 @@ def base_strategy(cfg: DictConfig, num_nodes: int):
     dp = None
     if cfg.aggregation.dp.clipping is not None:
         d = cfg.aggregation.dp
-        sampled = d.num_sampled_clients or max(int(num_nodes * fed.fraction_train), fed.min_train_nodes)
+        # A first estimate only: GenFL sets it every round to the replies actually aggregated.
+        sampled = max(int(num_nodes * fed.fraction_train), fed.min_train_nodes, 1)
         norm_key = "initial_clipping_norm" if d.clipping.endswith("adaptive") else "clipping_norm"
         dp = {"clipping": d.clipping, "noise_multiplier": float(d.noise_multiplier), "num_sampled_clients": sampled,
               norm_key: float(d.clipping_norm)}

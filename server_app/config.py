@@ -187,6 +187,8 @@ def _validate_reliability(cfg: DictConfig) -> None:
     agg = cfg.aggregation
     if not isinstance(agg.get("args"), (dict, DictConfig)):
         raise ConfigError(f"aggregation.args: must be a mapping of the strategy's arguments (got {agg.get('args')!r})")
+    _check(agg.name != "qfedavg" or cfg.model.norm == "group", "aggregation",
+           "qfedavg (Flower's QFedAvg) cannot update BatchNorm's integer counters: add model.norm=group", agg.name)
     dp = agg.dp
     _check(_number(dp.noise_multiplier) and dp.noise_multiplier >= 0, "aggregation.dp.noise_multiplier", "must be >= 0", dp.noise_multiplier)
     _check(_number(dp.clipping_norm) and dp.clipping_norm > 0, "aggregation.dp.clipping_norm", "must be > 0", dp.clipping_norm)
