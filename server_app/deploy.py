@@ -20,6 +20,7 @@ import tomllib
 from pathlib import Path
 
 from server_app.config import ConfigError, load_config, run_directory
+from server_app.launch import quoted
 from server_app.runs import RunError, outcome, run_status, start_run, stop_run, stream_logs
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -87,9 +88,9 @@ def run(connection: str, overrides: list[str], app_dir: Path = APP_DIR, federati
         print(f"{PROG}: config error: {err}", file=sys.stderr)
         return 2
     # Absolute, so the ServerApp writes where this command says (run it on the ServerApp's machine, or
-    # pass output.dir as a path there).
+    # pass output.dir as a path there); quoted, as genfl-run does, so '=' or ',' in it reach the ServerApp.
     run_dir = run_directory(cfg)
-    overrides = [*overrides, f"output.dir={run_dir}"]
+    overrides = [*overrides, f"output.dir={quoted(run_dir)}"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     try:
         check_transport(connection, connection_settings(connection), allow_insecure)

@@ -58,12 +58,36 @@ def stop_run(run_id: int, connection: str, env: dict) -> None:
     subprocess.run(["flwr", "stop", str(run_id), connection], env=env, capture_output=True, text=True, timeout=60)
 
 
-def results_of(run_dir: Path, run_id: int) -> dict | None:
-    """metrics.json if it belongs to run ``run_id``, else None (absent, unreadable, or another run's)."""
+class CorruptFileError(ValueError):
+    """A JSON file that is there but does not read as an object: never taken for an absent one."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"{path}: {why}")
+        self.path = path
+
+
+def read_json(path: Path) -> dict:
+    """The JSON object in ``path``, ``{}`` if there is no such file; `CorruptFileError` naming it otherwise."""
     try:
-        metrics = json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except OSError as err:
+        raise CorruptFileError(path, f"unreadable ({type(err).__name__}: {err})") from err
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise CorruptFileError(path, f"corrupt ({type(err).__name__}: {err})") from err
+    if not isinstance(data, dict):
+        raise CorruptFileError(path, f"corrupt (a JSON {type(data).__name__}, not an object)")
+    return data
+
+
+def results_of(run_dir: Path, run_id: int) -> dict | None:
+    """metrics.json if it belongs to run ``run_id``, else None (absent or another run's); a corrupt
+    one comes back as a failed result that names the file, never as "no results"."""
+    try:
+        metrics = read_json(run_dir / "metrics.json")
+    except CorruptFileError as err:
+        return {"run_id": run_id, "status": "failed", "error": str(err)}
     return metrics if metrics.get("run_id") == run_id else None
 
 

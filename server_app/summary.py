@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from server_app.runs import CorruptFileError, read_json
 from server_app.sweep import JOB_RECORD, MANIFEST
 
 
@@ -114,26 +115,30 @@ def _read_run(path: Path) -> tuple[Run | None, str | None]:
 
 
 def _missing_runs(root: Path, seen: set) -> list[str]:
-    """Sweep jobs that have a folder but no metrics.json, and jobs of a sweep's manifest with no folder."""
-    problems, recorded = [], set()
+    """Sweep jobs that have a folder but no metrics.json, jobs of a sweep's manifest with no folder, and
+    corrupt records or manifests (named, since they hide which jobs are missing)."""
+    problems, recorded, corrupt = [], set(), False
     for record_path in sorted(root.rglob(JOB_RECORD)):
-        record = _json_or_empty(record_path)
+        try:
+            record = read_json(record_path)
+        except CorruptFileError as err:
+            problems.append(str(err))
+            corrupt = True
+            continue
         recorded.add(tuple(sorted(record.get("overrides", []))))
         if record_path.parent.resolve() not in seen:
             problems.append(f"{record_path.parent}: no metrics.json (job {record.get('status', 'unknown')}: "
                             f"{record.get('error') or 'no error recorded'})")
+    not_run = "has no readable record (not run, or its record is corrupt)" if corrupt else "has not run (no folder)"
     for manifest in sorted(root.rglob(MANIFEST)):
-        for job in _json_or_empty(manifest).get("jobs", []):
-            if tuple(sorted(job)) not in recorded:
-                problems.append(f"{manifest.parent}: job [{' '.join(job)}] has not run (no folder)")
+        try:
+            jobs = read_json(manifest).get("jobs", [])
+        except CorruptFileError as err:
+            problems.append(f"{err}; jobs of that sweep that never ran cannot be named")
+            continue
+        problems += [f"{manifest.parent}: job [{' '.join(job)}] {not_run}" for job in jobs
+                     if tuple(sorted(job)) not in recorded]
     return problems
-
-
-def _json_or_empty(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 # -- statistics --------------------------------------------------------------------------------------

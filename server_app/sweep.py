@@ -8,11 +8,13 @@ Hydra's sweeper expands the grid and its launcher runs the jobs (the basic launc
 folder, ``<hydra.sweep.dir>/<its overrides>/``. Around that:
 
 - every job's config is composed and validated before the first job starts;
-- a failed job is recorded in its folder (``genfl_job.json``) and the sweep goes on; the command
-  exits 1 at the end naming the failed jobs;
+- a failed job is recorded in its folder (``genfl_job.json``; an exception's traceback in
+  ``error.txt``) and the sweep goes on; the command exits 1 at the end naming the failed jobs;
 - a job whose folder already holds a completed run with the same overrides is skipped, and one that
   stopped mid-run continues from its last per-round checkpoint, so re-running the command with the
-  same ``hydra.sweep.dir`` resumes a stopped or preempted sweep.
+  same ``hydra.sweep.dir`` resumes a stopped or preempted sweep;
+- a job whose folder holds a corrupt ``genfl_job.json`` or ``metrics.json`` fails, naming the file,
+  and its folder is left as it is.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import os
 import shutil
 import sys
 import time
+import traceback
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -37,15 +40,17 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from server_app.config import CONF_DIR, ConfigError, load_config
+from server_app.runs import CorruptFileError, read_json
 
 log = logging.getLogger("genfl-sweep")
 
 MANIFEST = "sweep.json"  # in the sweep folder: the jobs of the last invocation
 JOB_RECORD = "genfl_job.json"  # in each job folder: its overrides, exit code, status
+ERROR_FILE = "error.txt"  # in a job folder: the traceback of the exception that failed the job
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 # What a previous attempt of a job leaves in its folder (Hydra's own .hydra/ and log are Hydra's business).
 RUN_FILES = ("metrics.json", "metrics.csv", "accuracy.png", "superlink.log", "run_config.toml", "flwr-home", "checkpoint",
-             JOB_RECORD)
+             JOB_RECORD, ERROR_FILE)
 
 
 @dataclass
@@ -157,12 +162,16 @@ def run_job(overrides: list[str], job_dir: Path) -> int:
     An earlier attempt of the same job that was stopped mid-run is continued from its checkpoint
     (genfl-run's ``output.resume``); anything else an earlier attempt left is cleared first.
     """
-    previous = _read_json(job_dir / JOB_RECORD)
-    if is_complete(job_dir, overrides):
+    try:
+        previous = read_json(job_dir / JOB_RECORD)
+        complete = is_complete(job_dir, overrides)
+        resume = not complete and should_resume(job_dir, overrides)
+    except CorruptFileError as err:
+        return _refuse_job(overrides, job_dir, err)
+    if complete:
         _write_json(job_dir / JOB_RECORD, {**previous, "skipped": True})
         log.info("skipped (already complete): %s", job_dir)
         return 0
-    resume = should_resume(job_dir, overrides)
     if not resume:
         for name in RUN_FILES:
             path = job_dir / name
@@ -177,29 +186,46 @@ def run_job(overrides: list[str], job_dir: Path) -> int:
         with _outside_hydra():
             code = run([*overrides, f"output.dir={quoted(job_dir)}", *(["output.resume=true"] if resume else [])])
         error = None
-    except Exception as err:  # the sweep goes on; the record says what happened
-        code, error = 1, f"{type(err).__name__}: {err}"
-    metrics = _read_json(job_dir / "metrics.json")
-    status = "completed" if code == 0 else "failed"
+    except Exception as err:  # the sweep goes on; the record says what happened, error.txt where
+        (job_dir / ERROR_FILE).write_text(traceback.format_exc())
+        code, error = 1, f"{type(err).__name__}: {err} (traceback in {job_dir / ERROR_FILE})"
     if code != 0 and error is None:
-        error = metrics.get("error") or f"genfl-run exited with {code}; see the output above and the job's superlink.log"
+        try:
+            error = read_json(job_dir / "metrics.json").get("error")
+        except CorruptFileError as err:
+            error = str(err)
+        error = error or f"genfl-run exited with {code}; see the output above and the job's superlink.log"
+    status = "completed" if code == 0 else "failed"
     record.update(status=status, exit_code=code, seconds=round(time.monotonic() - started, 1), error=error)
     _write_json(job_dir / JOB_RECORD, record)
     return code
+
+
+def _refuse_job(overrides: list[str], job_dir: Path, err: CorruptFileError) -> int:
+    """Fail the job and leave its folder (checkpoint, results) as it is: a corrupt record or metrics.json
+    cannot say whether the earlier attempt completed, failed or stopped, and a guess could delete a
+    checkpoint or step over a failed round. A readable record is marked failed, naming the file."""
+    error = f"{err}; {job_dir} was left as it is: fix or remove that file and re-run (without it the job runs afresh)"
+    log.error(error)
+    if err.path.name != JOB_RECORD:
+        previous = read_json(job_dir / JOB_RECORD)
+        _write_json(job_dir / JOB_RECORD, {**previous, "overrides": overrides, "status": "failed", "exit_code": 1,
+                                           "skipped": False, "resumed": False, "error": error})
+    return 1
 
 
 def should_resume(job_dir: Path, overrides: list[str]) -> bool:
     """An earlier attempt of this very job was stopped mid-run (its record still says running) after
     writing a checkpoint. An attempt that ended in failure starts afresh: resuming it would step
     over the failed round."""
-    previous = _read_json(job_dir / JOB_RECORD)
+    previous = read_json(job_dir / JOB_RECORD)
     return (previous.get("status") == "running" and sorted(previous.get("overrides", [])) == sorted(overrides)
             and (job_dir / "checkpoint" / "latest.pkl").is_file())
 
 
 def is_complete(job_dir: Path, overrides: list[str]) -> bool:
-    record = _read_json(job_dir / JOB_RECORD)
-    metrics = _read_json(job_dir / "metrics.json")
+    record = read_json(job_dir / JOB_RECORD)
+    metrics = read_json(job_dir / "metrics.json")
     return (record.get("exit_code") == 0 and sorted(record.get("overrides", [])) == sorted(overrides)
             and metrics.get("status") == "completed")
 
@@ -239,10 +265,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def summarize(sweep_dir: Path, jobs: list[list[str]]) -> int:
     """Print what every job of this invocation did; 1 if any failed or left no record."""
-    records = {}
+    records, corrupt = {}, []
     for path in sweep_dir.rglob(JOB_RECORD):
-        record = _read_json(path)
+        try:
+            record = read_json(path)
+        except CorruptFileError as err:
+            corrupt.append(err)
+            continue
         records[tuple(sorted(record.get("overrides", [])))] = (path.parent, record)
+    no_record = "no record: the job did not run to the end" + (", or its record is corrupt (below)" if corrupt else "")
     failed, skipped, resumed = [], 0, 0
     for job in jobs:
         folder, record = records.get(tuple(sorted(job)), (None, {}))
@@ -250,23 +281,18 @@ def summarize(sweep_dir: Path, jobs: list[list[str]]) -> int:
             skipped += bool(record.get("skipped"))
             resumed += bool(record.get("resumed")) and not record.get("skipped")
         else:
-            failed.append((job, folder, record.get("error") or "no record: the job did not run to the end"))
+            failed.append((job, folder, record.get("error") or no_record))
     done = len(jobs) - len(failed)
     print(f"genfl-sweep: {done} of {len(jobs)} job(s) completed ({skipped} already complete, skipped; "
           f"{resumed} continued from a checkpoint); results in {sweep_dir}")
     for job, folder, error in failed:
         print(f"genfl-sweep: FAILED [{' '.join(job)}] in {folder or sweep_dir}: {error}", file=sys.stderr)
+    for err in corrupt:
+        print(f"genfl-sweep: {err}; its job was not run and its folder was left as it is", file=sys.stderr)
     if failed:
         print(f"genfl-sweep: {len(failed)} job(s) failed; re-run the same command with hydra.sweep.dir={sweep_dir} "
               "to retry them (completed jobs are skipped)", file=sys.stderr)
     return 1 if failed else 0
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
 
 
 def _write_json(path: Path, data: dict) -> None:

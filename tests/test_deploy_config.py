@@ -65,3 +65,33 @@ def test_deploy_run_with_an_unknown_connection_exits_2(tmp_path, monkeypatch, ca
     monkeypatch.setenv("FLWR_HOME", str(tmp_path))
     assert deploy_run("nowhere", [f"output.dir={tmp_path / 'run'}"]) == 2
     assert "no flwr config at" in capsys.readouterr().err
+
+
+def test_deploy_run_hands_the_serverapp_a_results_folder_with_equals_and_commas(tmp_path, monkeypatch):
+    # A sweep job's folder name: unquoted, Hydra would read ',' as a sweep and '=' as a new key.
+    from flwr.common.config import parse_config_args
+
+    from server_app import deploy
+    from server_app.config import run_directory
+    from server_app.launch import quoted
+
+    folder = tmp_path / "x" / "partition.alpha=0.1,seed=0"
+    monkeypatch.setenv("FLWR_HOME", str(tmp_path))
+    (tmp_path / "config.toml").write_text('[superlink.local]\naddress = "127.0.0.1:9093"\ninsecure = true\n')
+    monkeypatch.setattr(deploy.signal, "signal", lambda *args: None)  # keep pytest's own SIGTERM handling
+    sent = {}
+
+    def start_run(app_dir, connection, run_config, env, federation_config=None):
+        sent.update(parse_config_args([str(run_config)]))  # what `flwr run --run-config FILE` sends
+        raise RunError("stopped before contacting the SuperLink")
+
+    monkeypatch.setattr(deploy, "start_run", start_run)
+    assert deploy_run("local", [f"output.dir={quoted(folder)}"]) == 1
+
+    def served_folder():  # as the ServerApp composes it (server_app/app.py)
+        try:
+            return run_directory(load_config(overrides_from_run_config(sent)))
+        except ConfigError as err:
+            return f"ConfigError: {err}"
+
+    assert served_folder() == folder

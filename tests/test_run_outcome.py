@@ -23,7 +23,8 @@ def test_metrics_of_another_run_are_not_this_runs_results(tmp_path):
     assert results_of(tmp_path, 111)["status"] == "completed"
     assert results_of(tmp_path, 222) is None
     (tmp_path / "metrics.json").write_text("{truncated")
-    assert results_of(tmp_path, 111) is None
+    corrupt = results_of(tmp_path, 111)
+    assert corrupt["status"] == "failed" and "metrics.json: corrupt" in corrupt["error"]
 
 
 def test_failed_run_in_a_folder_with_an_older_completed_run_fails(tmp_path, capsys):
@@ -83,3 +84,10 @@ def test_flower_executables_come_from_this_interpreters_environment(tmp_path, mo
     env = flower_env(tmp_path)
     assert env["PATH"].split(":")[0] == str(Path(sys.executable).parent)
     assert shutil.which("flower-superlink", path=env["PATH"]) == str(Path(sys.executable).parent / "flower-superlink")
+
+
+def test_a_corrupt_metrics_json_is_a_failure_that_names_the_file_not_missing_results(tmp_path, capsys):
+    (tmp_path / "metrics.json").write_text('{"run_id": 111, "status": "compl')
+    assert outcome("genfl-run", tmp_path, 111, COMPLETED, "") == 1
+    err = capsys.readouterr().err
+    assert "metrics.json: corrupt (JSONDecodeError" in err and "no metrics.json" not in err

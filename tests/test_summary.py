@@ -127,3 +127,21 @@ def test_a_run_still_running_is_not_used(tmp_path):
     _write_run(tmp_path / "live", [0.1, 0.2, 0.3], [0, 1, 2], status="running")
     runs, problems = read_runs([tmp_path])
     assert runs == [] and problems == [f"{tmp_path / 'live'}: running after 2 round(s): stopped or still running"]
+
+
+def test_a_corrupt_job_record_or_manifest_is_named_not_taken_for_missing_or_empty(sweep):
+    (sweep / "died" / "genfl_job.json").write_text('{"overrides": ["seed=5"], "sta')
+    (sweep / "sweep.json").write_text('{"jobs": [["seed=5"], ["seed')
+    problems = read_runs([sweep])[1]
+    record = [p for p in problems if p.startswith(str(sweep / "died"))]
+    assert record == [f"{sweep / 'died' / 'genfl_job.json'}: corrupt (JSONDecodeError: Unterminated string "
+                      "starting at: line 1 column 27 (char 26))"]
+    assert f"{sweep / 'sweep.json'}: corrupt (JSONDecodeError: Unterminated string starting at: line 1 column 24 " \
+           "(char 23)); jobs of that sweep that never ran cannot be named" in problems
+
+
+def test_a_manifest_job_is_not_called_unrun_when_a_record_that_may_be_its_own_is_corrupt(sweep):
+    (sweep / "died" / "genfl_job.json").write_text("[]")
+    problems = read_runs([sweep])[1]
+    assert f"{sweep / 'died' / 'genfl_job.json'}: corrupt (a JSON list, not an object)" in problems
+    assert f"{sweep}: job [seed=5] has no readable record (not run, or its record is corrupt)" in problems

@@ -154,3 +154,61 @@ def test_a_stopped_job_continues_from_its_checkpoint_but_a_failed_one_starts_afr
     _attempt(tmp_path / "no-checkpoint", job, checkpoint=False, status="running")
     assert not should_resume(tmp_path / "no-checkpoint", job)
     assert not is_complete(tmp_path / "stopped", job)
+
+
+def test_an_exception_in_a_job_leaves_its_traceback_in_the_job_folder(tmp_path, monkeypatch, capsys):
+    from server_app.sweep import run_job, summarize
+
+    def superlink_that_dies(overrides):
+        raise RuntimeError("flower-superlink exited with code 1")
+
+    monkeypatch.setattr("server_app.launch.run", superlink_that_dies)
+    job_dir = tmp_path / "seed=1"
+    job_dir.mkdir()
+    assert run_job(["seed=1"], job_dir) == 1
+    assert (job_dir / "error.txt").is_file()
+    trace = (job_dir / "error.txt").read_text()
+    assert "Traceback" in trace and "superlink_that_dies" in trace and "flower-superlink exited with code 1" in trace
+    assert summarize(tmp_path, [["seed=1"]]) == 1
+    assert f"FAILED [seed=1] in {job_dir}: RuntimeError: flower-superlink exited with code 1 " \
+           f"(traceback in {job_dir / 'error.txt'})" in capsys.readouterr().err
+
+
+def _launcher_that_must_not_run(monkeypatch) -> list:
+    calls = []
+    monkeypatch.setattr("server_app.launch.run", lambda overrides: calls.append(overrides) or 0)
+    return calls
+
+
+def test_a_corrupt_job_record_fails_the_job_and_keeps_its_checkpoint(tmp_path, monkeypatch, caplog, capsys):
+    # Unreadable, the record cannot say whether the attempt completed, failed or stopped: nothing is guessed.
+    from server_app.sweep import run_job, summarize
+
+    calls = _launcher_that_must_not_run(monkeypatch)
+    job_dir = tmp_path / "seed=1"
+    _attempt(job_dir, ["seed=1"], status="running")
+    (job_dir / JOB_RECORD).write_text('{"overrides": ["seed=1"], "stat')
+    assert run_job(["seed=1"], job_dir) == 1
+    assert (job_dir / "checkpoint" / "latest.pkl").read_bytes() == b"checkpoint"
+    assert (job_dir / JOB_RECORD).read_text() == '{"overrides": ["seed=1"], "stat'
+    assert calls == []
+    assert f"{job_dir / JOB_RECORD}: corrupt (JSONDecodeError: " in caplog.text
+    assert summarize(tmp_path, [["seed=1"]]) == 1
+    err = capsys.readouterr().err
+    assert "FAILED [seed=1]" in err and "its record is corrupt" in err
+    assert f"{job_dir / JOB_RECORD}: corrupt (JSONDecodeError: " in err
+
+
+def test_a_corrupt_metrics_json_fails_the_job_instead_of_being_cleared_as_missing(tmp_path, monkeypatch):
+    from server_app.sweep import run_job
+
+    calls = _launcher_that_must_not_run(monkeypatch)
+    job_dir = tmp_path / "seed=1"
+    _attempt(job_dir, ["seed=1"], status="completed", exit_code=0)
+    (job_dir / "metrics.json").write_text('{"status": "compl')
+    assert run_job(["seed=1"], job_dir) == 1
+    assert (job_dir / "metrics.json").read_text() == '{"status": "compl'
+    assert (job_dir / "checkpoint" / "latest.pkl").is_file() and calls == []
+    record = json.loads((job_dir / JOB_RECORD).read_text())
+    assert (record["status"], record["exit_code"]) == ("failed", 1)
+    assert record["error"].startswith(f"{job_dir / 'metrics.json'}: corrupt (JSONDecodeError: ")
