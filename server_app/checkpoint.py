@@ -1,8 +1,11 @@
 """Per-round checkpoints of a run, written atomically, and what resuming needs from them.
 
-``<run dir>/checkpoint/latest.pkl`` holds the global model, the strategy's state (kappa position,
-histograms, plan, synthetic cache key, base-strategy state), the RNG states and the metrics rows so
-far. It is replaced by rename after an fsync, so a crash while writing leaves the previous one
+``<run dir>/checkpoint/latest.pkl`` holds the global model, the strategy's state (histogram, plan,
+synthetic cache key, benched nodes, base-strategy state) and the metrics rows so far. No RNG state:
+every random draw of a run (sampling, data order, augmentation, generation, server training) comes
+from a generator seeded by the seed and the round, so a resumed round draws what it would have.
+The exception is DP noise (`aggregation.dp`), which Flower draws from NumPy's unseeded global
+generator: a DP run is not reproducible, resumed or not, by design. It is replaced by rename after an fsync, so a crash while writing leaves the previous one
 intact. It is a pickle: load only checkpoints this server wrote.
 """
 
@@ -10,14 +13,12 @@ from __future__ import annotations
 
 import os
 import pickle
-import random
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import torch
 
-FORMAT = "genfl-checkpoint/1"
+FORMAT = "genfl-checkpoint/2"  # 2: no RNG states, benched nodes by (kind, id)
 # Keys that may differ between the interrupted run and its resumption.
 _RUN_ONLY_KEYS = ("output",)
 
@@ -41,8 +42,6 @@ def save(run_dir: Path, *, server_round: int, arrays: dict[str, np.ndarray], str
         "strategy": strategy,
         "rounds": rounds,
         "config": config,
-        "rng": {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-                "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix="latest.", suffix=".tmp")
     try:
@@ -58,7 +57,7 @@ def save(run_dir: Path, *, server_round: int, arrays: dict[str, np.ndarray], str
 
 
 def load(run_dir: Path, config: dict) -> dict:
-    """The checkpoint of ``run_dir``, checked against this run's ``config``; RNG states restored."""
+    """The checkpoint of ``run_dir``, checked against this run's ``config``."""
     path = checkpoint_path(run_dir)
     if not path.is_file():
         raise CheckpointError(f"output.resume=true but {path} does not exist: nothing to resume; start a new run "
@@ -74,12 +73,6 @@ def load(run_dir: Path, config: dict) -> dict:
     if differences:
         raise CheckpointError(f"cannot resume {run_dir}: the config differs from the checkpoint's in "
                               f"{', '.join(differences)}; resume with the original settings (genfl-run --resume DIR)")
-    rng = payload["rng"]
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
     return payload
 
 

@@ -6,6 +6,9 @@ It serves the honest handlers of client_app/app.py and then applies the fault th
   raise      training raises                       inflate   num-examples 10^12 and weights x 1000
   scale      weights x 1000, honest num-examples   histogram a histogram of 10^15 class-0 images
   sleep      training sleeps for an hour first
+and for evaluation (combined with a training fault by "+", e.g. "nan+eval_records"):
+  eval_records  two MetricRecords           eval_nan      a NaN loss
+  eval_inflate  num-examples 10^12
 """
 
 from __future__ import annotations
@@ -26,8 +29,13 @@ FAULTS = {int(k): v for k, v in json.loads((Path(__file__).with_name("faults.jso
 app = ClientApp(mods=[time_budget_mod])
 
 
+def _faults(context: Context) -> set[str]:
+    return set(FAULTS.get(int(context.node_config["partition-id"]), "").split("+")) - {""}
+
+
 def _fault(context: Context) -> str | None:
-    return FAULTS.get(int(context.node_config["partition-id"]))
+    """The training (or histogram) fault of this node, if any."""
+    return next((f for f in _faults(context) if not f.startswith("eval_")), None)
 
 
 @app.query("label_histogram")
@@ -67,4 +75,14 @@ def train(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    return evaluate_locally(msg, context)
+    reply = evaluate_locally(msg, context)
+    faults = _faults(context)
+    metrics = MetricRecord(dict(reply.content["metrics"]))
+    if "eval_nan" in faults:
+        metrics["eval-loss"] = float("nan")
+    if "eval_inflate" in faults:
+        metrics["num-examples"] = 10**12
+    records = {"metrics": metrics}
+    if "eval_records" in faults:
+        records["more-metrics"] = MetricRecord(dict(metrics))
+    return Message(RecordDict(records), reply_to=msg)

@@ -16,9 +16,10 @@ SMALL = ("federation.num_clients=6", "strategy=fedavg", "client.local_epochs=1")
 
 
 def test_broken_and_lying_clients_are_excluded_and_the_run_completes(tmp_path):
-    faults = {0: "nan", 1: "shape", 2: "raise", 3: "inflate", 4: "histogram"}  # partition 5 is honest
+    # Training faults, and evaluation faults on three of the same nodes; partition 5 is honest.
+    faults = {0: "nan+eval_records", 1: "shape+eval_nan", 2: "raise", 3: "inflate+eval_inflate", 4: "histogram"}
     run_dir = tmp_path / "run"
-    proc = launch(run_dir, *SMALL, "num_rounds=2", app_dir=faulty_app(tmp_path, faults))
+    proc = launch(run_dir, *SMALL, "num_rounds=2", "federation.fraction_evaluate=1.0", app_dir=faulty_app(tmp_path, faults))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = metrics(run_dir)
     first, second = result["rounds"][1], result["rounds"][2]
@@ -27,13 +28,19 @@ def test_broken_and_lying_clients_are_excluded_and_the_run_completes(tmp_path):
     assert (first["clients_trained"], first["clients_failed"], first["clients_excluded"]) == (1, 1, 4)
     assert (second["clients_trained"], second["clients_failed"], second["clients_excluded"]) == (1, 0, 4)
     assert first["round_accepted"] and second["round_accepted"]
+    # Evaluation: two MetricRecords, a NaN loss, 10^12 examples and "no valid histogram" are excluded;
+    # the honest node and the one whose training raises (its evaluation is honest) are averaged.
+    for row in (first, second):
+        assert (row["clients_evaluated"], row["clients_evaluate_excluded"], row["clients_evaluate_failed"]) == (2, 4, 0)
+        assert math.isfinite(row["federated_eval_loss"]) and 0 <= row["federated_eval_acc"] <= 1
     assert all(math.isfinite(r["test_loss"]) for r in result["rounds"])
     assert second["test_accuracy"] > 0.15  # one honest client's skewed data; chance is 0.10
     # The 10^15-image histogram was excluded: the federation counts only the others' real samples.
     assert 0 < sum(result["global_label_histogram"]) < 1077
     log = proc.stdout + proc.stderr
     for reason in ("has non-finite values", "expected float32", "injected fault", "exceeds the",
-                   "implausible total", "reported no valid label histogram"):
+                   "implausible total", "reported no valid label histogram", "expected exactly one MetricRecord",
+                   "metric 'eval-loss' is not finite", "'num-examples'=1000000000000 exceeds"):
         assert reason in log, reason
     assert_nothing_left_running(run_dir)
 
