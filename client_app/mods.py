@@ -1,9 +1,16 @@
 """ClientApp mods: a time budget per message, and Flower's client-side DP clipping when asked for.
 
-A handler that overruns the round's deadline (a slow device, a hung data read) is abandoned: the
+A handler that overruns the round's time budget (a slow device, a hung data read) is abandoned: the
 node answers with an error reply at once and, in simulation, the worker that ran it is free for the
-next message instead of starving later rounds. The deadline is the message's creation time plus the
-server's time budget, so a message that waited in a queue past it is refused without any work.
+next message instead of starving later rounds.
+
+The budget is measured on this node's monotonic clock from the moment the message reached the mod,
+never against the server's ``metadata.created_at``: edge boxes without a real-time clock often boot
+with a wrong wall time, and a box running ahead of the server by more than the budget would refuse
+every message. No created_at-based early refusal is kept, because no clock skew bound can be
+trusted on such boxes; the cost is small: a message that waited in a SuperNode queue past the
+server's round is at worst run once more and abandoned at its own budget (the server has already
+moved on and drops the late reply).
 """
 
 from __future__ import annotations
@@ -31,14 +38,12 @@ def _error(msg: Message, reason: str) -> Message:
 
 
 def time_budget_mod(msg: Message, context: Context, call_next) -> Message:
-    """Run the handler until the message's deadline; past it, reply with an error and move on."""
+    """Run the handler for at most the time budget, counted from arrival on this node's own clock
+    (immune to wall-clock skew); past it, reply with an error and move on."""
+    arrived = time.monotonic()
     budget = _config(msg).get(TIME_BUDGET_KEY)
     if not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget <= 0:
         return call_next(msg, context)
-    created = msg.metadata.created_at
-    remaining = (created + budget - time.time()) if created else float(budget)
-    if remaining <= 0:
-        return _error(msg, f"arrived {-remaining:.1f}s after its deadline (time budget {budget}s); skipped")
     outcome: dict = {}
 
     def run() -> None:
@@ -49,7 +54,7 @@ def time_budget_mod(msg: Message, context: Context, call_next) -> Message:
 
     worker = threading.Thread(target=run, name=f"genfl-{msg.metadata.message_type}", daemon=True)
     worker.start()
-    worker.join(timeout=remaining)
+    worker.join(timeout=max(0.0, arrived + budget - time.monotonic()))
     if worker.is_alive():
         return _error(msg, f"gave up at the deadline (time budget {budget}s); the handler was abandoned")
     if "error" in outcome:

@@ -4,17 +4,23 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from torchcore.data import load_splits
 from torchcore.partition import PartitionError, client_partition, dirichlet_partitions, label_histogram
 
 
 @pytest.fixture(scope="module")
-def federation_labels():
+def federation():
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "dataset" / "digits.yaml")
-    return load_splits(cfg)["federation"].labels.numpy()
+    return load_splits(cfg)["federation"]
+
+
+@pytest.fixture(scope="module")
+def federation_labels(federation):
+    return federation.labels.numpy()
 
 
 def _partitions(labels, alpha, seed=0, n=20):
@@ -66,3 +72,23 @@ def test_client_partition_matches_the_partitioner_and_its_histogram(federation_l
     assert sum(label_histogram(data.labels.numpy(), 10)) == len(expected)
     with pytest.raises(PartitionError, match="partition-id 20"):
         client_partition(spec, 20, 20)
+
+
+def test_client_partition_splits_the_federation_once_for_all_its_partitions(federation, monkeypatch):
+    """A simulation worker serves many nodes in turn: the Dirichlet split must not be redone per node."""
+    import torchcore.partition as partition
+
+    spec = {"seed": 11, "dataset.name": "digits", "dataset.split_seed": 0, "dataset.test_fraction": 0.2,
+            "dataset.public_fraction": 0.2, "dataset.mean": [0.3], "dataset.std": [0.38], "partition.alpha": 0.1,
+            "partition.min_partition_size": 2, "partition.self_balancing": True}  # a spec no other test uses
+    real, real_load = partition.dirichlet_partitions, partition.load_splits
+    splits, loads = [], []
+    monkeypatch.setattr(partition, "dirichlet_partitions", lambda *a, **k: splits.append(1) or real(*a, **k))
+    monkeypatch.setattr(partition, "load_splits", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    n = 12
+    served = [client_partition(spec, i % n, n) for i in range(2 * n)]  # round-robin over 12 nodes, twice
+    assert (len(splits), len(loads)) == (1, 1)
+    parts = real(federation.labels.numpy(), n, 0.1, 11, min_partition_size=2, self_balancing=True)
+    for i, data in enumerate(served):
+        expected = federation.subset(parts[i % n])
+        assert torch.equal(data.images, expected.images) and torch.equal(data.labels, expected.labels)

@@ -60,22 +60,40 @@ def _nested(flat: dict, prefix: str) -> SimpleNamespace:
     return SimpleNamespace(**{k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)})
 
 
-@functools.lru_cache(maxsize=4)
-def _cached_partition(spec_items: tuple, partition_id: int, num_partitions: int) -> Split:
+# Distinct data specs kept per process. A simulation worker serves one run (one spec); the bound only
+# stops a long-lived process from piling up federation splits (CIFAR's is ~150 MB of images).
+SPECS_KEPT = 2
+
+
+def _hashable(spec: dict) -> tuple:
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in spec.items()))
+
+
+@functools.lru_cache(maxsize=SPECS_KEPT)
+def _federation(dataset_items: tuple) -> Split:
+    """The federation split, loaded once per process per data set (not once per message)."""
+    return load_splits(SimpleNamespace(**dict(dataset_items)))["federation"]
+
+
+@functools.lru_cache(maxsize=SPECS_KEPT)
+def _split(spec_items: tuple, num_partitions: int) -> tuple[np.ndarray, ...]:
+    """The whole federation's Dirichlet split (index arrays, a few bytes per sample), computed once
+    per spec: a worker serving many nodes then takes each node's partition as a cheap subset."""
     spec = dict(spec_items)
     dataset, part = _nested(spec, "dataset."), _nested(spec, "partition.")
-    federation = load_splits(dataset)["federation"]
-    parts = dirichlet_partitions(
-        federation.labels.numpy(), num_partitions, part.alpha, spec["seed"], part.min_partition_size, part.self_balancing
-    )
-    return federation.subset(parts[partition_id])
+    labels = _federation(_hashable(vars(dataset))).labels.numpy()
+    return tuple(dirichlet_partitions(
+        labels, num_partitions, part.alpha, spec["seed"], part.min_partition_size, part.self_balancing
+    ))
 
 
 def client_partition(spec: dict, partition_id: int, num_partitions: int) -> Split:
     """The training data of client ``partition_id`` of ``num_partitions``, from a flat data spec
-    (``dataset.*``, ``partition.*``, ``seed`` keys, as the server sends it). Cached per process,
-    because a simulated client process serves many rounds and nodes."""
+    (``dataset.*``, ``partition.*``, ``seed`` keys, as the server sends it). The split of the whole
+    federation is cached per process, because a simulated client process serves many rounds and
+    nodes (far more than any per-partition cache could hold)."""
     if not 0 <= partition_id < num_partitions:
         raise PartitionError(f"partition-id {partition_id} is outside 0..{num_partitions - 1}")
-    hashable = tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in spec.items()))
-    return _cached_partition(hashable, partition_id, num_partitions)
+    spec_items = _hashable(spec)
+    dataset_items = _hashable(vars(_nested(spec, "dataset.")))
+    return _federation(dataset_items).subset(_split(spec_items, num_partitions)[partition_id])
