@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 
 from torchcore.train import resolve_device
 
+from generation.cache import runtime_fingerprint
 from generation.corpora import build_corpus
 
 logger = logging.getLogger(__name__)
@@ -372,6 +373,7 @@ class ClassConditionalGenerator:
         self.guidance_scale = float(guidance_scale)
         self.batch_size = int(batch_size)
         self.device = resolve_device(device)
+        self.dtype = torch.float32  # sampling precision on every device (the fp16 weights are widened on load)
         self.pretraining = pretraining
         self.num_classes = self.architecture.num_classes
         self.image_shape = IMAGE_SHAPE
@@ -402,6 +404,11 @@ class ClassConditionalGenerator:
         return self._record
 
     def fingerprint(self) -> dict:
+        """Everything but plan and seed that determines the images, the machine's part included
+        (device type, dtype, library versions: a CPU run must not load a GPU run's entry).
+
+        Needs the weights' record but not the model on the device: a cache hit touches no GPU.
+        """
         self._load()
         return {
             "backend": "class_conditional",
@@ -413,6 +420,7 @@ class ClassConditionalGenerator:
             "sampling_steps": self.sampling_steps,
             "guidance_scale": self.guidance_scale if self._guided else 1.0,
             "image_shape": list(IMAGE_SHAPE),
+            **runtime_fingerprint(self.device, self.dtype),
         }
 
     @torch.no_grad()
@@ -421,6 +429,7 @@ class ClassConditionalGenerator:
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}.")
         self._load()
+        self._unet.to(self.device)  # here, not in _load: a fingerprint (a cache hit) needs no device
         images, labels = [], []
         for class_index, count in sorted(counts.items()):
             if count == 0:
@@ -494,7 +503,7 @@ class ClassConditionalGenerator:
                 f"guidance_scale {self.guidance_scale} needs a model trained with class_dropout > 0; "
                 f"{self.weights_path} was not. Use guidance_scale 1 (unguided) or pretrain again."
             )
-        self._unet = unet.to(self.device)
+        self._unet = unet
         self._record = record
         self._sampler = DDIMScheduler.from_config(
             training_scheduler(self.architecture).config, timestep_spacing="trailing", clip_sample=True

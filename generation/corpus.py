@@ -21,10 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from torchcore.imagefolder import RESAMPLE, read_image_folder
+
 logger = logging.getLogger(__name__)
 
 NAMED_CORPORA = ("digits-public", "fonts")  # generation/corpora.py: the class_conditional generator's corpora
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 class CorpusGenerator:
@@ -99,38 +100,19 @@ def named_corpus(name: str, dataset_cfg) -> CorpusGenerator:
 
 
 def image_folder(folder: str | Path, class_names: Sequence[str], *, image_size: int, channels: int) -> CorpusGenerator:
-    """Every image under ``folder/<class name>/``, converted to ``channels`` and resized to ``image_size``.
+    """Every image under ``folder/<class name>/``, read by the clients' reader (`read_image_folder`).
 
-    Sub-folders must be class names (a typo would otherwise silently drop a class); a class without
-    a sub-folder only matters if the plan asks for it.
+    One reader for both, so a public folder served here and the same folder on a node decode to the
+    same pixels (same suffixes, same resize). Sub-folders must be class names (a typo would otherwise
+    silently drop a class); a class without a sub-folder only matters if the plan asks for it.
     """
-    from PIL import Image
-
     root = Path(folder).expanduser()
     if not root.is_absolute():
         raise ValueError(f"generator.corpus: a folder must be an absolute path, got {str(folder)!r}")
     if not root.is_dir():
         raise ValueError(f"generator.corpus: {root} is not a folder (nor one of {', '.join(NAMED_CORPORA)})")
-    index = {name: i for i, name in enumerate(class_names)}
-    unknown = sorted(p.name for p in root.iterdir() if p.is_dir() and p.name not in index)
-    if unknown:
-        raise ValueError(f"generator.corpus: sub-folders of {root} that are not class names: {', '.join(unknown)} "
-                         f"(classes: {', '.join(class_names)})")
-    mode = {1: "L", 3: "RGB"}[channels]
-    images, labels, digest = [], [], hashlib.sha256()
-    for name in class_names:
-        files = sorted(p for p in (root / name).glob("*") if p.suffix.lower() in IMAGE_SUFFIXES) if (root / name).is_dir() else []
-        for path in files:
-            data = path.read_bytes()
-            digest.update(f"{name}/{path.name}:{len(data)}:".encode() + hashlib.sha256(data).digest())
-            with Image.open(path) as image:
-                # PIL's BICUBIC averages over the source footprint when shrinking: antialiased.
-                pixels = np.asarray(image.convert(mode).resize((image_size, image_size), Image.Resampling.BICUBIC))
-            images.append(torch.from_numpy(pixels.reshape(image_size, image_size, channels).copy()).permute(2, 0, 1))
-            labels.append(index[name])
-    if not images:
-        raise ValueError(f"generator.corpus: no images ({', '.join(IMAGE_SUFFIXES)}) under {root}/<class name>/")
-    stacked = torch.stack(images).float().div_(255.0)
-    return CorpusGenerator(stacked, torch.tensor(labels), num_classes=len(class_names),
+    digest = hashlib.sha256()
+    data = read_image_folder(root, class_names, channels, image_size, setting="generator.corpus", digest=digest)
+    return CorpusGenerator(data.images.float().div_(255.0), data.labels, num_classes=len(class_names),
                            description={"corpus": str(root), "files_sha256": digest.hexdigest(),
-                                        "image_size": image_size, "channels": channels})
+                                        "image_size": image_size, "channels": channels, "resample": RESAMPLE.name.lower()})

@@ -8,7 +8,6 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-import diffusers
 import torch
 import torch.nn.functional as F
 from diffusers import (
@@ -20,6 +19,7 @@ from diffusers import (
     StableDiffusionPipeline,
 )
 
+from generation.cache import runtime_fingerprint
 from generation.prompts import class_prompts, resolve_class_names
 
 logger = logging.getLogger(__name__)
@@ -151,9 +151,8 @@ class TextToImageGenerator:
             "num_inference_steps": self.num_inference_steps, "guidance_scale": self.guidance_scale,
             "prompts": list(self.prompts), "negative_prompt": self.negative_prompt,
             "generation_resolution": self.generation_resolution, "target_size": self.target_size,
-            "target_channels": self.target_channels, "device_type": self.device.type,
-            "dtype": str(self.dtype).removeprefix("torch."), "safety_checker": self.safety_checker,
-            "black_threshold": BLACK_THRESHOLD, "diffusers": diffusers.__version__,
+            "target_channels": self.target_channels, "safety_checker": self.safety_checker,
+            "black_threshold": BLACK_THRESHOLD, **runtime_fingerprint(self.device, self.dtype),
         }
 
     def generate(self, plan: Mapping[int, int], *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -309,18 +308,29 @@ def weights_identity(model: str, revision: str, local_files_only: bool) -> str:
         return f"folder:{folder_digest(folder)}"
     if _looks_like_path(model):
         return f"folder-missing:{folder.resolve()}"
+    failure = None
     if not local_files_only and not os.environ.get("HF_HUB_OFFLINE"):
         try:
             from huggingface_hub import HfApi
 
             return f"hub:{model}@{HfApi().model_info(model, revision=revision, timeout=10).sha}"
-        except Exception as error:  # offline, rate-limited, private: fall back to the local cache
-            logger.info("could not ask the Hub which commit %s@%s is (%s)", model, revision, type(error).__name__)
+        except Exception as error:  # offline, rate-limited, private, bad token: fall back to the local cache
+            failure = f"{type(error).__name__}: {' '.join(str(error).split())}"
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(model, "model_index.json", revision=revision)
+    # Warnings, not info: an auth or network error must not change the image cache key without a word.
     if isinstance(cached, str):
-        return f"hub:{model}@{Path(cached).parent.name}"  # .../snapshots/<commit>/model_index.json
+        commit = Path(cached).parent.name  # .../snapshots/<commit>/model_index.json
+        if failure:
+            logger.warning("could not ask the Hub which commit %s@%s is (%s); keying the image cache on commit %s "
+                           "from the local Hub cache (if %s has moved upstream, the cache does not notice)",
+                           model, revision, failure, commit, revision)
+        return f"hub:{model}@{commit}"
+    if failure:
+        logger.warning("could not ask the Hub which commit %s@%s is (%s), and the local Hub cache does not have it: "
+                       "the image cache key says 'hub-unresolved', so images cached under the resolved commit are "
+                       "not found and are generated anew", model, revision, failure)
     return f"hub-unresolved:{model}@{revision}"
 
 

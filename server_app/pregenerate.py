@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections import Counter
 
 import numpy as np
 
@@ -100,13 +101,17 @@ def _generate_sharded(generator, plan, seed, cache_dir, state, rank, world):
     mine = {c: plan[c] for c in classes[rank::world]}
     images, labels = generator.generate(mine, seed=seed)
     shard = _shard_path(path, rank)
-    write_entry(shard, quantise(images), labels, {"shard": rank, "of": world, "plan": mine})
+    write_entry(shard, quantise(images), labels, {"shard": rank, "of": world, "plan": mine},
+                shortfall=_shortfall(mine, labels))
     state.wait_for_everyone()
     if rank != 0:
         return None, None, False
     import torch
 
-    parts = [read_entry(_shard_path(path, r), plan) for r in range(world)]
+    shares = [{c: plan[c] for c in classes[r::world]} for r in range(world)]
+    parts = [read_entry(_shard_path(path, r), share) for r, share in enumerate(shares)]
+    if any(part is None for part in parts):
+        raise RuntimeError(f"a shard of {path} could not be read back (see the warning above); run genfl-generate again")
     by_class = {}
     for part_images, part_labels in parts:
         for c in part_labels.unique().tolist():
@@ -115,11 +120,17 @@ def _generate_sharded(generator, plan, seed, cache_dir, state, rank, world):
     labels = torch.cat([torch.full((len(by_class[c]),), c, dtype=torch.int64) for c in sorted(by_class)]) if by_class \
         else torch.zeros(0, dtype=torch.int64)
     write_entry(path, images, labels, {"fingerprint": generator.fingerprint(), "plan": dict(plan), "seed": seed,
-                                       "shards": world})
+                                       "shards": world}, shortfall=_shortfall(plan, labels))
     for r in range(world):
         _shard_path(path, r).unlink(missing_ok=True)
         _shard_path(path, r).with_suffix(".json").unlink(missing_ok=True)
     return images, labels, False
+
+
+def _shortfall(plan, labels) -> dict[int, int]:
+    """Images per class the generator could not make (safety-checker drops), recorded in the entry."""
+    made = Counter(labels.tolist())
+    return {int(c): int(n) - made[int(c)] for c, n in plan.items() if made[int(c)] < int(n)}
 
 
 def _shard_path(path, rank: int):

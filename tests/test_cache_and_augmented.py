@@ -125,6 +125,65 @@ def test_a_damaged_cache_entry_is_regenerated_with_a_warning(sd_config, damage, 
     assert generate_cached(generator, plan, 0, cache_dir)[2]  # repaired: a hit again
 
 
+@pytest.mark.parametrize("damage", ["fewer-images", "wrong-class-counts", "fewer-images-no-record"])
+def test_an_entry_that_does_not_hold_its_plan_is_named_and_regenerated(sd_config, damage, caplog):
+    """A readable entry with fewer images than planned, or another class mix, is a miss, never used."""
+    import logging
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    generator, plan, cache_dir, path, images = _entry(sd_config)  # plan {0: 2, 3: 1}
+    with safe_open(str(path), framework="pt") as handle:
+        metadata = handle.metadata()
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    if damage == "wrong-class-counts":
+        tensors["labels"] = torch.tensor([0, 3, 3])  # the plan's total, the wrong mix
+    else:
+        tensors = {name: tensor[:2].clone() for name, tensor in tensors.items()}  # class 3 cut off
+    save_file(tensors, str(path), metadata=None if damage.endswith("no-record") else metadata)
+    caplog.set_level(logging.WARNING, logger="generation.cache")
+    again, labels, hit = generate_cached(generator, plan, 0, cache_dir)
+    assert not hit and torch.equal(again, images) and labels.tolist() == [0, 0, 3]
+    warning = next(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    held = "{0: 2}" if damage.startswith("fewer") else "{0: 1, 3: 2}"
+    assert path.name in warning and held in warning and "{0: 2, 3: 1}" in warning and "regenerating" in warning
+    assert generate_cached(generator, plan, 0, cache_dir)[2]  # repaired: a hit again
+
+
+class _ShortGenerator:
+    """Makes one image fewer of class 0 than planned, like a safety checker that drops an image."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def fingerprint(self):
+        return {"backend": "short"}
+
+    def generate(self, plan, *, seed):
+        self.calls += 1
+        labels = torch.tensor([c for c in sorted(plan) for _ in range(plan[c] - (c == 0))], dtype=torch.int64)
+        return torch.full((len(labels), 1, 2, 2), 0.5), labels
+
+
+def test_a_shortfall_the_generator_came_up_with_is_recorded_and_still_a_hit(tmp_path):
+    generator = _ShortGenerator()
+    first, first_labels, hit = generate_cached(generator, {0: 3, 1: 2}, 0, tmp_path)
+    again, labels, hit_again = generate_cached(generator, {0: 3, 1: 2}, 0, tmp_path)
+    assert (hit, hit_again, generator.calls) == (False, True, 1)
+    assert labels.tolist() == first_labels.tolist() == [0, 0, 1, 1] and torch.equal(again, first)
+
+
+def test_a_shard_entry_is_checked_against_its_share_of_the_plan(tmp_path, caplog):
+    """`genfl-generate` under accelerate reads each shard with the whole plan."""
+    from generation.cache import read_entry, write_entry
+
+    path = tmp_path / "key.shard0.safetensors"
+    write_entry(path, torch.zeros((2, 1, 2, 2), dtype=torch.uint8), torch.tensor([0, 0]), {"shard": 0, "of": 2, "plan": {0: 2}})
+    assert read_entry(path, {0: 2, 1: 1}) is not None
+    assert read_entry(path, {0: 3, 1: 1}) is None and "made for plan {0: 2}" in caplog.text
+
+
 def _write_many(path, value):
     from generation.cache import write_entry
 

@@ -42,7 +42,7 @@ QUICK = Pretraining(
 )
 
 
-def make_generator(weights, *, pretraining=None, guidance_scale=1.0, architecture=TINY) -> ClassConditionalGenerator:
+def make_generator(weights, *, pretraining=None, guidance_scale=1.0, architecture=TINY, device="cpu") -> ClassConditionalGenerator:
     return ClassConditionalGenerator(
         weights=weights,
         corpus="digits-public",
@@ -50,7 +50,7 @@ def make_generator(weights, *, pretraining=None, guidance_scale=1.0, architectur
         sampling_steps=3,
         guidance_scale=guidance_scale,
         batch_size=4,
-        device="cpu",
+        device=device,
         pretraining=pretraining,
     )
 
@@ -216,6 +216,18 @@ def test_fingerprint_names_weights_and_sampler(weights):
     assert fingerprint["weights_sha256"] == json.loads(record_path(weights).read_text())["weights_sha256"]
     assert fingerprint["sampler"] == "ddim" and fingerprint["sampling_steps"] == 3
     assert fingerprint["guidance_scale"] == 1.0 and fingerprint["corpus"] == "digits-public"
+
+
+def test_fingerprint_keys_on_device_type_dtype_and_library_versions(weights):
+    """As the Stable Diffusion one does: a CPU run must not load images a GPU run made (other kernels)."""
+    import diffusers
+
+    cpu = make_generator(weights).fingerprint()
+    runtime = {key: cpu.get(key) for key in ("device_type", "dtype", "torch", "diffusers")}
+    assert runtime == {"device_type": "cpu", "dtype": "float32", "torch": torch.__version__, "diffusers": diffusers.__version__}
+    gpu = make_generator(weights, device="cuda").fingerprint()  # no GPU needed: fingerprinting places nothing there
+    assert gpu["device_type"] == "cuda" and gpu != cpu
+    assert {**gpu, "device_type": "cpu"} == cpu  # the device is the only difference
 
 
 # --- configuration ---------------------------------------------------------------------------------

@@ -239,6 +239,74 @@ def test_a_hub_id_is_keyed_by_the_commit_its_revision_resolves_to(tmp_path, monk
     assert (old["weights"], new["weights"]) == ("hub:someone/sd@" + "a" * 40, "hub:someone/sd@" + "b" * 40)
 
 
+def test_fingerprint_keys_on_device_type_dtype_and_library_versions(tiny_sd):
+    """The same runtime keys as the class-conditional generator's fingerprint (generation.cache.runtime_fingerprint)."""
+    import diffusers
+
+    cpu = make_generator(tiny_sd).fingerprint()
+    runtime = {key: cpu.get(key) for key in ("device_type", "dtype", "torch", "diffusers")}
+    assert runtime == {"device_type": "cpu", "dtype": "float32", "torch": torch.__version__, "diffusers": diffusers.__version__}
+    gpu = make_generator(tiny_sd, device="cuda").fingerprint()  # constructing and fingerprinting need no GPU
+    assert (gpu["device_type"], gpu["dtype"]) == ("cuda", "float16")
+
+
+def _unreachable_hub(kind):
+    if kind == "network":
+        return OSError("[Errno 101] Network is unreachable")
+    import httpx
+    from huggingface_hub.errors import HfHubHTTPError
+
+    url = "https://huggingface.co/api/models/someone/sd/revision/main"
+    return HfHubHTTPError(f"401 Client Error: Unauthorized for url: {url}",
+                          response=httpx.Response(401, request=httpx.Request("GET", url)))
+
+
+@pytest.mark.parametrize("kind", ["network", "auth"])
+def test_a_hub_that_cannot_be_asked_is_a_warning_with_the_cause_and_the_cache_consequence(tmp_path, monkeypatch, caplog, kind):
+    """Not an INFO line below the default level: the cache key silently became hub-unresolved."""
+    import logging
+
+    from huggingface_hub import HfApi, constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # an empty local Hub cache
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    error = _unreachable_hub(kind)
+
+    def model_info(self, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(HfApi, "model_info", model_info)
+    caplog.set_level(logging.INFO, logger="generation.text_to_image")
+    assert make_generator("someone/sd", local_files_only=False).fingerprint()["weights"] == "hub-unresolved:someone/sd@main"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, caplog.text
+    assert f"{type(error).__name__}: {error}" in warnings[0]
+    assert "someone/sd@main" in warnings[0] and "hub-unresolved" in warnings[0] and "generated anew" in warnings[0]
+
+
+def test_a_hub_error_with_the_model_in_the_local_hub_cache_warns_which_commit_it_keys_on(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from huggingface_hub import HfApi, constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    snapshot = tmp_path / "models--someone--sd" / "snapshots" / ("c" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "model_index.json").write_text("{}")
+    (tmp_path / "models--someone--sd" / "refs").mkdir()
+    (tmp_path / "models--someone--sd" / "refs" / "main").write_text("c" * 40)
+    error = _unreachable_hub("network")
+
+    def model_info(self, *args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(HfApi, "model_info", model_info)
+    caplog.set_level(logging.WARNING, logger="generation.text_to_image")
+    assert make_generator("someone/sd", local_files_only=False).fingerprint()["weights"] == "hub:someone/sd@" + "c" * 40
+    assert "OSError: [Errno 101] Network is unreachable" in caplog.text and "c" * 40 in caplog.text
+
+
 def test_config_file_builds_the_generator_with_builtin_names():
     config = yaml.safe_load(CONFIG_FILE.read_text())
     config["local_files_only"] = True  # no Hub request from the tests

@@ -1,12 +1,17 @@
 """Node-local image folders (one sub-folder per class name, as torchvision's ImageFolder) as a `Split`,
 and the writer that exports a built-in partition in that layout.
 
-PIL and torch only: an edge box that trains on its own images needs nothing else. Every file is
-untrusted, so each failure names the file or folder at fault.
+The one image-folder reader of the project: a node's ``data-path`` and the server's
+``generator=corpus`` folder decode the same files to the same pixels. PIL and torch only: an edge
+box that trains on its own images needs nothing else. Every file is untrusted, so each failure
+names the file or folder at fault.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import logging
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,25 +22,45 @@ from PIL import Image
 
 from torchcore.data import Split
 
+logger = logging.getLogger(__name__)
+
 _MODES = {1: "L", 3: "RGB"}
+# A fixed list, not "whatever this Pillow build opens", so the same folder yields the same images everywhere.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+# Bilinear, antialiased when shrinking (PIL widens the kernel): the filter the SD backend downsamples with,
+# so real and generated images are shrunk alike; bicubic's overshoot clips at 0/255 on sharp edges.
+RESAMPLE = Image.Resampling.BILINEAR
 
 
 class ImageFolderError(ValueError):
     """A node's image folder cannot be used; the message names the file or folder and what to fix."""
 
 
-def read_image_folder(root: str | os.PathLike, class_names: Sequence[str], channels: int, image_size: int) -> Split:
+def read_image_folder(
+    root: str | os.PathLike,
+    class_names: Sequence[str],
+    channels: int,
+    image_size: int,
+    *,
+    setting: str = "data-path",
+    digest: hashlib._Hash | None = None,
+) -> Split:
     """All images under ``root/<class name>/`` as uint8 (N, channels, image_size, image_size) with labels
-    by position in ``class_names``. Classes without a folder simply count 0; hidden entries are skipped."""
+    by position in ``class_names``. Classes without a folder simply count 0; hidden entries are skipped,
+    and so are files without an image suffix (with a warning that names them).
+
+    ``setting`` names the config key in error messages. ``digest``, if given, is updated with each
+    file's class, name and content hash, so that a cache key follows the very bytes decoded here.
+    """
     root = Path(root).expanduser()
     if not root.is_absolute():
-        raise ImageFolderError(f"data-path {str(root)!r}: must be an absolute path (it is read by the ClientApp process)")
+        raise ImageFolderError(f"{setting} {str(root)!r}: must be an absolute path (it is read by the ClientApp process)")
     if not root.is_dir():
-        raise ImageFolderError(f"data-path {root}: {'is not a folder' if root.exists() else 'no such folder'}")
+        raise ImageFolderError(f"{setting} {root}: {'is not a folder' if root.exists() else 'no such folder'}")
     if channels not in _MODES:
-        raise ImageFolderError(f"data-path {root}: cannot convert images to {channels} channels (1 or 3)")
+        raise ImageFolderError(f"{setting} {root}: cannot convert images to {channels} channels (1 or 3)")
     label_of = {name: index for index, name in enumerate(class_names)}
-    images, labels = [], []
+    images, labels, skipped = [], [], []
     for entry in sorted(p for p in root.iterdir() if not p.name.startswith(".")):
         if not entry.is_dir():
             raise ImageFolderError(
@@ -46,11 +71,21 @@ def read_image_folder(root: str | os.PathLike, class_names: Sequence[str], chann
                 f"{entry}: the federation has no class {entry.name!r} (its classes: {_preview(class_names)})"
             )
         for path in _files(entry):
-            images.append(_read_image(path, _MODES[channels], image_size))
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                skipped.append(path)
+                continue
+            data = _read_bytes(path)
+            if digest is not None:
+                digest.update(f"{path.relative_to(root).as_posix()}:{len(data)}:".encode() + hashlib.sha256(data).digest())
+            images.append(_decode(path, data, _MODES[channels], image_size))
             labels.append(label_of[entry.name])
+    if skipped:
+        logger.warning("%s %s: skipped %d file(s) without an image suffix (%s), e.g. %s",
+                       setting, root, len(skipped), " ".join(IMAGE_SUFFIXES), skipped[0])
     if not images:
         raise ImageFolderError(
-            f"data-path {root}: no images (expected one sub-folder per class, e.g. {root / class_names[0]}/, holding image files)"
+            f"{setting} {root}: no images (expected one sub-folder per class, e.g. {root / class_names[0]}/, "
+            f"holding {'/'.join(IMAGE_SUFFIXES)} files)"
         )
     array = np.stack(images)
     if array.ndim == 3:  # grayscale: (N, H, W) -> (N, 1, H, W)
@@ -69,17 +104,25 @@ def _files(folder: Path) -> list[Path]:
     return found
 
 
-def _read_image(path: Path, mode: str, size: int) -> np.ndarray:
-    if path.stat().st_size == 0:
-        raise ImageFolderError(f"{path}: empty file, not an image")
+def _read_bytes(path: Path) -> bytes:
     try:
-        with Image.open(path) as image:
+        data = path.read_bytes()
+    except OSError as err:
+        raise ImageFolderError(f"{path}: cannot be read ({type(err).__name__}: {err})") from err
+    if not data:
+        raise ImageFolderError(f"{path}: empty file, not an image")
+    return data
+
+
+def _decode(path: Path, data: bytes, mode: str, size: int) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
             image.load()  # decode now, so a truncated file fails here and not later
             image = image.convert(mode)
     except Exception as err:  # PIL raises many types for broken files; all mean the same to the operator
         raise ImageFolderError(f"{path}: not a readable image ({type(err).__name__}: {err})") from err
     if image.size != (size, size):
-        image = image.resize((size, size), Image.Resampling.BILINEAR)
+        image = image.resize((size, size), RESAMPLE)
     return np.asarray(image, dtype=np.uint8)
 
 
