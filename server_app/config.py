@@ -16,7 +16,8 @@ from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+from conf import CONF_DIR
+
 
 # Short `flwr run --run-config` keys for the settings changed most; "" keeps conf/'s value.
 RUN_CONFIG_KEYS = {
