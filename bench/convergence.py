@@ -61,7 +61,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from server_app.summary import (  # noqa: E402
+from cli.report import (  # noqa: E402
     build_summary,
     plot_accuracy_by_round,
     plot_accuracy_vs_kappa,
@@ -99,7 +99,7 @@ ARM_KEYS = {"strategy": "strategy.name", "alpha": "partition.alpha", "kappa_aug"
 
 
 def sweep_command(piece: str, root: Path, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "server_app.sweep", f"+experiment=convergence/{piece}",
+    return [sys.executable, "-m", "cli.sweep", f"+experiment=convergence/{piece}",
             f"hydra.sweep.dir={root / piece}", *extra]
 
 
@@ -107,7 +107,7 @@ def piece_jobs(piece: str, narrowing: list[str]) -> list[list[str]]:
     """The jobs genfl-sweep will run for a piece: its preset's grid, narrowed by the command line."""
     from omegaconf import OmegaConf
 
-    from server_app.sweep import expand
+    from cli.sweep import expand
 
     params = OmegaConf.load(REPO / "conf" / "experiment" / "convergence" / f"{piece}.yaml").hydra.sweeper.params
     return expand([f"{k}={v}" for k, v in params.items()] + [f"+experiment=convergence/{piece}", *narrowing])
@@ -117,7 +117,7 @@ def run(plan: list[tuple[str, list[str]]], root: Path) -> int:
     """Each piece's sweep in turn (one simulation at a time); a failed piece does not stop the others.
 
     Every job of the plan is validated first, so a bad piece cannot stop the plan hours in."""
-    from server_app.sweep import config_errors
+    from cli.sweep import config_errors
 
     jobs = [job for piece, narrowing in plan for job in piece_jobs(piece, narrowing)]
     errors = config_errors(jobs)

@@ -62,7 +62,7 @@ def plan_error(draws: int) -> dict:
 
 
 def accuracy(epsilons: list[float | None], rounds: int) -> dict:
-    from server_app.launch import run
+    from cli.run import run
 
     results = {}
     for epsilon in epsilons:

@@ -45,7 +45,7 @@ def run_processes(launcher: psutil.Process, flwr_home: str) -> list[psutil.Proce
 
 def main() -> None:
     run_dir = Path(tempfile.mkdtemp(prefix="genfl-scale-")) / "run"
-    command = [sys.executable, "-m", "server_app.launch", *OVERRIDES, *sys.argv[1:], f"output.dir={run_dir}"]
+    command = [sys.executable, "-m", "cli.run", *OVERRIDES, *sys.argv[1:], f"output.dir={run_dir}"]
     started = time.perf_counter()
     launcher = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     peak = {"rss_bytes": 0, "pss_bytes": 0, "processes": 0, "largest": []}

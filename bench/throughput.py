@@ -173,7 +173,7 @@ def cache(generator, plan: dict, device: torch.device) -> dict:
 def simulation(rounds: int, clients: int) -> dict:
     """Seconds per round (median of rounds 2..N) of FedAvg, GenFL overlapped and GenFL sequential, with
     one client worker on one core and the ServerApp on the other (federation.simulation_cpus=1)."""
-    from server_app.launch import run
+    from cli.run import run
 
     common = [f"num_rounds={rounds}", f"federation.num_clients={clients}", "federation.simulation_cpus=1",
               "server.threads=1", "checkpoint.enabled=false"]

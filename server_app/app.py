@@ -17,7 +17,7 @@ from generation.factory import build_generator
 from server_app import checkpoint
 from server_app.config import load_config, overrides_from_run_config, run_directory, to_yaml
 from server_app.nodes import WatchedGrid, wait_for_federation
-from server_app.report import RunReport
+from server_app.results import RunReport
 from strategy.bases import build_base
 from strategy.genfl import GenFL, Reliability
 from strategy.kappa import KappaSchedule

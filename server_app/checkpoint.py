@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from server_app.results import CHECKPOINT_DIR, flatten, result_neutral
+
 FORMAT = "genfl-checkpoint/2"  # 2: no RNG states, benched nodes by (kind, id)
-# Keys that may differ between the interrupted run and its resumption.
-_RUN_ONLY_KEYS = ("output",)
 
 
 class CheckpointError(RuntimeError):
@@ -28,7 +28,7 @@ class CheckpointError(RuntimeError):
 
 
 def checkpoint_path(run_dir: Path) -> Path:
-    return run_dir / "checkpoint" / "latest.pkl"
+    return run_dir / CHECKPOINT_DIR / "latest.pkl"
 
 
 def save(run_dir: Path, *, server_round: int, arrays: dict[str, np.ndarray], strategy: dict, rounds: list[dict],
@@ -76,16 +76,8 @@ def load(run_dir: Path, config: dict) -> dict:
     return payload
 
 
-def _differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    keys = sorted(set(saved) | set(current))
-    found = []
-    for key in keys:
-        name = f"{prefix}{key}"
-        if not prefix and key in _RUN_ONLY_KEYS:
-            continue
-        a, b = saved.get(key, "<missing>"), current.get(key, "<missing>")
-        if isinstance(a, dict) and isinstance(b, dict):
-            found += _differences(a, b, name + ".")
-        elif a != b:
-            found.append(name)
-    return found
+def _differences(saved: dict, current: dict) -> list[str]:
+    """Flattened config keys that differ, except those that do not change results (paths, devices, ...)."""
+    saved, current = flatten(saved), flatten(current)
+    keys = sorted(k for k in set(saved) | set(current) if not result_neutral(k))
+    return [k for k in keys if saved.get(k, "<missing>") != current.get(k, "<missing>")]

@@ -66,9 +66,9 @@ class Deployment:
 
     # -- set-up ---------------------------------------------------------------------------------
     def make_credentials(self, *node_names: str) -> None:
-        self.run([sys.executable, "-m", "server_app.certs", "tls", "--out", str(self.certs), "--san", "127.0.0.1"])
+        self.run([sys.executable, "-m", "cli.certs", "tls", "--out", str(self.certs), "--san", "127.0.0.1"])
         for name in node_names:
-            self.run([sys.executable, "-m", "server_app.certs", "node-key", "--out", str(self.keys), "--name", name])
+            self.run([sys.executable, "-m", "cli.certs", "node-key", "--out", str(self.keys), "--name", name])
         (self.home / "config.toml").write_text(
             f'[superlink]\ndefault = "edge"\n\n[superlink.edge]\naddress = "{self.address}"\n'
             f'root-certificates = "{self.certs / "ca.crt"}"\n'

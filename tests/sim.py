@@ -16,12 +16,12 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 IGNORED = shutil.ignore_patterns(".git", ".venv", "outputs", "multirun", "runs", "__pycache__", "*.egg-info",
                                  ".pytest_cache", "*.fab", ".whl", ".gl")
-TIMING_KEYS = {"wall_seconds", "augmented_train_seconds", "generation_seconds", "images_synthesized"}
+from server_app.results import TIMING_COLUMNS
 
 
 def launch(run_dir: Path, *overrides: str, app_dir: Path = REPO, timeout: float = 900) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(app_dir))
-    return subprocess.run([sys.executable, "-m", "server_app.launch", f"output.dir={run_dir}", *overrides],
+    return subprocess.run([sys.executable, "-m", "cli.run", f"output.dir={run_dir}", *overrides],
                           cwd=app_dir, capture_output=True, text=True, timeout=timeout, env=env)
 
 
@@ -43,7 +43,7 @@ def metrics(run_dir: Path) -> dict:
 
 def comparable(rows: list[dict]) -> list[dict]:
     """Metric rows without the keys that measure time (or whether the image cache was warm)."""
-    return [{k: v for k, v in row.items() if k not in TIMING_KEYS} for row in rows]
+    return [{k: v for k, v in row.items() if k not in TIMING_COLUMNS} for row in rows]
 
 
 def assert_nothing_left_running(run_dir: Path) -> None:

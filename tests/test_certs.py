@@ -8,7 +8,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_ssh_private_key, load_ssh_public_key
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from server_app.certs import main
+from cli.certs import main
 
 
 def test_tls_writes_a_ca_and_a_server_certificate_for_the_given_sans(tmp_path):

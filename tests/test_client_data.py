@@ -6,7 +6,7 @@ from flwr.app import ArrayRecord, Context, Message, Metadata, RecordDict
 
 from client_app.app import app
 from server_app.app import train_config
-from server_app.export import export
+from cli.export_partitions import export
 from torchcore.model import seeded_model
 from torchcore.partition import client_partition, label_histogram
 

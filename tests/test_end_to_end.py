@@ -87,7 +87,7 @@ def _killed_after_round_1(runs):
     """genfl A's command, stopped with SIGTERM once round 1 is checkpointed, then resumed."""
     run_dir = runs.base / "K"
     if not (run_dir / "resumed.json").exists():
-        command = [sys.executable, "-m", "server_app.launch", f"output.dir={run_dir}", *CLIENTS,
+        command = [sys.executable, "-m", "cli.run", f"output.dir={run_dir}", *CLIENTS,
                    f"generation.cache_dir={runs.cache}", "generation.per_class=20", *GENFL_A]
         launcher = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 600
@@ -105,7 +105,7 @@ def _killed_after_round_1(runs):
         np.savez(run_dir / "killed-checkpoint-arrays.npz", **checkpoint["arrays"])  # resuming overwrites it
         (run_dir / "killed.json").write_text(json.dumps(killed))
         assert_nothing_left_running(run_dir)
-        resumed = subprocess.run([sys.executable, "-m", "server_app.launch", "--resume", str(run_dir)], cwd=REPO,
+        resumed = subprocess.run([sys.executable, "-m", "cli.run", "--resume", str(run_dir)], cwd=REPO,
                                  capture_output=True, text=True, timeout=900)
         (run_dir / "resumed.json").write_text(json.dumps({"code": resumed.returncode, "output": resumed.stdout[-3000:] + resumed.stderr[-3000:]}))
     return json.loads((run_dir / "killed.json").read_text()), json.loads((run_dir / "resumed.json").read_text()), run_dir

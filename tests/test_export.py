@@ -1,6 +1,6 @@
 """genfl-export-partitions: the files an edge node gets are exactly its built-in partition."""
 
-from server_app.export import main
+from cli.export_partitions import main
 from torchcore.classes import class_names
 from torchcore.imagefolder import read_image_folder
 from torchcore.partition import label_histogram

@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from server_app.config import CONF_DIR, load_config
-from server_app.sweep import config_errors, expand
+from cli.sweep import config_errors, expand
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = sorted(str(p.relative_to(CONF_DIR / "experiment").with_suffix(""))
@@ -68,7 +68,7 @@ def test_the_kappa_piece_moves_kappa_fl_and_kappa_aug_together():
 
 
 def _genfl_run(*overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "server_app.launch", *overrides], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "cli.run", *overrides], cwd=REPO,
                           capture_output=True, text=True, timeout=900)
 
 

@@ -19,9 +19,9 @@ import tempfile
 import tomllib
 from pathlib import Path
 
+from cli.flwr_runs import RunError, outcome, quoted, run_status, start_run, stop_run, stream_logs
 from server_app.config import ConfigError, load_config, run_directory
-from server_app.launch import quoted
-from server_app.runs import RunError, outcome, run_status, start_run, stop_run, stream_logs
+from server_app.results import RUN_CONFIG
 
 APP_DIR = Path(__file__).resolve().parents[1]
 PROG = "genfl-deploy-run"
@@ -101,7 +101,7 @@ def run(connection: str, overrides: list[str], app_dir: Path = APP_DIR, federati
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     try:
         with tempfile.TemporaryDirectory(prefix="genfl-run-config-") as tmp:
-            run_config = Path(tmp) / "run_config.toml"
+            run_config = Path(tmp) / RUN_CONFIG
             run_config.write_text(f"overrides = {json.dumps(json.dumps(overrides))}\n")
             run_id = start_run(app_dir, connection, run_config, env, federation_config=federation_config)
         print(f"{PROG}: started run {run_id} on {connection}; results will be in {run_dir}", flush=True)

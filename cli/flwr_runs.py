@@ -9,9 +9,12 @@ status (`flwr list --run-id`), and trust a metrics.json only if it carries the s
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
+
+from server_app.results import METRICS, CorruptFileError, read_json
 
 COMPLETED = "finished:completed"
 
@@ -58,34 +61,11 @@ def stop_run(run_id: int, connection: str, env: dict) -> None:
     subprocess.run(["flwr", "stop", str(run_id), connection], env=env, capture_output=True, text=True, timeout=60)
 
 
-class CorruptFileError(ValueError):
-    """A JSON file that is there but does not read as an object: never taken for an absent one."""
-
-    def __init__(self, path: Path, why: str):
-        super().__init__(f"{path}: {why}")
-        self.path = path
-
-
-def read_json(path: Path) -> dict:
-    """The JSON object in ``path``, ``{}`` if there is no such file; `CorruptFileError` naming it otherwise."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        return {}
-    except OSError as err:
-        raise CorruptFileError(path, f"unreadable ({type(err).__name__}: {err})") from err
-    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
-        raise CorruptFileError(path, f"corrupt ({type(err).__name__}: {err})") from err
-    if not isinstance(data, dict):
-        raise CorruptFileError(path, f"corrupt (a JSON {type(data).__name__}, not an object)")
-    return data
-
-
 def results_of(run_dir: Path, run_id: int) -> dict | None:
     """metrics.json if it belongs to run ``run_id``, else None (absent or another run's); a corrupt
     one comes back as a failed result that names the file, never as "no results"."""
     try:
-        metrics = read_json(run_dir / "metrics.json")
+        metrics = read_json(run_dir / METRICS)
     except CorruptFileError as err:
         return {"run_id": run_id, "status": "failed", "error": str(err)}
     return metrics if metrics.get("run_id") == run_id else None
@@ -108,3 +88,28 @@ def outcome(prog: str, run_dir: Path, run_id: int, status: str, details: str, re
         detail = f"the ServerApp wrote no results of run {run_id} ({details or 'see the log above'})"
     print(f"{prog}: run FAILED (run {run_id}, status {status or 'unknown'}): {detail}; results folder: {run_dir}", file=sys.stderr)
     return 1
+
+
+def flower_env(flwr_home: Path) -> dict:
+    """Offline, local-use settings: no telemetry, no update check, no per-run dependency install."""
+    env = dict(os.environ)
+    env.update(
+        FLWR_HOME=str(flwr_home),
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        PYTHONUNBUFFERED="1",
+    )
+    # Flower's executables (flower-superlink, flwr, flwr-serverapp, ...) from this interpreter's
+    # environment, even when it was not activated (`.venv/bin/python -m cli.run`).
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    # Few malloc arenas: each ClientApp message runs in a fresh thread (client_app/mods.py), and glibc
+    # would give every thread its own arena; this keeps each worker's memory flat (bench/simulation_scale.py).
+    env.setdefault("MALLOC_ARENA_MAX", "2")
+    return env
+
+
+def quoted(path: Path) -> str:
+    """A path as a Hydra override value: quoted, since a sweep's job folders hold '=' and ','."""
+    text = str(path)
+    return f"'{text}'" if "'" not in text else '"' + text.replace('"', '\\"') + '"'

@@ -6,7 +6,7 @@
         -> edge-0.key (stays on that edge box), edge-0.pub (registered with `flwr supernode register`)
 
 Needs only the `cryptography` package (which flwr itself depends on), so it also runs on an edge box as
-`python server_app/certs.py node-key ...`. Private keys are written owner-only and never overwritten
+`python cli/certs.py node-key ...`. Private keys are written owner-only and never overwritten
 without --force; the repo git-ignores certificates/ and keys/ so they are never committed.
 """
 

@@ -19,8 +19,9 @@ from pathlib import Path
 
 import psutil
 
+from cli.flwr_runs import RunError, flower_env, outcome, quoted, run_status, start_run, stream_logs
 from server_app.config import ConfigError, load_config, run_directory
-from server_app.runs import RunError, outcome, run_status, start_run, stream_logs
+from server_app.results import FLWR_HOME, RUN_CONFIG, SUPERLINK_LOG
 
 APP_DIR = Path(__file__).resolve().parents[1]
 
@@ -87,31 +88,6 @@ def _stop(process: subprocess.Popen, flwr_home: Path) -> None:
     process.wait(timeout=5)
 
 
-def flower_env(flwr_home: Path) -> dict:
-    """Offline, local-use settings: no telemetry, no update check, no per-run dependency install."""
-    env = dict(os.environ)
-    env.update(
-        FLWR_HOME=str(flwr_home),
-        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
-        FLWR_TELEMETRY_ENABLED="0",
-        FLWR_DISABLE_UPDATE_CHECK="1",
-        PYTHONUNBUFFERED="1",
-    )
-    # Flower's executables (flower-superlink, flwr, flwr-serverapp, ...) from this interpreter's
-    # environment, even when it was not activated (`.venv/bin/python -m server_app.launch`).
-    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    # Few malloc arenas: each ClientApp message runs in a fresh thread (client_app/mods.py), and glibc
-    # would give every thread its own arena; this keeps each worker's memory flat (bench/simulation_scale.py).
-    env.setdefault("MALLOC_ARENA_MAX", "2")
-    return env
-
-
-def quoted(path: Path) -> str:
-    """A path as a Hydra override value: quoted, since a sweep's job folders hold '=' and ','."""
-    text = str(path)
-    return f"'{text}'" if "'" not in text else '"' + text.replace('"', '\\"') + '"'
-
-
 def simulation_config(cfg) -> str:
     """`--federation-config` for this run: the node count and each ClientApp's CPU/GPU share."""
     fed = cfg.federation
@@ -127,7 +103,7 @@ def resume_overrides(run_dir: str) -> list[str]:
     """The overrides an interrupted run was started with, plus ``output.resume=true``."""
     import tomllib
 
-    path = Path(run_dir).expanduser().resolve() / "run_config.toml"
+    path = Path(run_dir).expanduser().resolve() / RUN_CONFIG
     if not path.is_file():
         raise ConfigError(f"--resume {run_dir}: no {path.name} there; give the results folder of a genfl-run run")
     overrides = json.loads(tomllib.loads(path.read_text())["overrides"])
@@ -147,7 +123,7 @@ def run(overrides: list[str]) -> int:
         return 2
     run_dir = run_directory(cfg)
     overrides = [*overrides, f"output.dir={quoted(run_dir)}"]
-    flwr_home = run_dir / "flwr-home"
+    flwr_home = run_dir / FLWR_HOME
     flwr_home.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     (flwr_home / "config.toml").write_text(
@@ -158,7 +134,7 @@ def run(overrides: list[str]) -> int:
     # `finally` below runs (Ctrl-C already arrives as KeyboardInterrupt).
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     (flwr_home / "state.db").unlink(missing_ok=True)  # a resumed run starts a fresh SuperLink
-    log_file = open(run_dir / "superlink.log", "a")
+    log_file = open(run_dir / SUPERLINK_LOG, "a")
     superlink = subprocess.Popen(
         ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
          "--host", "127.0.0.1", "--port", str(port), "--database", str(flwr_home / "state.db")],
@@ -166,13 +142,13 @@ def run(overrides: list[str]) -> int:
     )
     try:
         _wait_for_port(port, superlink, timeout=60)
-        run_config = run_dir / "run_config.toml"
+        run_config = run_dir / RUN_CONFIG
         run_config.write_text(f"overrides = {json.dumps(json.dumps(overrides))}\n")
         run_id = start_run(APP_DIR, "genfl", run_config, env, federation_config=simulation_config(cfg))
         stream_logs(run_id, "genfl", env)
         status, details = run_status(run_id, "genfl", env)
     except RunError as err:
-        print(f"genfl-run: run FAILED: {err}; SuperLink log: {run_dir / 'superlink.log'}", file=sys.stderr)
+        print(f"genfl-run: run FAILED: {err}; SuperLink log: {run_dir / SUPERLINK_LOG}", file=sys.stderr)
         return 1
     finally:
         _stop(superlink, flwr_home)
@@ -181,10 +157,8 @@ def run(overrides: list[str]) -> int:
 
 
 def main() -> None:
-    if {"-m", "--multirun"} & set(sys.argv[1:]):  # a Hydra multirun: every job is one run(...)
-        from server_app.sweep import main as sweep
-
-        sys.exit(sweep(sys.argv[1:]))
+    if {"-m", "--multirun"} & set(sys.argv[1:]):  # a Hydra multirun is genfl-sweep (which imports this module)
+        os.execv(sys.executable, [sys.executable, "-m", "cli.sweep", *sys.argv[1:]])
     sys.exit(run(sys.argv[1:]))
 
 

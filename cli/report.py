@@ -29,14 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from server_app.runs import CorruptFileError, read_json
-from server_app.sweep import JOB_RECORD, MANIFEST
+from server_app.results import FLWR_HOME, JOB_RECORD, MANIFEST, METRICS, CorruptFileError, flatten, read_json, result_neutral
 
 
-# Keys that say where or how fast a run ran, not what it computed: never split configurations.
-IGNORED_KEYS = ("seed", "output.", "generation.cache_dir", "client.device", "server.device", "generator.device",
-                "dataset.root", "dataset.download", "federation.round_timeout", "federation.node_wait_timeout",
-                "server.eval_batch_size", "generator.batch_size")
 # Order in which keys are tried for naming configurations; any other differing key follows.
 LABEL_PRIORITY = ("strategy.name", "partition.alpha", "strategy.kappa_aug", "model.norm", "generator.backend",
                   "generator.corpus", "federation.num_clients", "federation.fraction_train", "dataset.name")
@@ -69,16 +64,6 @@ class Configuration:
 
 # -- reading -----------------------------------------------------------------------------------------
 
-def flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value
-    return flat
-
-
 def read_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
     """Completed runs below ``paths`` and one line for each thing that could not be used."""
     runs, problems, seen = [], [], set()
@@ -86,7 +71,7 @@ def read_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
         if not root.exists():
             problems.append(f"{root}: no such file or folder")
             continue
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("metrics.json") if "flwr-home" not in p.parts)
+        files = [root] if root.is_file() else sorted(p for p in root.rglob(METRICS) if FLWR_HOME not in p.parts)
         for path in files:
             seen.add(path.parent.resolve())
             run, problem = _read_run(path)
@@ -146,7 +131,7 @@ def _missing_runs(root: Path, seen: set) -> list[str]:
 def group(runs: list[Run]) -> list[Configuration]:
     configurations: dict[tuple, Configuration] = {}
     for run in runs:
-        key = tuple(sorted((k, v) for k, v in run.config.items() if not k.startswith(IGNORED_KEYS) and k != "seed"))
+        key = tuple(sorted((k, v) for k, v in run.config.items() if not result_neutral(k) and k != "seed"))
         configurations.setdefault(key, Configuration(key)).runs.append(run)
     return list(configurations.values())
 

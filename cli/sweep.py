@@ -4,7 +4,7 @@
 
 Hydra's sweeper expands the grid and its launcher runs the jobs (the basic launcher: one at a time;
 ``hydra/launcher=joblib`` or ``submitit_slurm`` switch that by config). Each job goes through
-`server_app.launch.run` (private SuperLink, fail-loudly outcome check) with its results in the job's
+`cli.run.run` (private SuperLink, fail-loudly outcome check) with its results in the job's
 folder, ``<hydra.sweep.dir>/<its overrides>/``. Around that:
 
 - every job's config is composed and validated before the first job starts;
@@ -39,19 +39,15 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from server_app.config import CONF_DIR, ConfigError, load_config
-from server_app.runs import CorruptFileError, read_json
+from cli.flwr_runs import quoted
+from cli.run import run
+from conf import CONF_DIR
+from server_app.checkpoint import checkpoint_path
+from server_app.config import ConfigError, load_config
+from server_app.results import ERROR_FILE, JOB_RECORD, MANIFEST, METRICS, RUN_FILES, CorruptFileError, read_json
 
 log = logging.getLogger("genfl-sweep")
-
-MANIFEST = "sweep.json"  # in the sweep folder: the jobs of the last invocation
-JOB_RECORD = "genfl_job.json"  # in each job folder: its overrides, exit code, status
-ERROR_FILE = "error.txt"  # in a job folder: the traceback of the exception that failed the job
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-# What a previous attempt of a job leaves in its folder (Hydra's own .hydra/ and log are Hydra's business).
-RUN_FILES = ("metrics.json", "metrics.csv", "accuracy.png", "superlink.log", "run_config.toml", "flwr-home", "checkpoint",
-             JOB_RECORD, ERROR_FILE)
-
 
 @dataclass
 class _Invocation:
@@ -180,7 +176,6 @@ def run_job(overrides: list[str], job_dir: Path) -> int:
               "skipped": False, "resumed": resume}
     _write_json(job_dir / JOB_RECORD, record)
     started = time.monotonic()
-    from server_app.launch import quoted, run
 
     try:
         with _outside_hydra():
@@ -191,7 +186,7 @@ def run_job(overrides: list[str], job_dir: Path) -> int:
         code, error = 1, f"{type(err).__name__}: {err} (traceback in {job_dir / ERROR_FILE})"
     if code != 0 and error is None:
         try:
-            error = read_json(job_dir / "metrics.json").get("error")
+            error = read_json(job_dir / METRICS).get("error")
         except CorruptFileError as err:
             error = str(err)
         error = error or f"genfl-run exited with {code}; see the output above and the job's superlink.log"
@@ -220,12 +215,12 @@ def should_resume(job_dir: Path, overrides: list[str]) -> bool:
     over the failed round."""
     previous = read_json(job_dir / JOB_RECORD)
     return (previous.get("status") == "running" and sorted(previous.get("overrides", [])) == sorted(overrides)
-            and (job_dir / "checkpoint" / "latest.pkl").is_file())
+            and checkpoint_path(job_dir).is_file())
 
 
 def is_complete(job_dir: Path, overrides: list[str]) -> bool:
     record = read_json(job_dir / JOB_RECORD)
-    metrics = read_json(job_dir / "metrics.json")
+    metrics = read_json(job_dir / METRICS)
     return (record.get("exit_code") == 0 and sorted(record.get("overrides", [])) == sorted(overrides)
             and metrics.get("status") == "completed")
 
@@ -305,7 +300,7 @@ def cli() -> None:
     sys.exit(main())
 
 
-if __name__ == "__main__":  # Hydra instantiates the callback from server_app.sweep: share its state
-    from server_app.sweep import cli as imported_cli
+if __name__ == "__main__":  # Hydra instantiates the callback from cli.sweep: share its state
+    from cli.sweep import cli as imported_cli
 
     imported_cli()

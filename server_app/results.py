@@ -1,0 +1,130 @@
+"""A run's results folder: the one place that names its files, says which config keys and metric
+columns do not change results, reads its JSON files and writes metrics.json/csv and accuracy.png.
+
+metrics.json is rewritten atomically after every round, so a crashed run still leaves what it did.
+The operator's commands (cli/) import these names; nothing here imports them.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+METRICS = "metrics.json"  # the resolved config, the run id, the status and one row per round
+METRICS_CSV = "metrics.csv"
+ACCURACY_PLOT = "accuracy.png"
+SUPERLINK_LOG = "superlink.log"  # genfl-run's private SuperLink
+RUN_CONFIG = "run_config.toml"  # the overrides a run was started with (genfl-run --resume reads them)
+FLWR_HOME = "flwr-home"  # genfl-run's private Flower home
+CHECKPOINT_DIR = "checkpoint"
+JOB_RECORD = "genfl_job.json"  # a sweep job's overrides, exit code and status
+ERROR_FILE = "error.txt"  # the traceback of the exception that failed a sweep job
+MANIFEST = "sweep.json"  # in a sweep folder: the jobs of its last invocation
+# What one attempt of a run leaves in its folder.
+RUN_FILES = (METRICS, METRICS_CSV, ACCURACY_PLOT, SUPERLINK_LOG, RUN_CONFIG, FLWR_HOME, CHECKPOINT_DIR, JOB_RECORD, ERROR_FILE)
+
+# Config keys (prefixes of flattened keys) that say where or how fast a run ran, not what it computes:
+# a report pools runs that differ only in these (and the seed); a resumed run may change them.
+RESULT_NEUTRAL_KEYS = ("output.", "generation.cache_dir", "client.device", "server.device", "generator.device",
+                       "dataset.root", "dataset.download", "federation.round_timeout", "federation.node_wait_timeout",
+                       "federation.histogram_timeout", "server.eval_batch_size", "client.eval_batch_size",
+                       "generator.batch_size", "client.threads", "server.threads", "federation.client_cpus",
+                       "federation.client_gpus", "federation.simulation_cpus", "server.overlap", "checkpoint.")
+# metrics.json columns that measure time (or whether the image cache was warm), not what was learnt.
+TIMING_COLUMNS = ("wall_seconds", "round_seconds", "augmented_train_seconds", "generation_seconds", "images_synthesized")
+
+
+class CorruptFileError(ValueError):
+    """A JSON file that is there but does not read as an object: never taken for an absent one."""
+
+    def __init__(self, path: Path, why: str):
+        super().__init__(f"{path}: {why}")
+        self.path = path
+
+
+def read_json(path: Path) -> dict:
+    """The JSON object in ``path``, ``{}`` if there is no such file; `CorruptFileError` naming it otherwise."""
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except OSError as err:
+        raise CorruptFileError(path, f"unreadable ({type(err).__name__}: {err})") from err
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise CorruptFileError(path, f"corrupt ({type(err).__name__}: {err})") from err
+    if not isinstance(data, dict):
+        raise CorruptFileError(path, f"corrupt (a JSON {type(data).__name__}, not an object)")
+    return data
+
+
+def flatten(config: dict, prefix: str = "") -> dict:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: how reports and checks name config keys."""
+    flat = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = tuple(value) if isinstance(value, list) else value  # hashable
+    return flat
+
+
+def result_neutral(key: str) -> bool:
+    return key.startswith(RESULT_NEUTRAL_KEYS)
+
+
+class RunReport:
+    """``rounds`` continues a resumed run's table (from its checkpoint). ``run_id`` (the Flower run's)
+    ties the file to one run: a reused or resumed folder can hold an older run's metrics.json."""
+
+    def __init__(self, run_dir: Path, config: dict, rounds: list[dict] | None = None, run_id: int | None = None):
+        self.run_dir = run_dir
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.data = {"status": "running", "run_id": run_id, "config": config, "rounds": list(rounds or [])}
+        if rounds:
+            self.data["resumed_after_round"] = rounds[-1]["round"]
+        self._write_json()
+
+    def set(self, key: str, value) -> None:
+        self.data[key] = value
+        self._write_json()
+
+    def add_round(self, row: dict) -> None:
+        self.data["rounds"].append(row)
+        self._write_json()
+
+    def finish(self, status: str) -> None:
+        """Write the final status, the CSV table and the accuracy curve."""
+        self.data["status"] = status
+        self._write_json()
+        rows = self.data["rounds"]
+        if rows:
+            with open(self.run_dir / METRICS_CSV, "w", newline="") as fh:
+                columns = list(dict.fromkeys(k for row in rows for k in row))
+                writer = csv.DictWriter(fh, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(rows)
+            self._plot(rows)
+
+    def _plot(self, rows: list[dict]) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        ax.plot([r["round"] for r in rows], [r["test_accuracy"] for r in rows], marker="o")
+        cfg = self.data["config"]
+        ax.set_title(f"{cfg['strategy']['name']} on {cfg['dataset']['name']}, alpha={cfg['partition']['alpha']}")
+        ax.set_xlabel("round")
+        ax.set_ylabel("test accuracy")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        fig.savefig(self.run_dir / ACCURACY_PLOT, dpi=100)
+        plt.close(fig)
+
+    def _write_json(self) -> None:
+        tmp = self.run_dir / f"{METRICS}.tmp"
+        tmp.write_text(json.dumps(self.data, indent=2))
+        os.replace(tmp, self.run_dir / METRICS)
