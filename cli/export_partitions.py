@@ -13,6 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from omegaconf import OmegaConf
+
+from client_app.contract import ClientConfig
 from server_app.config import ConfigError, load_config
 
 
@@ -35,9 +38,8 @@ def export(out: Path, num_partitions: int, only: list[int] | None, overrides: li
     from torchcore.partition import client_partition
 
     cfg = load_config(overrides)
-    from server_app.app import train_config  # the exact data spec the server sends its clients
-
-    spec = {k: v for k, v in train_config(cfg).items() if k.startswith(("dataset.", "partition.")) or k == "seed"}
+    # The exact data spec the server sends its clients.
+    spec = ClientConfig.from_run_config(OmegaConf.to_container(cfg, resolve=True)).data_spec()
     names = class_names(cfg.dataset.name)
     written = {}
     for partition_id in only if only is not None else range(num_partitions):

@@ -13,8 +13,10 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
+from client_app.contract import PROXIMAL_MU, SERVER_ROUND, ClientConfig
 from client_app.mods import dp_clipping_mod, time_budget_mod
 from torchcore.classes import class_names
+from torchcore.data import Split
 from torchcore.imagefolder import read_image_folder
 from torchcore.model import build_resnet18
 from torchcore.partition import client_partition, label_histogram
@@ -27,44 +29,39 @@ app = ClientApp(mods=[time_budget_mod, dp_clipping_mod])
 NO_PARTITION = -1  # stands for "no built-in partition": the node trains on its own images
 
 
-def _local_data(msg: Message, context: Context):
+def _local_data(msg: Message, context: Context) -> tuple[ClientConfig, Split, int]:
     """(config, this node's data, its partition id): the operator's image folder when the node config
     has ``data-path``, else the built-in partition. Bad data raises, which Flower turns into an error
     reply whose reason names the file or folder."""
-    config = msg.content["config"]
-    node = context.node_config
+    config = ClientConfig.from_record(msg.content["config"])
+    ds, node = config.dataset, context.node_config
     if "data-path" in node:
-        data = read_image_folder(str(node["data-path"]), class_names(str(config["dataset.name"])),
-                                 int(config["dataset.channels"]), int(config["dataset.image_size"]))
+        data = read_image_folder(str(node["data-path"]), class_names(str(ds["name"])), int(ds["channels"]),
+                                 int(ds["image_size"]))
         return config, data, NO_PARTITION
     if "partition-id" not in node or "num-partitions" not in node:
         raise ValueError(
             "this SuperNode has no data: start flower-supernode with --node-config 'data-path=\"/abs/images\"' "
             "(one sub-folder per class) or --node-config 'partition-id=I num-partitions=N' (a built-in partition)"
         )
-    spec = {k: v for k, v in config.items() if k.startswith(("dataset.", "partition.")) or k == "seed"}
     partition_id = int(node["partition-id"])
-    return config, client_partition(spec, partition_id, int(node["num-partitions"])), partition_id
+    return config, client_partition(config.data_spec(), partition_id, int(node["num-partitions"])), partition_id
 
 
-def _model(config, arrays: ArrayRecord) -> torch.nn.Module:
-    torch.set_num_threads(int(config["client-threads"]))
-    model = build_resnet18(
-        num_classes=int(config["dataset.num_classes"]),
-        in_channels=int(config["dataset.channels"]),
-        mean=list(config["dataset.mean"]),
-        std=list(config["dataset.std"]),
-        norm=str(config["model.norm"]),
-    )
+def _model(config: ClientConfig, arrays: ArrayRecord) -> torch.nn.Module:
+    torch.set_num_threads(config.client_threads)
+    ds = config.dataset
+    model = build_resnet18(num_classes=int(ds["num_classes"]), in_channels=int(ds["channels"]), mean=list(ds["mean"]),
+                           std=list(ds["std"]), norm=str(config.model["norm"]))
     model.load_state_dict(arrays.to_torch_state_dict(), strict=True)
     return model
 
 
-def _histogram_noise(config, partition_id: int, node_id: int) -> np.random.Generator:
+def _histogram_noise(config: ClientConfig, partition_id: int, node_id: int) -> np.random.Generator:
     """OS entropy by default: a seed the server knows would let it subtract the noise again."""
-    if bool(config["histogram-privacy.reproducible-noise"]):
+    if config.histogram_reproducible_noise:
         identity = partition_id if partition_id != NO_PARTITION else node_id  # a node with its own images
-        return np.random.default_rng([int(config["seed"]), identity % 2**63, 0x4E01])
+        return np.random.default_rng([config.seed, identity % 2**63, 0x4E01])
     return np.random.default_rng()
 
 
@@ -72,11 +69,10 @@ def _histogram_noise(config, partition_id: int, node_id: int) -> np.random.Gener
 def report_label_histogram(msg: Message, context: Context) -> Message:
     """Per-class sample counts of this node's training data (GenFL step 1), noised if configured."""
     config, data, partition_id = _local_data(msg, context)
-    histogram = label_histogram(data.labels.numpy(), int(config["dataset.num_classes"]))
-    mechanism = str(config["histogram-privacy.mechanism"])
-    if mechanism != "none":
-        histogram = privatize_histogram(histogram, mechanism, float(config["histogram-privacy.epsilon"]),
-                                        float(config["histogram-privacy.delta"]), _histogram_noise(config, partition_id, context.node_id))
+    histogram = label_histogram(data.labels.numpy(), int(config.dataset["num_classes"]))
+    if config.histogram_mechanism != "none":
+        histogram = privatize_histogram(histogram, config.histogram_mechanism, config.histogram_epsilon,
+                                        config.histogram_delta, _histogram_noise(config, partition_id, context.node_id))
     metrics = MetricRecord({"label-histogram": histogram, "num-examples": sum(histogram)})
     if partition_id != NO_PARTITION:  # a node with its own images has none: the server orders it by node id
         metrics["partition-id"] = partition_id
@@ -89,19 +85,18 @@ def train_locally(msg: Message, context: Context) -> Message:
     config, data, partition_id = _local_data(msg, context)
     model = _model(config, msg.content["arrays"])
     settings = TrainSettings(
-        epochs=int(config["local-epochs"]),
-        batch_size=int(config["batch-size"]),
-        lr=float(config["lr"]),
-        momentum=float(config["momentum"]),
-        weight_decay=float(config["weight-decay"]),
-        augment=bool(config["dataset.augment"]),
-        proximal_mu=float(config.get("proximal-mu", 0.0)),  # sent by Flower's FedProx
-        max_steps=int(config["max-steps"]) or None,  # 0: no cap
+        epochs=config.local_epochs,
+        batch_size=config.batch_size,
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        augment=bool(config.dataset["augment"]),
+        proximal_mu=float(msg.content["config"].get(PROXIMAL_MU, 0.0)),  # sent by Flower's FedProx
+        max_steps=config.max_steps,
     )
-    device = resolve_device(str(config["client-device"]))
     # A different but reproducible data order per round and client.
-    seed = int(config["seed"]) * 1_000_003 + int(config["server-round"]) * 1_009 + partition_id
-    train_loss = train(model, data, settings, device, seed)
+    seed = config.seed * 1_000_003 + int(msg.content["config"][SERVER_ROUND]) * 1_009 + partition_id
+    train_loss = train(model, data, settings, resolve_device(config.client_device), seed)
     metrics = MetricRecord({"train-loss": train_loss, "num-examples": len(data)})
     return Message(RecordDict({"arrays": ArrayRecord(model.state_dict()), "metrics": metrics}), reply_to=msg)
 
@@ -111,6 +106,6 @@ def evaluate_locally(msg: Message, context: Context) -> Message:
     """Loss and accuracy of the global model on this node's own data."""
     config, data, _ = _local_data(msg, context)
     model = _model(config, msg.content["arrays"])
-    loss, accuracy = evaluate(model, data, resolve_device(str(config["client-device"])), int(config["client-eval-batch-size"]))
+    loss, accuracy = evaluate(model, data, resolve_device(config.client_device), config.client_eval_batch_size)
     metrics = MetricRecord({"eval-loss": loss, "eval-acc": accuracy, "num-examples": len(data)})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)

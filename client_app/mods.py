@@ -23,9 +23,8 @@ from flwr.app.error import Error
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.common.constant import ErrorCode
 
-TIME_BUDGET_KEY = "time-budget"  # seconds; sent by the server in every ConfigRecord
-CLIPPING_NORM_KEY = "clipping_norm"  # what Flower's DifferentialPrivacyClientSide* wrappers send
-ADAPTIVE_KEY = "genfl-adaptive-clipping"  # set by the server when it runs the adaptive wrapper
+from client_app.contract import ADAPTIVE_CLIPPING, CLIPPING_NORM, TIME_BUDGET
+
 
 
 def _config(msg: Message) -> dict:
@@ -41,7 +40,7 @@ def time_budget_mod(msg: Message, context: Context, call_next) -> Message:
     """Run the handler for at most the time budget, counted from arrival on this node's own clock
     (immune to wall-clock skew); past it, reply with an error and move on."""
     arrived = time.monotonic()
-    budget = _config(msg).get(TIME_BUDGET_KEY)
+    budget = _config(msg).get(TIME_BUDGET)
     if not isinstance(budget, (int, float)) or isinstance(budget, bool) or budget <= 0:
         return call_next(msg, context)
     outcome: dict = {}
@@ -66,7 +65,7 @@ def dp_clipping_mod(msg: Message, context: Context, call_next) -> Message:
     """Flower's client-side clipping mods, applied only to messages that carry a clipping norm
     (a bare clipping mod rejects every other message, e.g. the histogram query)."""
     config = _config(msg)
-    if CLIPPING_NORM_KEY not in config:
+    if CLIPPING_NORM not in config:
         return call_next(msg, context)
-    mod = adaptiveclipping_mod if config.get(ADAPTIVE_KEY) else fixedclipping_mod
+    mod = adaptiveclipping_mod if config.get(ADAPTIVE_CLIPPING) else fixedclipping_mod
     return mod(msg, context, call_next)

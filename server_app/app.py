@@ -12,6 +12,7 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig, OmegaConf
 
+from client_app.contract import ClientConfig
 from generation.augmented import AugmentedModelTrainer
 from generation.factory import build_generator
 from server_app import checkpoint
@@ -29,33 +30,10 @@ from torchcore.train import TrainSettings, evaluate, load_numpy_state, resolve_d
 app = ServerApp()
 
 
-def train_config(cfg: DictConfig, time_budget: float | None = None) -> ConfigRecord:
-    """Everything a client needs, flattened into one ConfigRecord (conf/ stays the only source)."""
-    flat = {
-        "seed": cfg.seed,
-        "local-epochs": cfg.client.local_epochs,
-        "max-steps": cfg.client.max_steps or 0,
-        "batch-size": cfg.client.batch_size,
-        "lr": float(cfg.client.lr),
-        "momentum": float(cfg.client.momentum),
-        "weight-decay": float(cfg.client.weight_decay),
-        "client-device": cfg.client.device,
-        "client-threads": cfg.client.threads,
-        "client-eval-batch-size": cfg.client.eval_batch_size,
-        # A node gives up on a message after the round's timeout (see client_app/mods.py).
-        "time-budget": float(cfg.federation.round_timeout if time_budget is None else time_budget),
-    }
-    privacy = cfg.histogram_privacy
-    flat.update({"histogram-privacy.mechanism": privacy.mechanism, "histogram-privacy.epsilon": float(privacy.epsilon),
-                 "histogram-privacy.delta": float(privacy.delta),
-                 "histogram-privacy.reproducible-noise": bool(privacy.reproducible_noise)})
-    if cfg.aggregation.dp.clipping == "client_adaptive":
-        flat["genfl-adaptive-clipping"] = True
-    for group in ("dataset", "partition", "model"):
-        for key, value in OmegaConf.to_container(cfg[group], resolve=True).items():
-            if value is not None:
-                flat[f"{group}.{key}"] = [float(v) for v in value] if isinstance(value, list) else value
-    return ConfigRecord(flat)
+def client_config(cfg: DictConfig, time_budget: float | None = None) -> ConfigRecord:
+    """What every message tells a client (client_app/contract.py), from the run's config."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    return ConfigRecord(ClientConfig.from_run_config(config, time_budget).to_record())
 
 
 @app.main()
@@ -136,12 +114,12 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
         initial_arrays=initial,
         num_rounds=cfg.num_rounds,
         timeout=cfg.federation.round_timeout,
-        train_config=train_config(cfg),
-        evaluate_config=train_config(cfg),
+        train_config=client_config(cfg),
+        evaluate_config=client_config(cfg),
         evaluate_fn=evaluate_global,
         first_round=first_round,
         on_round_end=save_checkpoint,
-        histogram_config=train_config(cfg, time_budget=cfg.federation.histogram_timeout),
+        histogram_config=client_config(cfg, time_budget=cfg.federation.histogram_timeout),
     )
     report.set("global_label_histogram", strategy.global_histogram)
     report.set("generation", dict(strategy.generation_stats))

@@ -5,7 +5,8 @@ import pytest
 from flwr.app import ArrayRecord, Context, Message, Metadata, RecordDict
 
 from client_app.app import app
-from server_app.app import train_config
+from client_app.contract import ClientConfig
+from server_app.app import client_config as train_config
 from cli.export_partitions import export
 from torchcore.model import seeded_model
 from torchcore.partition import client_partition, label_histogram
@@ -40,7 +41,7 @@ def test_histogram_of_an_exported_folder_equals_the_built_in_partition(cfg, expo
     reply = app(_message("query.label_histogram", RecordDict({"config": train_config(cfg)})),
                 _context({"data-path": str(exported)}))
     metrics = reply.content["histogram"]
-    spec = {k: v for k, v in train_config(cfg).items() if k.startswith(("dataset.", "partition.")) or k == "seed"}
+    spec = ClientConfig.from_record(train_config(cfg)).data_spec()
     expected = label_histogram(client_partition(spec, 1, 4).labels.numpy(), 10)
     assert list(metrics["label-histogram"]) == expected
     assert metrics["num-examples"] == sum(expected)

@@ -11,7 +11,8 @@ from flwr.app import ArrayRecord
 
 from client_app.app import app as client_app
 from local_grid import LocalGrid, client_app_node
-from server_app.app import _augmenter, base_strategy, reliability, train_config
+from server_app.app import _augmenter, base_strategy, reliability
+from server_app.app import client_config as train_config
 from strategy.genfl import GenFL
 from strategy.kappa import KappaSchedule
 from torchcore.data import load_splits
