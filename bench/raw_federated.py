@@ -35,7 +35,8 @@ def run(overrides: list[str]) -> dict:
                 norm=cfg.model.norm)
     model, worker = seeded_model(cfg.seed, **spec), build_resnet18(**spec)
     settings = TrainSettings(cfg.client.local_epochs, cfg.client.batch_size, cfg.client.lr, cfg.client.momentum,
-                             cfg.client.weight_decay, ds.augment)
+                             cfg.client.weight_decay, ds.augment, proximal_mu=0.0, max_steps=None,
+                             fast_cuda=cfg.client.fast_cuda)
     device = torch.device("cpu")
     rows, started = [], time.perf_counter()
     global_state = state_to_numpy(model)

@@ -125,7 +125,8 @@ def training(device: torch.device, *, shape: tuple[int, int, int], n: int, batch
     labels = torch.randint(0, 10, (n,), generator=g)
     spec = dict(num_classes=10, in_channels=channels, mean=[0.5] * channels, std=[0.25] * channels)
     model = seeded_model(0, **spec)
-    settings = TrainSettings(epochs=epochs, batch_size=batch, lr=0.02, momentum=0.9, weight_decay=5e-4)
+    settings = TrainSettings(epochs=epochs, batch_size=batch, lr=0.02, momentum=0.9, weight_decay=5e-4, augment=False,
+                             proximal_mu=0.0, max_steps=None, fast_cuda=True)
     fast = device.type == "cuda"
     on_device = Split(images.to(device), labels.to(device)) if fast else Split(images, labels)
     if fast:

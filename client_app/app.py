@@ -93,6 +93,7 @@ def train_locally(msg: Message, context: Context) -> Message:
         augment=bool(config.dataset["augment"]),
         proximal_mu=float(msg.content["config"].get(PROXIMAL_MU, 0.0)),  # sent by Flower's FedProx
         max_steps=config.max_steps,
+        fast_cuda=config.client_fast_cuda,
     )
     # A different but reproducible data order per round and client.
     seed = config.seed * 1_000_003 + int(msg.content["config"][SERVER_ROUND]) * 1_009 + partition_id

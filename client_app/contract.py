@@ -41,6 +41,7 @@ class ClientConfig:
     client_device: str
     client_threads: int
     client_eval_batch_size: int
+    client_fast_cuda: bool
     time_budget: float  # seconds a node may spend on this message (client_app/mods.py)
     histogram_mechanism: str  # none | laplace | gaussian
     histogram_epsilon: float
@@ -60,7 +61,7 @@ class ClientConfig:
             seed=config["seed"], local_epochs=client["local_epochs"], max_steps=client["max_steps"],
             batch_size=client["batch_size"], lr=float(client["lr"]), momentum=float(client["momentum"]),
             weight_decay=float(client["weight_decay"]), client_device=client["device"], client_threads=client["threads"],
-            client_eval_batch_size=client["eval_batch_size"],
+            client_eval_batch_size=client["eval_batch_size"], client_fast_cuda=bool(client["fast_cuda"]),
             time_budget=float(fed["round_timeout"] if time_budget is None else time_budget),
             histogram_mechanism=privacy["mechanism"], histogram_epsilon=float(privacy["epsilon"]),
             histogram_delta=float(privacy["delta"]), histogram_reproducible_noise=bool(privacy["reproducible_noise"]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 import numpy as np
 import torch
@@ -24,6 +25,8 @@ class AugmentedModelTrainer:
     """``prepare(histogram)`` synthesises the data; ``train(state, round)`` trains the augmented model.
 
     ``make_generator`` is called only if images are actually needed (so FedAvg never loads a model).
+    ``overlap``: `start` trains in a background thread, beside the clients; otherwise when the
+    strategy asks for the result (after the clients replied). Same seeds, same model either way.
     """
 
     def __init__(
@@ -41,6 +44,7 @@ class AugmentedModelTrainer:
         target: int | None,
         seed: int,
         cache_dir: str | None,
+        overlap: bool,
     ):
         self.make_generator = make_generator
         self.model = model
@@ -52,6 +56,7 @@ class AugmentedModelTrainer:
         self.seed = seed
         self.cache_dir = cache_dir
         self.synthetic: Split | None = None
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="augmented-model") if overlap else None
 
     def prepare(self, global_histogram: Sequence[int], plan: dict[int, int] | None = None) -> dict:
         """Plan and generate (or load from cache) the synthetic set; returns what happened.
@@ -78,6 +83,17 @@ class AugmentedModelTrainer:
             "generation_seconds": round(time.perf_counter() - started, 2),
         }
 
+    def start(self, global_state: dict[str, np.ndarray], server_round: int) -> Future:
+        """This round's augmented-model training, as a future of `train`'s result."""
+        if self._pool is not None:
+            return self._pool.submit(self.train, global_state, server_round)
+        return _Deferred(lambda: self.train(global_state, server_round))
+
+    def close(self) -> None:
+        """Wait for training still running and stop the thread (a failed run must not leave it behind)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
     def train(self, global_state: dict[str, np.ndarray], server_round: int) -> tuple[dict[str, np.ndarray], dict]:
         """w_aug: the global model after ``settings.epochs`` on the synthetic set, plus its test metrics."""
         if self.synthetic is None or len(self.synthetic) < 2:
@@ -94,3 +110,19 @@ class AugmentedModelTrainer:
             "images_used": len(self.synthetic) * self.settings.epochs,
         }
         return state_to_numpy(self.model), metrics
+
+
+class _Deferred(Future):
+    """A future that runs its work when its result is first asked for (the sequential path)."""
+
+    def __init__(self, work: Callable):
+        super().__init__()
+        self._work = work
+
+    def result(self, timeout=None):
+        if not self.done():
+            try:
+                self.set_result(self._work())
+            except BaseException as err:  # kept, and raised to every caller, like a pool's future
+                self.set_exception(err)
+        return super().result(timeout)

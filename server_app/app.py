@@ -22,6 +22,7 @@ from server_app.results import RunReport
 from strategy.bases import build_base
 from strategy.genfl import GenFL, Reliability
 from strategy.kappa import KappaSchedule
+from strategy.stats import RoundStats
 from torchcore.data import Split, load_splits
 from torchcore.model import seeded_model
 from torchcore.privacy import total_noise_bound
@@ -67,60 +68,51 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
                       norm=cfg.model.norm)
     model = seeded_model(cfg.seed, **model_spec)
     st = cfg.strategy
-    kappa = KappaSchedule(st.kappa_fl, st.kappa_aug, st.kappa_schedule, st.kappa_aug_final, cfg.num_rounds)
-    augmenter = None
-    if kappa.uses_synthetic_data:
-        augmenter = _augmenter(cfg, seeded_model(cfg.seed, **model_spec), device, test)
+    kappa = KappaSchedule(st.kappa_aug, st.kappa_schedule, st.kappa_aug_final, cfg.num_rounds)
+    augmenter = _augmenter(cfg, seeded_model(cfg.seed, **model_spec), device, test) if kappa.uses_synthetic_data else None
     strategy = GenFL(
         base_strategy(cfg, num_nodes=len(list(grid.get_node_ids()))),
         num_classes=ds.num_classes,
         kappa=kappa,
         augmenter=augmenter,
-        histogram_timeout=cfg.federation.histogram_timeout,
+        histogram_timeout=fed.histogram_timeout,
+        histogram_config=client_config(cfg, time_budget=fed.histogram_timeout),
         seed=cfg.seed,
         reliability=reliability(cfg),
-        overlap=cfg.server.overlap,
+        first_round=resumed["round"] + 1 if resumed else 1,
     )
     initial = ArrayRecord(model.state_dict())
-    first_round = 1
     if resumed:
         strategy.load_state_dict(resumed["strategy"])
         initial = ArrayRecord({k: Array(v) for k, v in resumed["arrays"].items()})
-        first_round = resumed["round"] + 1
         log(INFO, "resuming after round %d from %s", resumed["round"], checkpoint.checkpoint_path(report.run_dir))
     started = time.monotonic() - (report.data["rounds"][-1]["wall_seconds"] if report.data["rounds"] else 0.0)
+    last = [started]  # when the previous round ended
 
-    def evaluate_global(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+    def evaluate_and_checkpoint(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        """Central evaluation, the metrics row, then the checkpoint: the round is done."""
         load_numpy_state(model, dict(zip(arrays.keys(), arrays.to_numpy_ndarrays())))
         loss, accuracy = evaluate(model, test, device, cfg.server.eval_batch_size)
-        row = {"round": server_round, "test_accuracy": accuracy, "test_loss": loss}
-        row.update(strategy.round_stats.get(server_round, {}))
-        row["wall_seconds"] = round(time.monotonic() - started, 2)
-        report.add_round(row)
-        log(INFO, "round %d/%d: test accuracy %.4f, test loss %.4f, %s clients trained, %.1fs",
-            server_round, cfg.num_rounds, accuracy, loss, row.get("clients_trained", "-"), row["wall_seconds"])
-        return MetricRecord({"test-accuracy": accuracy, "test-loss": loss})
-
-    def save_checkpoint(server_round: int, arrays: ArrayRecord) -> None:
+        stats = strategy.round_stats.get(server_round, RoundStats(server_round))
+        now = time.monotonic()
+        stats.update(test_accuracy=accuracy, test_loss=loss, wall_seconds=round(now - started, 2),
+                     round_seconds=round(now - last[0], 2) if server_round else None)
+        last[0] = now
+        report.add_round(stats.row())
+        log(INFO, "round %d/%d: test accuracy %.4f, test loss %.4f, %s clients trained, %.1fs", server_round,
+            cfg.num_rounds, accuracy, loss, "-" if stats.clients_trained is None else stats.clients_trained,
+            stats.wall_seconds)
         report.set("global_label_histogram", strategy.global_histogram)
         report.set("generation", dict(strategy.generation_stats))
-        if cfg.checkpoint.enabled:
+        if cfg.checkpoint.enabled and server_round > 0:
             checkpoint.save(report.run_dir, server_round=server_round,
                             arrays=dict(zip(arrays.keys(), arrays.to_numpy_ndarrays())),
                             strategy=strategy.state_dict(), rounds=report.data["rounds"], config=report.data["config"])
+        return MetricRecord({"test-accuracy": accuracy, "test-loss": loss})
 
-    strategy.start(
-        grid=grid,
-        initial_arrays=initial,
-        num_rounds=cfg.num_rounds,
-        timeout=cfg.federation.round_timeout,
-        train_config=client_config(cfg),
-        evaluate_config=client_config(cfg),
-        evaluate_fn=evaluate_global,
-        first_round=first_round,
-        on_round_end=save_checkpoint,
-        histogram_config=client_config(cfg, time_budget=cfg.federation.histogram_timeout),
-    )
+    strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.num_rounds, timeout=fed.round_timeout,
+                   train_config=client_config(cfg), evaluate_config=client_config(cfg),
+                   evaluate_fn=evaluate_and_checkpoint)
     report.set("global_label_histogram", strategy.global_histogram)
     report.set("generation", dict(strategy.generation_stats))
     if strategy.generation_stats.get("images_requested", 0) > sum(strategy.generation_stats.get("plan", {}).values()):
@@ -152,7 +144,8 @@ def reliability(cfg: DictConfig) -> Reliability:
     return Reliability(
         max_samples_per_node=rel.max_samples_per_node,
         node_cap_factor=float(rel.node_cap_factor),
-        claim_slack=total_noise_bound(privacy.mechanism, privacy.epsilon, privacy.delta, cfg.dataset.num_classes),
+        claim_slack=total_noise_bound(privacy.mechanism, privacy.epsilon, privacy.delta, cfg.dataset.num_classes,
+                                      sigmas=float(privacy.claim_sigmas)),
         max_relative_update=float(rel.max_relative_update),
         max_consecutive_failed_rounds=rel.max_consecutive_failed_rounds,
         min_train_replies=rel.min_train_replies,
@@ -167,7 +160,8 @@ def _augmenter(cfg: DictConfig, model: torch.nn.Module, device: torch.device, te
         make_generator=lambda: build_generator(cfg.generator, cfg.dataset),
         model=model,
         settings=TrainSettings(epochs=aug.epochs, batch_size=aug.batch_size, lr=aug.lr, momentum=aug.momentum,
-                               weight_decay=aug.weight_decay, augment=cfg.dataset.augment),
+                               weight_decay=aug.weight_decay, augment=cfg.dataset.augment, proximal_mu=0.0,
+                               max_steps=None, fast_cuda=aug.fast_cuda),
         device=device,
         test=test,
         eval_batch_size=cfg.server.eval_batch_size,
@@ -177,4 +171,5 @@ def _augmenter(cfg: DictConfig, model: torch.nn.Module, device: torch.device, te
         target=cfg.generation.target,
         seed=cfg.seed,
         cache_dir=cfg.generation.cache_dir,
+        overlap=cfg.server.overlap,
     )

@@ -139,9 +139,11 @@ def _validate_genfl(cfg: DictConfig) -> None:
 
     st = cfg.strategy
     try:
-        KappaSchedule(st.kappa_fl, st.kappa_aug, st.kappa_schedule, st.kappa_aug_final, cfg.num_rounds)
+        KappaSchedule(st.kappa_aug, st.kappa_schedule, st.kappa_aug_final, cfg.num_rounds)
     except KappaError as err:
         raise ConfigError(str(err)) from err
+    _check(st.kappa_fl == round(1.0 - st.kappa_aug, 12), "strategy.kappa_fl",
+           "is derived (1 - strategy.kappa_aug): set strategy.kappa_aug instead", st.kappa_fl)
     gen = cfg.generation
     _check(gen.policy in POLICIES, "generation.policy", f"must be one of {', '.join(POLICIES)}", gen.policy)
     _check(gen.budget is None or (isinstance(gen.budget, int) and gen.budget >= 0), "generation.budget", "must be null or an integer >= 0", gen.budget)

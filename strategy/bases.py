@@ -102,3 +102,30 @@ def dp_wrapper(strategy: Strategy) -> Strategy | None:
         if strategy is None:
             return None
     return None
+
+
+# What a base strategy learns across rounds (server optimiser moments, an adaptive clipping norm):
+# checkpointed by name, so a resumed run rebuilds the strategy from conf/ and restores only these.
+LEARNT_STATE = ("momentum_vector", "m_t", "v_t", "clipping_norm")
+
+
+def _chain(strategy: Strategy) -> list[Strategy]:
+    chain = [strategy]
+    while not isinstance(chain[-1], FedAvg) and getattr(chain[-1], "strategy", None) is not None:
+        chain.append(chain[-1].strategy)
+    return chain
+
+
+def base_state(strategy: Strategy) -> list[dict]:
+    """The learnt state of each strategy in a wrapper chain, outermost first (plain data, picklable)."""
+    return [{name: getattr(s, name) for name in LEARNT_STATE if getattr(s, name, None) is not None} for s in _chain(strategy)]
+
+
+def load_base_state(strategy: Strategy, state: list[dict]) -> None:
+    """Restore `base_state` into a strategy built from the same configuration."""
+    chain = _chain(strategy)
+    if len(chain) != len(state):
+        raise ValueError(f"the checkpoint's base strategy has {len(state)} layers, this one {len(chain)}")
+    for layer, values in zip(chain, state):
+        for name, value in values.items():
+            setattr(layer, name, value)

@@ -1,22 +1,20 @@
 """The GenFL strategy (arXiv 2503.20166) as a wrapper around any Flower Message-API strategy.
 
-1. Before round 1 every node reports its label histogram (a ``query.label_histogram`` message).
-2. The server's augmenter plans and synthesises images from the robust global histogram.
-3. Each round clients train on real data while the augmenter trains w_aug on the synthetic set
-   (in a background thread, from the same global model, joined at aggregation).
-4. w(t+1) = kappa_fl * base_aggregate(w_1..w_N) + kappa_aug * w_aug   (Eq. (1)); with the FedAvg
-   base, base_aggregate = sum_n rho_n w_n, rho_n by sample counts.
-The torch/diffusers work stays behind the narrow `Augmenter` interface.
+1. Before round 1 every node reports its label histogram (strategy/histograms.py).
+2. The augmenter plans and synthesises images from the robust global histogram.
+3. Each round clients train on real data while the augmenter trains w_aug on the synthetic set.
+4. w(t+1) = kappa_fl * base_aggregate(w_1..w_N) + kappa_aug * w_aug   (Eq. (1)).
+Like Flower's DP wrappers: store the base, delegate sampling and aggregation to it, transform the
+result. Reply validation (strategy/replies.py), the update guard, the cooldown and the histogram
+checks live beside it; the torch/diffusers work stays behind the narrow `Augmenter` interface.
 """
 
 from __future__ import annotations
 
-import functools
 import gc
-import pickle
 import random
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Protocol
@@ -29,14 +27,14 @@ from flwr.serverapp.exception import AggregationError, InconsistentMessageReplie
 from flwr.serverapp.strategy import FedAvgM, Result, Strategy
 
 from strategy.aggregation import weighted_mix
-from strategy.bases import dp_wrapper, innermost
+from strategy.bases import base_state, dp_wrapper, innermost, load_base_state
+from strategy.cooldown import Cooldown
 from strategy.grids import DelegatingGrid
 from strategy.guard import update_problem
-from strategy.histograms import capped_histograms, global_histogram, histogram_problem, node_cap
+from strategy.histograms import capped_histograms, collect_histograms, global_histogram, node_cap
 from strategy.kappa import KappaSchedule
 from strategy.replies import cap_weight, evaluate_reply_problem, inconsistent, train_reply_problem
-
-LABEL_HISTOGRAM_QUERY = "query.label_histogram"
+from strategy.stats import RoundStats
 
 
 class RoundFailedError(RuntimeError):
@@ -48,29 +46,27 @@ class NoHistogramsError(RuntimeError):
     """No node reported a usable label histogram: nothing to plan from, no claim can be checked."""
 
 
-# Kept for callers of the earlier name: every client failing a round is one way a round fails.
-NoTrainingRepliesError = RoundFailedError
-
-
 class Augmenter(Protocol):
     """The server-side synthetic-data work, as the strategy sees it (NumPy state in and out)."""
 
     def prepare(self, global_histogram: Sequence[int], plan: dict[int, int] | None = None) -> dict: ...
 
-    def train(self, global_state: dict[str, np.ndarray], server_round: int) -> tuple[dict[str, np.ndarray], dict]: ...
+    def start(self, global_state: dict[str, np.ndarray], server_round: int) -> Future: ...
+
+    def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
 class Reliability:
     """What the server accepts from nodes and from its own aggregation (conf/: ``reliability``)."""
 
-    max_samples_per_node: int | None = None  # a histogram claiming more is excluded
-    node_cap_factor: float = 10.0  # a node counts for at most this x the median node total
-    claim_slack: int = 0  # num-examples may exceed the declared total by this much (histogram noise)
-    max_relative_update: float = 10.0  # ||w(t+1) - w(t)|| / ||w(t)|| above this rejects the round
-    max_consecutive_failed_rounds: int = 2
-    min_train_replies: int = 1  # usable client models a round needs (when kappa_fl > 0)
-    straggler_cooldown_rounds: int = 2  # a node that failed or missed the deadline sits out this many rounds
+    max_samples_per_node: int | None  # a histogram claiming more is excluded
+    node_cap_factor: float  # a node counts for at most this x the median node total
+    claim_slack: int  # num-examples may exceed the declared total by this much (histogram noise)
+    max_relative_update: float  # ||w(t+1) - w(t)|| / ||w(t)|| above this rejects the round
+    max_consecutive_failed_rounds: int
+    min_train_replies: int  # usable client models a round needs (when kappa_fl > 0)
+    straggler_cooldown_rounds: int  # a node that failed or missed the deadline sits out this many rounds
 
 
 class GenFL(Strategy):
@@ -78,212 +74,124 @@ class GenFL(Strategy):
 
     ``base`` is any Flower Message-API strategy (FedAvg, FedProx, FedMedian, Krum, a DP wrapper, ...):
     it samples the nodes and aggregates the client models; this wrapper adds the label-histogram
-    step, the augmented model and the mix. ``kappa`` gives (kappa_fl, kappa_aug) per round:
-    kappa_aug = 0 is the base alone, kappa_fl = 0 is AIGC-only (no node is asked to train).
-
-    Every reply is untrusted: an error reply, a malformed or non-finite model, or a ``num-examples``
-    above what the node declared in its histogram excludes that reply with a logged reason. The
-    mixed model must pass `update_problem` before it replaces the global model; a round that fails
-    keeps the old model and is counted, and `RoundFailedError` stops a run that cannot progress.
+    step, the augmented model and the mix. kappa_aug = 0 is the base alone, kappa_fl = 0 is
+    AIGC-only (no node is asked to train). Every reply is untrusted; the mixed model must pass
+    `update_problem`; a failed round keeps the old model and `RoundFailedError` stops a run that
+    cannot progress. ``first_round > 1`` continues a run restored with `load_state_dict`.
     """
 
     def __init__(self, base: Strategy, *, num_classes: int, kappa: KappaSchedule, augmenter: Augmenter | None,
-                 histogram_timeout: float, seed: int, reliability: Reliability = Reliability(),
-                 overlap: bool = True):
+                 histogram_timeout: float, histogram_config: ConfigRecord | None = None, seed: int,
+                 reliability: Reliability, first_round: int = 1):
         if kappa.uses_synthetic_data and augmenter is None:
             raise ValueError("kappa_aug > 0 needs an augmenter (the server's synthetic-data trainer)")
-        self.base = base
-        self.num_classes = num_classes
-        self.kappa = kappa
-        self.augmenter = augmenter
-        self.histogram_timeout = histogram_timeout
-        self.seed = seed
-        self.reliability = reliability
-        self.overlap = overlap
-        self._dp = dp_wrapper(base)
+        self.base, self.num_classes, self.kappa, self.augmenter = base, num_classes, kappa, augmenter
+        self.histogram_timeout, self.histogram_config = histogram_timeout, histogram_config
+        self.seed, self.reliability, self.offset = seed, reliability, first_round - 1
         keys = innermost(base)
         self.weighted_by_key, self.configrecord_key = keys.weighted_by_key, keys.configrecord_key
+        self.cooldown = Cooldown(reliability.straggler_cooldown_rounds)
         self.generation_stats: dict = {}
         self.plan: dict[int, int] | None = None
         self.client_histograms: dict[int, list[int]] = {}  # by node id, as declared (validated)
         self.global_histogram: list[int] | None = None  # robust sum used for planning
-        self.round_stats: dict[int, dict] = {}
-        self.rounds_succeeded = 0
-        self.consecutive_failures = 0
-        self._declared_total: dict[int, int] = {}
-        self._weight_cap: float = float("inf")
-        self._partition_of: dict[int, int] = {}  # node -> partition id, to mix in a fixed order
-        self._benched_until: dict[int, int] = {}  # node -> last round it sits out (stragglers, failures)
-        self._current: dict[str, np.ndarray] | None = None
+        self.round_stats: dict[int, RoundStats] = {}
+        self.rounds_succeeded = self.consecutive_failures = 0
+        self._declared: dict[int, int] = {}  # node -> samples its histogram declared
+        self._weight_cap = float("inf")
+        self._partition_of: dict[int, int] = {}  # node -> partition id, for a fixed order and resume
+        self._current: dict[str, np.ndarray] = {}
         self._sent: list[Message] = []
         self._sent_evaluate: list[Message] = []
-        self._augmented: Future | Callable | None = None  # this round's augmented-model job
+        self._augmented: Future | None = None
         self._last_cause = "none"
-        self._resumed_histogram: list[int] | None = None
-        self._resumed_bench: list[tuple[str, int, int]] = []
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="augmented-model") if overlap else None
+        self._resumed: dict = {}
 
     def summary(self) -> None:
-        log(INFO, "\t├── GenFL: kappa_fl=%s kappa_aug=%s (%s schedule, kappa_aug_final=%s), base %s, overlap=%s",
-            self.kappa.kappa_fl, self.kappa.kappa_aug, self.kappa.schedule, self.kappa.kappa_aug_final,
-            type(self.base).__name__, self.overlap)
+        k = self.kappa
+        log(INFO, "\t├── GenFL: kappa_aug=%s (%s schedule, final %s), base %s", k.kappa_aug, k.schedule,
+            k.kappa_aug_final, type(self.base).__name__)
         self.base.summary()
 
-    # -- step 1: label histograms ------------------------------------------------------------
-    def collect_label_histograms(self, grid: Grid, config: ConfigRecord) -> list[int]:
-        """Ask every node for its label histogram; keep the valid ones and return their robust sum."""
+    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
+              train_config: ConfigRecord | None = None, evaluate_config: ConfigRecord | None = None,
+              evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None) -> Result:
+        """Flower's round loop over rounds ``first_round..num_rounds`` (``evaluate_fn`` sees the true
+        round; round 0 only on a fresh run). Stops the augmenter's work however the run ends."""
+        def evaluate(flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+            if flower_round == 0 and self.offset:
+                return None
+            return evaluate_fn(flower_round + self.offset, arrays) if evaluate_fn else None
+
+        try:
+            result = super().start(grid, initial_arrays, num_rounds - self.offset, timeout, train_config,
+                                   evaluate_config, evaluate if evaluate_fn or self.offset else None)
+        finally:
+            if self.augmenter is not None:
+                self.augmenter.close()
+        if self.rounds_succeeded == 0 and num_rounds > self.offset:
+            raise RoundFailedError(f"no round produced a usable model; last cause: {self._last_cause}")
+        return result
+
+    # -- before round 1: histograms and synthetic data ---------------------------------------------
+    def _prepare(self, grid: Grid, config: ConfigRecord) -> None:
+        """Collect the label histograms (every node), cap them, and let the augmenter synthesise."""
         node_ids = sorted(grid.get_node_ids())
-        messages = [
-            Message(RecordDict({self.configrecord_key: config}), message_type=LABEL_HISTOGRAM_QUERY, dst_node_id=n)
-            for n in node_ids
-        ]
-        replies = list(grid.send_and_receive(messages, timeout=self.histogram_timeout))
-        for reply in replies:
-            node = _sender(reply, messages)
-            if reply.has_error():
-                log(WARNING, "label histogram: node %s failed: %s", node, reply.error.reason)
-                continue
-            histogram, partition, problem = self._histogram_from(reply)
-            if problem:
-                log(WARNING, "label histogram: node %s excluded: %s", node, problem)
-                continue
-            self.client_histograms[node] = [int(c) for c in histogram]
-            if partition is not None:
-                self._partition_of[node] = partition
-        missing = len(node_ids) - len(replies)
-        if missing:
-            log(WARNING, "label histogram: %d node(s) did not reply within %ss", missing, self.histogram_timeout)
+        content = RecordDict({self.configrecord_key: self.histogram_config or config})
+        rel = self.reliability
+        self.client_histograms, self._partition_of = collect_histograms(
+            grid, node_ids, content, self.histogram_timeout, self.num_classes, rel.max_samples_per_node)
         if not self.client_histograms:
-            raise NoHistogramsError(f"none of the {len(node_ids)} node(s) reported a valid label histogram "
-                                    f"({len(replies)} replied); see the warnings above")
-        self._declared_total = {node: sum(h) for node, h in self.client_histograms.items()}
-        self._weight_cap = node_cap(list(self._declared_total.values()), self.reliability.node_cap_factor)
-        capped = capped_histograms(self.client_histograms, self.reliability.node_cap_factor)
+            raise NoHistogramsError(f"none of the {len(node_ids)} node(s) reported a valid label histogram; "
+                                    "see the warnings above")
+        self._declared = {node: sum(h) for node, h in self.client_histograms.items()}
+        self._weight_cap = node_cap(list(self._declared.values()), rel.node_cap_factor)
+        capped = capped_histograms(self.client_histograms, rel.node_cap_factor)
         for node, histogram in capped.items():
             if histogram != self.client_histograms[node]:
                 log(WARNING, "label histogram: node %s declared %d samples; counted as %d (%s x the median node)",
-                    node, self._declared_total[node], sum(histogram), self.reliability.node_cap_factor)
+                    node, self._declared[node], sum(histogram), rel.node_cap_factor)
         self.global_histogram = global_histogram(list(capped.values()), self.num_classes)
-        log(INFO, "label histogram: %d of %d nodes reported; federation has %d samples",
-            len(self.client_histograms), len(node_ids), sum(self.global_histogram))
+        log(INFO, "label histogram: %d of %d nodes reported; federation has %d samples", len(self.client_histograms),
+            len(node_ids), sum(self.global_histogram))
         log(INFO, "label histogram (global, class 0..%d): %s", self.num_classes - 1, self.global_histogram)
-        if self._resumed_bench:
-            self._restore_bench()
-        if self._resumed_histogram is not None and self._resumed_histogram != self.global_histogram:
-            log(WARNING, "label histogram differs from the checkpoint's %s: the federation changed; the "
-                "checkpoint's generation plan is kept", self._resumed_histogram)
-        return self.global_histogram
-
-    def _histogram_from(self, reply: Message) -> tuple[list | None, int | None, str | None]:
-        records = reply.content.metric_records
-        if len(records) != 1:
-            return None, None, f"expected one MetricRecord, got {len(records)}"
-        record = next(iter(records.values()))
-        if "label-histogram" not in record:
-            return None, None, "no 'label-histogram' in the reply"
-        histogram = record["label-histogram"]
-        partition = record.get("partition-id")
-        partition = partition if isinstance(partition, int) and not isinstance(partition, bool) else None
-        return histogram, partition, histogram_problem(histogram, self.num_classes, self.reliability.max_samples_per_node)
-
-    # -- the run -----------------------------------------------------------------------------
-    def start(
-        self,
-        grid: Grid,
-        initial_arrays: ArrayRecord,
-        num_rounds: int = 3,
-        timeout: float = 3600,
-        train_config: ConfigRecord | None = None,
-        evaluate_config: ConfigRecord | None = None,
-        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
-        *,
-        first_round: int = 1,
-        on_round_end: Callable[[int, ArrayRecord], None] | None = None,
-        histogram_config: ConfigRecord | None = None,
-    ) -> Result:
-        """Histograms, synthetic data, then rounds ``first_round..num_rounds``.
-
-        ``first_round > 1`` resumes: ``initial_arrays`` is the checkpointed global model and the
-        strategy's state was restored with `load_state_dict`. ``on_round_end`` runs after each
-        round's evaluation (the ServerApp writes its checkpoint there). ``histogram_config`` goes
-        with the label-histogram query (default: ``train_config``).
-        """
-        train_config = ConfigRecord() if train_config is None else train_config
-        evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
-        log(INFO, "Starting GenFL over %s, rounds %d..%d", type(self.base).__name__, first_round, num_rounds)
-        self.summary()
-        self.collect_label_histograms(grid, train_config if histogram_config is None else histogram_config)
+        if self._resumed:
+            self.cooldown.restore(self._resumed["benched_until"], {self._identity(n): n for n in self.client_histograms})
+            if self._resumed["global_histogram"] != self.global_histogram:
+                log(WARNING, "label histogram differs from the checkpoint's %s: the federation changed; the "
+                    "checkpoint's generation plan is kept", self._resumed["global_histogram"])
         if self.kappa.uses_synthetic_data:
             self.generation_stats = self.augmenter.prepare(self.global_histogram, plan=self.plan)
             self.plan = self.generation_stats.get("plan")
             log(INFO, "synthetic data: %s", self.generation_stats)
-        result = Result()
-        arrays = initial_arrays
-        if evaluate_fn and first_round == 1:
-            if (res := evaluate_fn(0, arrays)) is not None:
-                result.evaluate_metrics_serverapp[0] = res
-        try:
-            for server_round in range(first_round, num_rounds + 1):
-                log(INFO, "[ROUND %s/%s]", server_round, num_rounds)
-                messages = list(self.configure_train(server_round, arrays, train_config, grid))
-                replies = list(grid.send_and_receive(messages, timeout=timeout)) if messages else []
-                new_arrays, train_metrics = self.aggregate_train(server_round, replies)
-                if new_arrays is not None:
-                    arrays = result.arrays = new_arrays
-                if train_metrics is not None:
-                    result.train_metrics_clientapp[server_round] = train_metrics
-                messages = list(self.configure_evaluate(server_round, arrays, evaluate_config, grid))
-                if messages:
-                    evaluated = self.aggregate_evaluate(server_round, grid.send_and_receive(messages, timeout=timeout))
-                    if evaluated is not None:
-                        result.evaluate_metrics_clientapp[server_round] = evaluated
-                if evaluate_fn and (res := evaluate_fn(server_round, arrays)) is not None:
-                    result.evaluate_metrics_serverapp[server_round] = res
-                del messages, replies
-                gc.collect()  # the round's replies (one model each) sit in reference cycles otherwise
-                self._check_progress(server_round)  # before the checkpoint: a resumed run retries this round
-                if on_round_end:
-                    on_round_end(server_round, arrays)
-        finally:
-            self.close()
-        if self.rounds_succeeded == 0 and num_rounds >= first_round:
-            raise RoundFailedError(f"no round produced a usable model; last cause: {self._last_cause}")
-        return result
-
-    def close(self) -> None:
-        """Wait for the background augmented-model training, if any, and stop its thread."""
-        job, self._augmented = self._augmented, None
-        if isinstance(job, Future):
-            job.exception()  # waits; its error, if any, was or will be reported by the round
-        if self._pool is not None:
-            self._pool.shutdown(wait=True)
-            self._pool = None
 
     # -- rounds ------------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        """Start the augmented model (in the background) and let the base sample and configure nodes."""
+        """Start the augmented model and let the base sample and configure nodes (the true round)."""
+        server_round += self.offset
+        if self.global_histogram is None:
+            self._prepare(grid, config)
         self._current = dict(zip(arrays.keys(), arrays.to_numpy_ndarrays()))
         kappa_fl, kappa_aug = self.kappa.at(server_round)
+        self.round_stats[server_round] = RoundStats(server_round, kappa_fl=kappa_fl, kappa_aug=kappa_aug)
         if kappa_aug > 0:
-            self._start_augmented(server_round)
+            self._augmented = self.augmenter.start({k: v.copy() for k, v in self._current.items()}, server_round)
         self._sent = []
         if kappa_fl > 0:
             if isinstance(innermost(self.base), FedAvgM):
-                # FedAvgM keeps its own copy of the global model; under Eq. (1) the global model is the mix.
-                innermost(self.base).current_arrays = arrays
-            # Node order by partition and a per-round seed: the same nodes are sampled on every rerun.
-            state = random.getstate()
+                innermost(self.base).current_arrays = arrays  # under Eq. (1) the global model is the mix
+            state = random.getstate()  # Flower samples with `random`: seed it per round, leave it as it was
             random.seed(self.seed * 1_000_003 + server_round)
             try:
-                grid_view = _OrderedGrid(grid, self._order, skip=self._benched(server_round, grid))
-                self._sent = list(self.base.configure_train(server_round, arrays, config, grid_view))
+                view = _OrderedGrid(grid, self._order, skip=self._benched(server_round, grid))
+                self._sent = list(self.base.configure_train(server_round, arrays, config, view))
             finally:
                 random.setstate(state)
         return self._sent
 
     def _benched(self, server_round: int, grid: Grid) -> set[int]:
         """Nodes sitting out this round, unless that would leave too few to sample from."""
-        benched = {n for n, until in self._benched_until.items() if until >= server_round}
+        benched = self.cooldown.benched(server_round)
         remaining = len(set(grid.get_node_ids()) - benched)
         needed = max(self.reliability.min_train_replies, getattr(innermost(self.base), "min_available_nodes", 1))
         if benched and remaining < needed:
@@ -292,223 +200,175 @@ class GenFL(Strategy):
             return set()
         return benched
 
-    def _bench(self, server_round: int, nodes: Iterable[int], why: str) -> None:
-        cooldown = self.reliability.straggler_cooldown_rounds
-        for node in nodes:
-            if cooldown > 0:
-                self._benched_until[node] = server_round + cooldown
-                log(INFO, "node %s sits out rounds %d..%d (%s)", node, server_round + 1, server_round + cooldown, why)
-
-    def _start_augmented(self, server_round: int) -> None:
-        """Overlapped: train now, beside the clients. Sequential: train when the round is aggregated."""
-        state = {k: v.copy() for k, v in self._current.items()}
-        job = functools.partial(self.augmenter.train, state, server_round)
-        self._augmented = self._pool.submit(job) if self._pool is not None else job
-
-    def _join_augmented(self, server_round: int) -> tuple[dict[str, np.ndarray], dict]:
-        job, self._augmented = self._augmented, None
-        if job is None:
-            raise RuntimeError(f"round {server_round}: the augmented model was never started (configure_train not called?)")
-        return job.result() if isinstance(job, Future) else job()
-
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Eq. (1): the base's aggregate of the usable client models mixed with the augmented model.
-
-        Returns ``(None, None)`` when the round fails (the old model stays); `start` stops the run
-        with `RoundFailedError` once ``max_consecutive_failed_rounds`` rounds in a row failed.
-        """
-        kappa_fl, kappa_aug = self.kappa.at(server_round)
-        stats = self.round_stats.setdefault(server_round, {})
-        stats.update(kappa_fl=kappa_fl, kappa_aug=kappa_aug)
-        if server_round == 1 and self.generation_stats:
+        """Eq. (1) over the usable client models and the augmented model; ``(None, None)`` keeps the
+        old model when the round fails, and too many failures in a row stop the run."""
+        server_round += self.offset
+        stats = self.round_stats[server_round]
+        kappa_fl, kappa_aug = stats.kappa_fl, stats.kappa_aug
+        if server_round == self.offset + 1 and self.generation_stats:
             stats.update(images_synthesized=self.generation_stats["images_synthesized"],
                          generation_seconds=self.generation_stats["generation_seconds"])
         states, weights, metrics, cause = [], [], None, None
         if kappa_fl > 0:
-            client_part, metrics, cause = self._aggregate_clients(server_round, list(replies))
+            client_part, metrics, cause = self._aggregate_clients(server_round, list(replies), stats)
             if client_part is not None:
-                states.append(client_part)
-                weights.append(kappa_fl)
+                states, weights = [client_part], [kappa_fl]
         else:
             stats.update(clients_trained=0, clients_failed=0, clients_excluded=0, clients_missing=0)
         if kappa_aug > 0:
-            augmented, augmented_metrics = self._join_augmented(server_round)  # joined even if the round failed
-            stats.update(augmented_metrics)
+            job, self._augmented = self._augmented, None
+            augmented, augmented_metrics = job.result()  # joined even if the round failed
+            stats.update(**augmented_metrics)
             states.append(augmented)
             weights.append(kappa_aug)
         if cause is None:
             mixed = weighted_mix(states, weights)
             cause, ratio = update_problem(self._current, mixed, self.reliability.max_relative_update)
-            stats["update_ratio"] = round(ratio, 6) if np.isfinite(ratio) else None
-            if cause:
-                cause = f"the new global model was rejected: {cause}"
+            stats.update_ratio = round(ratio, 6) if np.isfinite(ratio) else None
+            cause = cause and f"the new global model was rejected: {cause}"
+        gc.collect()  # the round's replies (one model each) sit in reference cycles otherwise
         if cause is not None:
             return self._round_failed(server_round, cause), None
         self.consecutive_failures = 0
         self.rounds_succeeded += 1
-        stats["round_accepted"] = True
+        stats.round_accepted = True
         return ArrayRecord({k: Array(v) for k, v in mixed.items()}), metrics
 
     def _round_failed(self, server_round: int, cause: str) -> None:
-        self.round_stats[server_round]["round_accepted"] = False
-        self.round_stats[server_round]["round_failure"] = cause
+        self.round_stats[server_round].update(round_accepted=False, round_failure=cause)
         self.consecutive_failures += 1
         self._last_cause = cause
         log(WARNING, "round %d failed, the global model stays as it was: %s", server_round, cause)
-
-    def _check_progress(self, server_round: int) -> None:
         limit = self.reliability.max_consecutive_failed_rounds
-        if self.consecutive_failures >= limit:
-            raise RoundFailedError(
-                f"round {server_round}: {self.consecutive_failures} consecutive rounds failed "
-                f"(reliability.max_consecutive_failed_rounds={limit}); last cause: {self._last_cause}"
-            )
+        if self.consecutive_failures >= limit:  # raised before the round is checkpointed: a resume retries it
+            raise RoundFailedError(f"round {server_round}: {self.consecutive_failures} consecutive rounds failed "
+                                   f"(reliability.max_consecutive_failed_rounds={limit}); last cause: {cause}")
 
-    def _aggregate_clients(self, server_round: int, replies: list[Message]) -> tuple[dict | None, MetricRecord | None, str | None]:
+    def _aggregate_clients(self, server_round: int, replies: list[Message],
+                           stats: RoundStats) -> tuple[dict | None, MetricRecord | None, str | None]:
         """(base aggregate as NumPy state, metrics, failure cause) over the usable replies."""
-        usable, failed, excluded = [], 0, 0
         answered = {_sender(r, self._sent) for r in replies}
-        self._bench(server_round, [m.metadata.dst_node_id for m in self._sent if m.metadata.dst_node_id not in answered],
-                    "no reply within the round timeout")
-        for reply in replies:
-            node = _sender(reply, self._sent)
-            if reply.has_error():
-                failed += 1
-                log(WARNING, "round %d: node %s failed: %s", server_round, node, reply.error.reason)
-                self._bench(server_round, [node], "its last reply was an error")
-                continue
-            problem = train_reply_problem(reply.content, self._current, weighted_by_key=self.weighted_by_key,
-                                          declared=self._declared_total.get(node), slack=self.reliability.claim_slack)
-            if problem is None and self._dp is not None and not _changed(reply, self._current):
-                problem = "its update is exactly zero (Flower's DP clipping divides by the update's norm)"
-            if problem:
-                excluded += 1
-                log(WARNING, "round %d: node %s excluded: %s", server_round, node, problem)
-                continue
-            usable.append(reply)
-        # Replies arrive in completion order; the base aggregates them in partition order (bit-reproducible).
-        usable.sort(key=lambda r: self._order(_sender(r, self._sent)))
-        usable, odd = self._consistent(server_round, usable, self._sent)
-        excluded += odd
-        missing = len(self._sent) - len(replies)
-        self.round_stats[server_round].update(clients_trained=len(usable), clients_failed=failed,
-                                              clients_excluded=excluded, clients_missing=max(missing, 0))
-        if missing > 0:
+        self.cooldown.bench(server_round, [m.metadata.dst_node_id for m in self._sent if m.metadata.dst_node_id not in answered],
+                            "no reply within the round timeout")
+        usable, failed, excluded = self._usable(server_round, replies, self._sent, "training", self._train_problem)
+        for reply in failed:
+            self.cooldown.bench(server_round, [_sender(reply, self._sent)], "its last reply was an error")
+        missing = max(len(self._sent) - len(replies), 0)
+        stats.update(clients_trained=len(usable), clients_failed=len(failed), clients_excluded=excluded,
+                     clients_missing=missing)
+        if missing:
             log(WARNING, "round %d: %d node(s) did not reply in time", server_round, missing)
         if len(usable) < self.reliability.min_train_replies:
             return None, None, (f"{len(usable)} usable client model(s), fewer than reliability.min_train_replies="
-                                f"{self.reliability.min_train_replies} ({len(replies)} replies, {failed} errors, "
-                                f"{excluded} excluded, {max(missing, 0)} missing)")
-        self._weigh(usable)
+                                f"{self.reliability.min_train_replies} ({len(replies)} replies, {len(failed)} errors, "
+                                f"{excluded} excluded, {missing} missing)")
+        dp = dp_wrapper(self.base)
+        for reply in usable:  # under DP: equal weights and noise for the replies actually averaged
+            if dp is None:
+                cap_weight(reply.content, self.weighted_by_key, self._weight_cap)
+            else:
+                next(iter(reply.content.metric_records.values()))[self.weighted_by_key] = 1
+        if dp is not None:
+            dp.num_sampled_clients = len(usable)  # noise std = noise_multiplier * clipping_norm / this
+        name = type(self.base).__name__
         try:
             record, metrics = self.base.aggregate_train(server_round, usable)
         except (AggregationError, InconsistentMessageReplies) as err:  # Flower's verdicts on its input; bugs propagate
-            return None, None, f"{type(self.base).__name__} could not aggregate: {type(err).__name__}: {err}"
-        if record is None:
-            return None, None, f"{type(self.base).__name__} returned no model"
-        state = dict(zip(record.keys(), record.to_numpy_ndarrays()))
+            return None, None, f"{name} could not aggregate: {type(err).__name__}: {err}"
+        state = {} if record is None else dict(zip(record.keys(), record.to_numpy_ndarrays()))
         if list(state) != list(self._current):
-            return None, None, f"{type(self.base).__name__} returned arrays that differ from the global model's"
+            return None, None, f"{name} returned no model" if record is None else f"{name} returned arrays that differ from the global model's"
         if metrics is not None and "train-loss" in metrics:
-            self.round_stats[server_round]["train_loss"] = float(metrics["train-loss"])
+            stats.train_loss = float(metrics["train-loss"])
         return _like(state, self._current), metrics, None
 
-    def _consistent(self, server_round: int, replies: list[Message], sent: list[Message]) -> tuple[list[Message], int]:
-        """The replies that share the common record layout (Flower refuses a mixed set), and how many did not."""
-        odd = inconsistent(replies)
-        for i, why in odd.items():
-            log(WARNING, "round %d: node %s excluded: %s", server_round, _sender(replies[i], sent), why)
-        return [r for i, r in enumerate(replies) if i not in odd], len(odd)
+    def _train_problem(self, reply: Message, node: int) -> str | None:
+        problem = train_reply_problem(reply.content, self._current, weighted_by_key=self.weighted_by_key,
+                                      declared=self._declared.get(node), slack=self.reliability.claim_slack)
+        if problem is None and dp_wrapper(self.base) is not None and not _changed(reply, self._current):
+            problem = "its update is exactly zero (Flower's DP clipping divides by the update's norm)"
+        return problem
 
-    def _weigh(self, usable: list[Message]) -> None:
-        """Aggregation weights: sample counts capped at the node cap; under DP uniform weights and the
-        noise calibrated to the replies actually aggregated (DP-FedAvg's analysis assumes both)."""
-        dp = self._dp
-        for reply in usable:
-            if dp is not None:
-                next(iter(reply.content.metric_records.values()))[self.weighted_by_key] = 1
+    def _evaluate_problem(self, reply: Message, node: int) -> str | None:
+        problem = evaluate_reply_problem(reply.content, weighted_by_key=self.weighted_by_key,
+                                         declared=self._declared.get(node), slack=self.reliability.claim_slack)
+        if problem is None:
+            cap_weight(reply.content, self.weighted_by_key, self._weight_cap)
+        return problem
+
+    def _usable(self, server_round: int, replies: list[Message], sent: list[Message], what: str,
+                problem_of: Callable[[Message, int], str | None]) -> tuple[list[Message], list[Message], int]:
+        """(usable replies in partition order, error replies, how many were excluded), each logged."""
+        usable, failed, excluded = [], [], 0
+        for reply in replies:
+            node = _sender(reply, sent)
+            if reply.has_error():
+                failed.append(reply)
+                log(WARNING, "round %d: %s on node %s failed: %s", server_round, what, node, reply.error.reason)
+            elif problem := problem_of(reply, node):
+                excluded += 1
+                log(WARNING, "round %d: %s reply of node %s excluded: %s", server_round, what, node, problem)
             else:
-                cap_weight(reply.content, self.weighted_by_key, self._weight_cap)
-        if dp is not None:
-            dp.num_sampled_clients = len(usable)  # noise std = noise_multiplier * clipping_norm / this
+                usable.append(reply)
+        usable.sort(key=lambda r: self._order(_sender(r, sent)))  # bit-reproducible, whatever the arrival order
+        odd = inconsistent(usable)  # Flower refuses a set of replies with mixed layouts: leave the odd ones out
+        for i, why in odd.items():
+            log(WARNING, "round %d: %s reply of node %s excluded: %s", server_round, what, _sender(usable[i], sent), why)
+        return [r for i, r in enumerate(usable) if i not in odd], failed, excluded + len(odd)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
-        self._sent_evaluate = list(self.base.configure_evaluate(server_round, arrays, config, _OrderedGrid(grid, self._order)))
+        self._sent_evaluate = list(self.base.configure_evaluate(server_round + self.offset, arrays, config,
+                                                                _OrderedGrid(grid, self._order)))
         return self._sent_evaluate
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """The base's average of the usable evaluation replies; each is validated like a training reply."""
+        """The base's average of the usable evaluation replies, validated like training replies."""
+        server_round += self.offset
         replies = list(replies)
-        usable, failed, excluded = [], 0, 0
-        for reply in replies:
-            node = _sender(reply, self._sent_evaluate)
-            if reply.has_error():
-                failed += 1
-                log(WARNING, "round %d: evaluation on node %s failed: %s", server_round, node, reply.error.reason)
-                continue
-            problem = evaluate_reply_problem(reply.content, weighted_by_key=self.weighted_by_key,
-                                             declared=self._declared_total.get(node), slack=self.reliability.claim_slack)
-            if problem:
-                excluded += 1
-                log(WARNING, "round %d: evaluation reply of node %s excluded: %s", server_round, node, problem)
-                continue
-            cap_weight(reply.content, self.weighted_by_key, self._weight_cap)
-            usable.append(reply)
-        usable.sort(key=lambda r: self._order(_sender(r, self._sent_evaluate)))
-        usable, odd = self._consistent(server_round, usable, self._sent_evaluate)
-        stats = self.round_stats.setdefault(server_round, {})
-        stats.update(clients_evaluated=len(usable), clients_evaluate_failed=failed, clients_evaluate_excluded=excluded + odd)
-        if not usable:
-            return None
-        metrics = self.base.aggregate_evaluate(server_round, usable)
-        for key, value in (metrics or {}).items():
-            if key != self.weighted_by_key and isinstance(value, (int, float)):
-                stats["federated_" + key.replace("-", "_")] = float(value)
+        usable, failed, excluded = self._usable(server_round, replies, self._sent_evaluate, "evaluation",
+                                                self._evaluate_problem)
+        stats = self.round_stats.setdefault(server_round, RoundStats(server_round))
+        stats.update(clients_evaluated=len(usable), clients_evaluate_failed=len(failed),
+                     clients_evaluate_excluded=excluded)
+        metrics = self.base.aggregate_evaluate(server_round, usable) if usable else None
+        for key in ("eval-loss", "eval-acc"):  # what the ClientApp reports (client_app/app.py)
+            if metrics is not None and key in metrics:
+                setattr(stats, "federated_" + key.replace("-", "_"), float(metrics[key]))
         return metrics
 
     def _order(self, node: int) -> tuple[int, int]:
         partition = self._partition_of.get(node)
         return (0, partition) if partition is not None else (1, node)
 
+    def _identity(self, node: int) -> tuple[str, int]:
+        """A node across a restart: its partition (simulation), else its node id (a SuperNode with
+        its own data keeps its id while it runs)."""
+        partition = self._partition_of.get(node)
+        return ("partition", partition) if partition is not None else ("node", node)
+
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """Everything needed to continue after the last finished round (picklable).
-
-        Per-node histograms are not kept: node ids change when a simulation restarts, so they are
-        asked for again and only their sum is compared with the checkpoint's.
-        """
+        """What a resumed run needs (plain data). Per-node histograms are asked for again, because
+        node ids change when a simulation restarts; only their sum is compared."""
         return {
             "plan": self.plan,
             "global_histogram": self.global_histogram,
             "generation_stats": self.generation_stats,
-            "round_stats": self.round_stats,
+            "round_stats": {r: s.row() for r, s in self.round_stats.items()},
             "rounds_succeeded": self.rounds_succeeded,
             "consecutive_failures": self.consecutive_failures,
-            "benched_until": [(*self._identity(n), r) for n, r in sorted(self._benched_until.items())],
-            "base": pickle.dumps(self.base),  # server optimiser moments, adaptive clipping norms, ...
+            "benched_until": self.cooldown.state(self._identity),
+            "base": base_state(self.base),  # server optimiser moments, an adaptive clipping norm
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore `state_dict`; histograms are collected again (node ids change) and compared."""
         self.plan = {int(k): int(v) for k, v in state["plan"].items()} if state["plan"] else None
-        self.round_stats = {int(k): v for k, v in state["round_stats"].items()}
+        self.round_stats = {int(r): RoundStats(**row) for r, row in state["round_stats"].items()}
         self.rounds_succeeded = state["rounds_succeeded"]
         self.consecutive_failures = state["consecutive_failures"]
-        self.base = pickle.loads(state["base"])
-        self._dp = dp_wrapper(self.base)
-        self._resumed_histogram = state["global_histogram"]
-        self._resumed_bench = list(state["benched_until"])  # mapped to node ids after the histogram query
-
-    def _identity(self, node: int) -> tuple[str, int]:
-        """What names a node across a restart: its partition (simulation), else its node id (a
-        SuperNode with its own data keeps its id while it runs)."""
-        partition = self._partition_of.get(node)
-        return ("partition", partition) if partition is not None else ("node", node)
-
-    def _restore_bench(self) -> None:
-        node_of = {self._identity(n): n for n in self.client_histograms}
-        self._benched_until = {node_of[(kind, key)]: until for kind, key, until in self._resumed_bench
-                               if (kind, key) in node_of}
+        load_base_state(self.base, state["base"])
+        self._resumed = {"global_histogram": state["global_histogram"], "benched_until": state["benched_until"]}
 
 
 def _changed(reply: Message, reference: dict[str, np.ndarray]) -> bool:
@@ -521,8 +381,7 @@ def _like(state: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dic
     """Cast a base strategy's output back to the global model's dtypes (averaging makes counters float)."""
     out = {}
     for key, array in state.items():
-        dtype = reference[key].dtype
-        array = np.asarray(array)
+        dtype, array = reference[key].dtype, np.asarray(array)
         out[key] = np.rint(array).astype(dtype) if np.issubdtype(dtype, np.integer) else array.astype(dtype, copy=False)
     return out
 

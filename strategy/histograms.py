@@ -10,6 +10,13 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
+from logging import WARNING
+
+from flwr.app import Message, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+LABEL_HISTOGRAM_QUERY = "query.label_histogram"
 
 
 def histogram_problem(histogram, num_classes: int, max_total: int | None = None) -> str | None:
@@ -60,3 +67,44 @@ def capped_histograms(histograms: Mapping[int, Sequence[int]], node_cap_factor: 
         total = sum(histogram)
         capped[node] = list(histogram) if total <= cap else [int(math.floor(c * cap / total)) for c in histogram]
     return capped
+
+
+def collect_histograms(grid: Grid, node_ids: Sequence[int], content: RecordDict, timeout: float, num_classes: int,
+                       max_total: int | None) -> tuple[dict[int, list[int]], dict[int, int]]:
+    """Ask ``node_ids`` for their label histograms: (valid histograms by node, partition by node).
+
+    Every reply is untrusted: an error, a malformed record or an implausible histogram is left out
+    with a WARNING naming the node; so is a node that does not answer within ``timeout``.
+    """
+    messages = [Message(content, message_type=LABEL_HISTOGRAM_QUERY, dst_node_id=n) for n in node_ids]
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+    histograms, partitions = {}, {}
+    for reply in replies:
+        node = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+        if reply.has_error():
+            log(WARNING, "label histogram: node %s failed: %s", node, reply.error.reason)
+            continue
+        histogram, partition, problem = _histogram_from(reply, num_classes, max_total)
+        if problem:
+            log(WARNING, "label histogram: node %s excluded: %s", node, problem)
+            continue
+        histograms[node] = [int(c) for c in histogram]
+        if partition is not None:
+            partitions[node] = partition
+    if len(replies) < len(messages):
+        log(WARNING, "label histogram: %d node(s) did not reply within %ss", len(messages) - len(replies), timeout)
+    return histograms, partitions
+
+
+def _histogram_from(reply: Message, num_classes: int, max_total: int | None) -> tuple[list | None, int | None, str | None]:
+    records = reply.content.metric_records
+    if len(records) != 1:
+        return None, None, f"expected one MetricRecord, got {len(records)}"
+    record = next(iter(records.values()))
+    if "label-histogram" not in record:
+        return None, None, "no 'label-histogram' in the reply"
+    histogram = record["label-histogram"]
+    partition = record.get("partition-id")
+    partition = partition if isinstance(partition, int) and not isinstance(partition, bool) else None
+    return histogram, partition, histogram_problem(histogram, num_classes, max_total)

@@ -19,19 +19,18 @@ class KappaError(ValueError):
 
 @dataclass(frozen=True)
 class KappaSchedule:
-    kappa_fl: float
+    """kappa_aug over the rounds; kappa_fl is always 1 - kappa_aug."""
+
     kappa_aug: float
     schedule: str
     kappa_aug_final: float
     num_rounds: int
 
     def __post_init__(self):
-        for name in ("kappa_fl", "kappa_aug", "kappa_aug_final"):
+        for name in ("kappa_aug", "kappa_aug_final"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0 or math.isnan(value):
                 raise KappaError(f"strategy.{name} must be in [0, 1] (got {value!r})")
-        if abs(self.kappa_fl + self.kappa_aug - 1.0) > 1e-9:
-            raise KappaError(f"strategy.kappa_fl + strategy.kappa_aug must be 1 (got {self.kappa_fl} + {self.kappa_aug})")
         if self.schedule not in SCHEDULES:
             raise KappaError(f"strategy.kappa_schedule must be one of {', '.join(SCHEDULES)} (got {self.schedule!r})")
         if self.num_rounds < 1:
@@ -49,6 +48,10 @@ class KappaSchedule:
                 weight = 0.5 * (1.0 + math.cos(math.pi * progress))
             kappa_aug = self.kappa_aug_final + (self.kappa_aug - self.kappa_aug_final) * weight
         return 1.0 - kappa_aug, kappa_aug
+
+    @property
+    def kappa_fl(self) -> float:
+        return 1.0 - self.kappa_aug
 
     @property
     def uses_synthetic_data(self) -> bool:

@@ -14,7 +14,8 @@ from local_grid import LocalGrid
 from server_app.app import base_strategy
 from server_app.config import load_config
 from strategy.bases import BASES
-from strategy.genfl import GenFL, Reliability
+from conf_defaults import reliability
+from strategy.genfl import GenFL
 from strategy.kappa import KappaSchedule
 from test_genfl_strategy import _numpy, _record, _state, node
 
@@ -35,10 +36,10 @@ def test_each_base_composes_and_aggregates_the_client_apps_replies(name):
     # Seven honest nodes (Bulyan needs 4f + 3) replying as the ClientApp does: num-examples and train-loss.
     model = (lambda w: {"w": np.asarray(w, np.float32)}) if norm else _state  # GroupNorm: no integer buffers
     grid = LocalGrid({i: node([3, 3, 3], i, lambda g: model(g["w"] + 0.1)) for i in range(7)})
-    strategy = GenFL(base, num_classes=3, kappa=KappaSchedule(1.0, 0.0, "constant", 0.0, 1), augmenter=None,
-                     histogram_timeout=1, seed=0, reliability=Reliability(max_relative_update=1e9))
+    strategy = GenFL(base, num_classes=3, kappa=KappaSchedule(0.0, "constant", 0.0, 1), augmenter=None,
+                     histogram_timeout=1, seed=0, reliability=reliability(max_relative_update=1e9))
     result = strategy.start(grid, _record(model([1.0, 1.0])), num_rounds=1, timeout=1, train_config=ConfigRecord())
-    assert strategy.round_stats[1]["round_accepted"] is True, strategy.round_stats[1]
+    assert strategy.round_stats[1].round_accepted is True, strategy.round_stats[1]
     assert np.isfinite(_numpy(result.arrays)["w"]).all()
 
 

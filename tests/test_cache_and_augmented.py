@@ -13,7 +13,8 @@ from generation.factory import build_generator
 from tiny_sd import build_tiny_sd_folder
 from torchcore.data import Split
 from torchcore.model import seeded_model
-from torchcore.train import TrainSettings, evaluate, load_numpy_state, state_to_numpy
+from conf_defaults import train_settings
+from torchcore.train import evaluate, load_numpy_state, state_to_numpy
 
 
 @pytest.fixture
@@ -66,9 +67,9 @@ def test_augmented_model_trains_on_the_synthetic_set(sd_config):
     test = Split(torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8), torch.arange(8) % 10)
     trainer = AugmentedModelTrainer(
         make_generator=lambda: build_generator(cfg.generator, cfg.dataset), model=model,
-        settings=TrainSettings(epochs=1, batch_size=4, lr=0.05, momentum=0.9, weight_decay=0.0, augment=True),
+        settings=train_settings(epochs=1, batch_size=4, lr=0.05, momentum=0.9, weight_decay=0.0, augment=True),
         device=torch.device("cpu"), test=test, eval_batch_size=8, policy="balance", budget=6, per_class=0,
-        target=None, seed=0, cache_dir=None,
+        target=None, seed=0, cache_dir=None, overlap=False,
     )
     stats = trainer.prepare([5, 3, 5, 5, 5, 5, 5, 5, 5, 4])  # lacks 2 of class 1 and 1 of class 9
     assert stats["plan"][1] == 2 and stats["plan"][9] == 1 and sum(stats["plan"].values()) == 3
@@ -215,9 +216,9 @@ def test_a_budget_that_scales_the_plan_is_reported(sd_config):
     test = Split(torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8), torch.arange(4))
     trainer = AugmentedModelTrainer(
         make_generator=lambda: build_generator(cfg.generator, cfg.dataset), model=model,
-        settings=TrainSettings(epochs=1, batch_size=4, lr=0.05, momentum=0.9, weight_decay=0.0),
+        settings=train_settings(epochs=1, batch_size=4, lr=0.05, momentum=0.9, weight_decay=0.0),
         device=torch.device("cpu"), test=test, eval_batch_size=8, policy="uniform", budget=5, per_class=1,
-        target=None, seed=0, cache_dir=None,
+        target=None, seed=0, cache_dir=None, overlap=False,
     )
     stats = trainer.prepare([1] * 10)
     assert (stats["images_requested"], sum(stats["plan"].values())) == (10, 5)

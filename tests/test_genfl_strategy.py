@@ -5,13 +5,17 @@ augmenter is a fixed-state stand-in (tests/test_cache_and_augmented.py trains a 
 tests/test_overlap.py runs the real ClientApp and augmenter through the same Grid).
 """
 
+import pickle
+from concurrent.futures import Future
+
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx
 
 from local_grid import LocalGrid
-from strategy.genfl import GenFL, NoHistogramsError, Reliability, RoundFailedError
+from conf_defaults import reliability
+from strategy.genfl import GenFL, NoHistogramsError, RoundFailedError
 from strategy.kappa import KappaSchedule
 
 KEYS = ("w", "bn.running_mean", "bn.num_batches_tracked")
@@ -67,16 +71,25 @@ class FixedAugmenter:
         self.prepared = (list(histogram), len(self.grid.sent) if self.grid else None)
         return {"plan": {0: 1}, "images_synthesized": 1, "generation_seconds": 0.0}
 
-    def train(self, global_state, server_round):
+    def start(self, global_state, server_round):
         self.trained_from.append((server_round, {k: v.copy() for k, v in global_state.items()}))
-        return self.state, {"augmented_test_accuracy": 0.5}
+        done = Future()
+        done.set_result((self.state, {"augmented_test_accuracy": 0.5}))
+        return done
+
+    def close(self):
+        pass
 
 
-def genfl(kappa_fl=1.0, kappa_aug=0.0, augmenter=None, base=None, rounds=1, schedule="constant", final=None, **reliability):
-    kappa = KappaSchedule(kappa_fl, kappa_aug, schedule, kappa_aug if final is None else final, rounds)
-    reliability.setdefault("max_relative_update", 1e9)  # toy models jump far; the guard has its own test
+def genfl(kappa_fl=1.0, kappa_aug=0.0, augmenter=None, base=None, rounds=1, schedule="constant", final=None,
+          first_round=1, **overrides):
+    assert kappa_fl == pytest.approx(1 - kappa_aug)  # spelled out in the tests for readability
+    kappa = KappaSchedule(kappa_aug, schedule, kappa_aug if final is None else final, rounds)
+    overrides.setdefault("max_relative_update", 1e9)  # toy models jump far; the guard has its own test
+    overrides.setdefault("claim_slack", 0)
     return GenFL(base or FedAvg(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1), num_classes=3,
-                 kappa=kappa, augmenter=augmenter, histogram_timeout=1, seed=0, reliability=Reliability(**reliability))
+                 kappa=kappa, augmenter=augmenter, histogram_timeout=1, seed=0, reliability=reliability(**overrides),
+                 first_round=first_round)
 
 
 def run(strategy, grid, rounds=1, initial=None):
@@ -124,7 +137,7 @@ def test_error_malformed_implausible_and_missing_histograms_are_excluded():
     assert strategy.client_histograms == {1: [1, 2, 3]}
     assert strategy.global_histogram == [1, 2, 3]
     # Only the node with a valid histogram is trusted with training; the others are excluded.
-    assert strategy.round_stats[1]["clients_trained"] == 1
+    assert strategy.round_stats[1].clients_trained == 1
 
 
 def test_a_run_where_every_histogram_is_rejected_stops_before_training():
@@ -155,7 +168,7 @@ def test_scheduled_kappas_change_the_mix_round_by_round():
     augmenter = FixedAugmenter(_state([10, 10]))
     strategy = genfl(0.5, 0.5, augmenter, rounds=3, schedule="linear", final=0.0)
     out = run(strategy, grid, rounds=3)
-    assert [strategy.round_stats[r]["kappa_aug"] for r in (1, 2, 3)] == [0.5, 0.25, 0.0]
+    assert [strategy.round_stats[r].kappa_aug for r in (1, 2, 3)] == [0.5, 0.25, 0.0]
     # Round 3 has kappa_aug = 0: the client model alone; round 2's global model fed the augmenter.
     np.testing.assert_allclose(out["w"], [0, 0])
     np.testing.assert_allclose(augmenter.trained_from[1][1]["w"], [5, 5])
@@ -170,7 +183,7 @@ def test_error_replies_count_as_failed_and_the_others_are_averaged():
     strategy = genfl()
     out = run(strategy, grid)
     np.testing.assert_allclose(out["w"], [2, 2])
-    assert (strategy.round_stats[1]["clients_trained"], strategy.round_stats[1]["clients_failed"]) == (1, 1)
+    assert (strategy.round_stats[1].clients_trained, strategy.round_stats[1].clients_failed) == (1, 1)
 
 
 def test_malformed_replies_are_excluded_with_their_reason():
@@ -184,7 +197,7 @@ def test_malformed_replies_are_excluded_with_their_reason():
     strategy = genfl()
     out = run(strategy, grid)
     np.testing.assert_allclose(out["w"], [2, 2])
-    assert strategy.round_stats[1]["clients_excluded"] == 4
+    assert strategy.round_stats[1].clients_excluded == 4
 
 
 def test_mixing_does_not_depend_on_the_order_replies_arrive_in():
@@ -205,8 +218,8 @@ def test_an_exploding_aggregate_is_rejected_and_the_run_stops_naming_the_cause()
     strategy = genfl(rounds=3, max_relative_update=5.0, max_consecutive_failed_rounds=2)
     with pytest.raises(RoundFailedError, match="2 consecutive rounds failed.*rejected.*limit reliability.max_relative_update"):
         run(strategy, grid, rounds=3, initial=_state([1.0, 1.0]))
-    assert strategy.round_stats[1]["round_accepted"] is False
-    assert strategy.round_stats[1]["update_ratio"] > 100
+    assert strategy.round_stats[1].round_accepted is False
+    assert strategy.round_stats[1].update_ratio > 100
 
 
 def test_the_round_that_stops_the_run_is_not_checkpointed_so_resuming_retries_it():
@@ -215,8 +228,8 @@ def test_the_round_that_stops_the_run_is_not_checkpointed_so_resuming_retries_it
     strategy = genfl(rounds=3, max_relative_update=5.0, max_consecutive_failed_rounds=2)
     with pytest.raises(RoundFailedError):
         strategy.start(grid, _record(_state([1.0, 1.0])), num_rounds=3, timeout=1, train_config=ConfigRecord(),
-                       on_round_end=lambda r, arrays: checkpointed.append(r))
-    assert checkpointed == [1]  # round 1 failed but the run went on; round 2 stopped it
+                       evaluate_fn=lambda r, arrays: checkpointed.append(r))  # the ServerApp checkpoints there
+    assert checkpointed == [0, 1]  # round 1 failed but the run went on; round 2 stopped it
 
 
 def test_a_robust_base_keeps_the_model_healthy_against_scaled_weights():
@@ -227,7 +240,7 @@ def test_a_robust_base_keeps_the_model_healthy_against_scaled_weights():
     strategy = genfl(base=base, rounds=3)
     out = run(strategy, LocalGrid(nodes), rounds=3, initial=_state([1.0, 1.0]))
     np.testing.assert_allclose(out["w"], [1.3, 1.3], rtol=1e-6)
-    assert all(strategy.round_stats[r]["round_accepted"] for r in (1, 2, 3))
+    assert all(strategy.round_stats[r].round_accepted for r in (1, 2, 3))
 
 
 def test_a_transient_failure_keeps_the_old_model_and_the_run_goes_on():
@@ -242,7 +255,7 @@ def test_a_transient_failure_keeps_the_old_model_and_the_run_goes_on():
     strategy = genfl(rounds=3, max_consecutive_failed_rounds=2)
     out = run(strategy, LocalGrid({1: node([1, 1, 1], 0, flaky)}), rounds=3, initial=_state([0.0, 0.0]))
     np.testing.assert_allclose(out["w"], [2, 2])  # round 1 failed, rounds 2 and 3 added 1 each
-    assert [strategy.round_stats[r]["round_accepted"] for r in (1, 2, 3)] == [False, True, True]
+    assert [strategy.round_stats[r].round_accepted for r in (1, 2, 3)] == [False, True, True]
 
 
 def test_the_base_strategys_config_reaches_the_clients():
@@ -276,19 +289,39 @@ def test_partial_participation_samples_the_same_nodes_on_every_rerun():
     assert first == second and len(first) == 9
 
 
-def test_state_dict_round_trip_keeps_the_plan_and_the_base_strategys_state():
+def test_state_dict_round_trip_keeps_the_plan_and_the_base_strategys_learnt_state():
     from flwr.serverapp.strategy import FedAvgM
 
     grid = LocalGrid({1: node([1, 1, 1], 0, lambda g: _state(g["w"] + 1))})
-    base = FedAvgM(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1, server_momentum=0.5)
-    first = genfl(0.5, 0.5, FixedAugmenter(_state([0, 0])), base=base, rounds=2)
+    momentum = lambda: FedAvgM(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1, server_momentum=0.5)
+    first = genfl(0.5, 0.5, FixedAugmenter(_state([0, 0])), base=momentum(), rounds=2)
     run(first, grid, rounds=1)
-    restored = genfl(0.5, 0.5, FixedAugmenter(_state([0, 0])), base=FedAvgM(), rounds=2)
-    restored.load_state_dict(first.state_dict())
+    restored = genfl(0.5, 0.5, FixedAugmenter(_state([0, 0])), base=momentum(), rounds=2, first_round=2)
+    restored.load_state_dict(pickle.loads(pickle.dumps(first.state_dict())))  # as the checkpoint stores it
     assert restored.plan == {0: 1}
-    assert restored.base.server_momentum == 0.5
     np.testing.assert_array_equal(restored.base.momentum_vector[0], first.base.momentum_vector[0])
-    assert restored.round_stats[1]["round_accepted"] is True
+    assert restored.round_stats[1].round_accepted is True
+
+
+@pytest.mark.parametrize("name", ["fedadam", "fedavgm"])
+def test_a_resumed_server_optimiser_ends_exactly_where_an_uninterrupted_one_does(name):
+    from flwr.serverapp.strategy import FedAdam, FedAvgM
+
+    def base():
+        sampling = dict(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
+        return FedAdam(**sampling, eta=0.1) if name == "fedadam" else FedAvgM(**sampling, server_momentum=0.9)
+
+    def nodes():
+        return LocalGrid({i: node([1, 2, 3], i, lambda g, i=i: _state(g["w"] * 0.9 + i)) for i in range(3)})
+
+    straight = run(genfl(base=base(), rounds=3), nodes(), rounds=3, initial=_state([1.0, 2.0]))
+    first = genfl(base=base(), rounds=3)
+    after_1 = first.start(nodes(), _record(_state([1.0, 2.0])), num_rounds=1, timeout=1, train_config=ConfigRecord())
+    resumed = genfl(base=base(), rounds=3, first_round=2)
+    resumed.load_state_dict(pickle.loads(pickle.dumps(first.state_dict())))
+    out = resumed.start(nodes(), after_1.arrays, num_rounds=3, timeout=1, train_config=ConfigRecord())
+    for key in KEYS:
+        np.testing.assert_array_equal(_numpy(out.arrays)[key], straight[key])
 
 
 def test_synthetic_kappas_without_an_augmenter_are_rejected_at_construction():
@@ -309,7 +342,7 @@ def test_a_node_that_missed_the_deadline_sits_out_the_next_rounds():
     strategy = genfl(rounds=4, straggler_cooldown_rounds=2)
     run(strategy, grid, rounds=4)
     assert replies["slow"] == 2  # rounds 1 and 4; rounds 2 and 3 went on without it
-    assert [strategy.round_stats[r]["clients_missing"] for r in (1, 2, 3, 4)] == [1, 0, 0, 1]
+    assert [strategy.round_stats[r].clients_missing for r in (1, 2, 3, 4)] == [1, 0, 0, 1]
 
 
 # -- evaluation replies are untrusted too (review item 1) ----------------------------------------------
@@ -336,9 +369,9 @@ def test_malformed_nan_and_inflated_evaluation_replies_are_excluded_and_the_rest
     strategy = genfl(base=base)
     result = strategy.start(grid, _record(_state([0, 0])), num_rounds=1, timeout=1, train_config=ConfigRecord())
     stats = strategy.round_stats[1]
-    assert (stats["clients_evaluated"], stats["clients_evaluate_excluded"], stats["clients_evaluate_failed"]) == (2, 5, 0)
+    assert (stats.clients_evaluated, stats.clients_evaluate_excluded, stats.clients_evaluate_failed) == (2, 5, 0)
     # Weighted by the two honest nodes' sample counts only: (0.2 * 10 + 0.6 * 30) / 40.
-    assert stats["federated_eval_loss"] == pytest.approx(0.5)
+    assert stats.federated_eval_loss == pytest.approx(0.5)
     assert result.evaluate_metrics_clientapp[1]["eval-loss"] == pytest.approx(0.5)
 
 
@@ -349,7 +382,7 @@ def test_an_evaluation_weight_is_capped_at_the_node_cap_like_a_training_weight()
     strategy = genfl(base=base, node_cap_factor=2.0)
     run(strategy, grid)
     # The big node counts as 2 x the median node (60 samples), not 30,000: loss = 60 / (3 * 30 + 60).
-    assert strategy.round_stats[1]["federated_eval_loss"] == pytest.approx(60 / 150)
+    assert strategy.round_stats[1].federated_eval_loss == pytest.approx(60 / 150)
 
 
 # -- DP: noise for the replies actually aggregated, with uniform weights (review item 2) ---------------
@@ -372,7 +405,7 @@ def test_dp_noise_is_calibrated_to_the_replies_that_were_aggregated_not_to_those
                       3: node([5, 5, 5], 2, poisoned), 4: node([5, 5, 5], 3, poisoned)})
     strategy = _dp_strategy(noise_multiplier=1.0, nodes_sampled=4)
     out = run(strategy, grid, initial=start)
-    assert strategy.round_stats[1]["clients_trained"] == 2
+    assert strategy.round_stats[1].clients_trained == 2
     # Two updates averaged: sensitivity clipping_norm / 2, so the noise std must be 1.0 * 1.0 / 2.
     noise = out["w"].astype(np.float64) - 1.001
     assert np.std(noise) == pytest.approx(0.5, rel=0.03)
@@ -390,7 +423,7 @@ def test_under_dp_an_all_zero_update_is_excluded_instead_of_crashing_flowers_cli
     strategy = _dp_strategy(noise_multiplier=0.0, nodes_sampled=2)
     out = run(strategy, grid, initial=_state([1.0, 1.0]))
     np.testing.assert_allclose(out["w"], [1.1, 1.1], rtol=1e-6)
-    assert (strategy.round_stats[1]["clients_trained"], strategy.round_stats[1]["clients_excluded"]) == (1, 1)
+    assert (strategy.round_stats[1].clients_trained, strategy.round_stats[1].clients_excluded) == (1, 1)
 
 
 # -- the straggler cooldown survives a resume, also for nodes with their own data (review item 7) -----
@@ -412,9 +445,9 @@ def test_a_benched_node_with_its_own_data_still_sits_out_after_a_resume():
     state = first.state_dict()
     # The run stopped after round 1 and resumes on the same SuperNodes (a deployment keeps node ids).
     grid = LocalGrid({1: node([1, 1, 1], 0, fixed(_state([1, 1]))), 77: own_data_node(fail=False)})
-    resumed = genfl(rounds=3, straggler_cooldown_rounds=2)
+    resumed = genfl(rounds=3, straggler_cooldown_rounds=2, first_round=2)
     resumed.load_state_dict(state)
-    resumed.start(grid, _record(_state([0, 0])), num_rounds=3, timeout=1, train_config=ConfigRecord(), first_round=2)
+    resumed.start(grid, _record(_state([0, 0])), num_rounds=3, timeout=1, train_config=ConfigRecord())
     assert asked == [1]  # benched for rounds 2..3, as it would have been without the interruption
 
 
@@ -425,10 +458,11 @@ def test_training_does_not_depend_on_the_global_random_state_so_a_checkpoint_nee
 
     from torchcore.data import Split
     from torchcore.model import seeded_model
-    from torchcore.train import TrainSettings, state_to_numpy, train
+    from conf_defaults import train_settings
+    from torchcore.train import state_to_numpy, train
 
     data = Split(torch.rand(40, 1, 8, 8), torch.arange(40) % 3)
-    settings = TrainSettings(epochs=1, batch_size=8, lr=0.05, momentum=0.9, weight_decay=0.0, augment=True)
+    settings = train_settings(epochs=1, batch_size=8, lr=0.05, momentum=0.9, weight_decay=0.0, augment=True)
     outcomes = []
     for global_seed in (1, 2):
         model = seeded_model(0, num_classes=3, in_channels=1, mean=[0.5], std=[0.5], norm="batch")

@@ -46,14 +46,15 @@ def test_group_norm_model_has_no_batch_norm_and_no_running_statistics():
 def test_group_norm_model_trains_on_digits():
     from torchcore.data import Split
     from torchcore.digits import load_digits_arrays
-    from torchcore.train import TrainSettings, evaluate, train
+    from conf_defaults import train_settings
+    from torchcore.train import evaluate, train
 
     images, labels = load_digits_arrays()
     data = Split(images[:128], labels[:128])
     model = seeded_model(0, num_classes=10, in_channels=1, mean=[0.3], std=[0.38], norm="group")
     loss_before, _ = evaluate(model, data, torch.device("cpu"), 128)
     # lr 0.005: from scratch on one small set, GroupNorm ResNet-18 diverges at the BatchNorm default 0.02
-    train(model, data, TrainSettings(epochs=3, batch_size=16, lr=0.005, momentum=0.9, weight_decay=0.0),
+    train(model, data, train_settings(epochs=3, batch_size=16, lr=0.005, momentum=0.9, weight_decay=0.0),
           torch.device("cpu"), seed=0)
     loss_after, accuracy = evaluate(model, data, torch.device("cpu"), 128)
     assert loss_after < 0.5 * loss_before and accuracy > 0.5
@@ -75,7 +76,8 @@ def test_unknown_norm_is_rejected_and_config_accepts_exactly_the_models_norms():
 
 def test_max_steps_caps_the_optimiser_steps_of_a_round():
     from torchcore.data import Split
-    from torchcore.train import TrainSettings, train
+    from conf_defaults import train_settings
+    from torchcore.train import train
 
     data = Split(torch.rand(100, 1, 8, 8), torch.arange(100) % 10)
     steps = []
@@ -89,11 +91,11 @@ def test_max_steps_caps_the_optimiser_steps_of_a_round():
     original = torch.optim.SGD
     torch.optim.SGD = Counting
     try:
-        train(model, data, TrainSettings(epochs=2, batch_size=10, lr=0.01, momentum=0.0, weight_decay=0.0, max_steps=7),
+        train(model, data, train_settings(epochs=2, batch_size=10, lr=0.01, momentum=0.0, weight_decay=0.0, max_steps=7),
               torch.device("cpu"), seed=0)
         capped = len(steps)
         steps.clear()
-        train(model, data, TrainSettings(epochs=2, batch_size=10, lr=0.01, momentum=0.0, weight_decay=0.0),
+        train(model, data, train_settings(epochs=2, batch_size=10, lr=0.01, momentum=0.0, weight_decay=0.0),
               torch.device("cpu"), seed=0)
     finally:
         torch.optim.SGD = original

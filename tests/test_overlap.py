@@ -20,7 +20,7 @@ from torchcore.model import seeded_model
 from torchcore.train import resolve_device
 
 
-def _run(cfg, overlap: bool, cache_dir):
+def _run(cfg, cache_dir):
     torch.set_num_threads(1)
     ds = cfg.dataset
     spec = dict(num_classes=ds.num_classes, in_channels=ds.channels, mean=list(ds.mean), std=list(ds.std))
@@ -29,25 +29,30 @@ def _run(cfg, overlap: bool, cache_dir):
     st = cfg.strategy
     strategy = GenFL(
         base_strategy(cfg, num_nodes=3), num_classes=ds.num_classes,
-        kappa=KappaSchedule(st.kappa_fl, st.kappa_aug, st.kappa_schedule, st.kappa_aug_final, cfg.num_rounds),
+        kappa=KappaSchedule(st.kappa_aug, st.kappa_schedule, st.kappa_aug_final, cfg.num_rounds),
         augmenter=_augmenter(cfg, seeded_model(cfg.seed, **spec), resolve_device("cpu"), load_splits(ds)["test"]),
-        histogram_timeout=60, seed=cfg.seed, reliability=reliability(cfg), overlap=overlap)
+        histogram_timeout=60, seed=cfg.seed, reliability=reliability(cfg))
     result = strategy.start(grid, ArrayRecord(seeded_model(cfg.seed, **spec).state_dict()), num_rounds=cfg.num_rounds,
                             timeout=60, train_config=train_config(cfg))
-    return dict(zip(result.arrays.keys(), result.arrays.to_numpy_ndarrays())), strategy.round_stats
+    return dict(zip(result.arrays.keys(), result.arrays.to_numpy_ndarrays())), {r: s.row() for r, s in strategy.round_stats.items()}
+
+
+cfg_overrides = ["federation.num_clients=3", "num_rounds=2", "generation.per_class=8"]
 
 
 @pytest.fixture(scope="module")
 def cfg(tmp_path_factory):
     from server_app.config import load_config
 
-    return load_config(["federation.num_clients=3", "num_rounds=2", "generation.per_class=8",
-                        f"generation.cache_dir={tmp_path_factory.mktemp('cache')}"])
+    cfg_overrides.append(f"generation.cache_dir={tmp_path_factory.mktemp('cache')}")
+    return load_config(cfg_overrides)
 
 
 def test_overlapped_and_sequential_server_work_give_identical_models_and_metrics(cfg):
-    overlapped, overlapped_stats = _run(cfg, True, None)
-    sequential, sequential_stats = _run(cfg, False, None)
+    from server_app.config import load_config
+
+    overlapped, overlapped_stats = _run(cfg, None)
+    sequential, sequential_stats = _run(load_config([*cfg_overrides, "server.overlap=false"]), None)
     for key in overlapped:
         np.testing.assert_array_equal(overlapped[key], sequential[key], err_msg=key)
     drop = {"augmented_train_seconds", "generation_seconds", "images_synthesized"}

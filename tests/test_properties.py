@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from generation.planning import plan_generation, requested_images
 from local_grid import LocalGrid
 from strategy.aggregation import sample_weights, weighted_mix
-from strategy.genfl import GenFL, Reliability
+from conf_defaults import reliability
+from strategy.genfl import GenFL
 from strategy.histograms import capped_histograms, histogram_problem, node_cap
 from strategy.kappa import KappaSchedule
 
@@ -96,8 +97,8 @@ def test_the_order_replies_arrive_in_never_changes_the_new_global_model(clients,
     def run(reply_order):
         nodes = {1000 + i: _node({"w": np.asarray(v, np.float32)}, i, n) for i, (v, n) in enumerate(clients)}
         strategy = GenFL(FedAvg(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1), num_classes=2,
-                         kappa=KappaSchedule(1.0, 0.0, "constant", 0.0, 1), augmenter=None, histogram_timeout=1, seed=0,
-                         reliability=Reliability(max_relative_update=1e12))
+                         kappa=KappaSchedule(0.0, "constant", 0.0, 1), augmenter=None, histogram_timeout=1, seed=0,
+                         reliability=reliability(max_relative_update=1e12))
         result = strategy.start(LocalGrid(nodes, reply_order=reply_order), ArrayRecord({"w": Array(np.zeros(3, np.float32))}),
                                 num_rounds=1, timeout=1, train_config=ConfigRecord())
         return result.arrays["w"].numpy()

@@ -43,7 +43,7 @@ def privatize_histogram(counts: Sequence[int], mechanism: str, epsilon: float, d
     return np.clip(np.rint(counts), 0, None).astype(int).tolist()
 
 
-def total_noise_bound(mechanism: str, epsilon: float, delta: float, num_classes: int, sigmas: float = 6.0) -> int:
+def total_noise_bound(mechanism: str, epsilon: float, delta: float, num_classes: int, sigmas: float) -> int:
     """How far below the truth a noisy histogram's total can plausibly fall (``sigmas`` std devs).
 
     The server allows a node's ``num-examples`` to exceed its declared total by this much.

@@ -24,10 +24,10 @@ class TrainSettings:
     lr: float
     momentum: float
     weight_decay: float
-    augment: bool = False  # random crop + flip, for natural images (CIFAR), never digits
-    proximal_mu: float = 0.0  # FedProx: (mu / 2) * ||w - w_global||^2 added to the loss
-    max_steps: int | None = None  # stop after this many optimiser steps (None: every batch of every epoch)
-    fast_cuda: bool = True  # on CUDA: data moved once, channels_last, bf16 autocast (no effect on CPU)
+    augment: bool  # random crop + flip, for natural images (CIFAR), never digits
+    proximal_mu: float  # FedProx: (mu / 2) * ||w - w_global||^2 added to the loss
+    max_steps: int | None  # stop after this many optimiser steps (None: every batch of every epoch)
+    fast_cuda: bool  # on CUDA: data moved once, channels_last, bf16 autocast (no effect on CPU)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -1,0 +1,37 @@
+"""Nodes that failed or missed a round sit out the next rounds, so a slow or broken box does not
+hold up (or, in simulation, starve) the rounds after it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from logging import INFO
+
+from flwr.common.logger import log
+
+
+class Cooldown:
+    """``rounds`` rounds off after a failure. Across a resume a node is named by ``identity(node)``
+    (its partition in simulation, where node ids change; its node id when it reads its own data)."""
+
+    def __init__(self, rounds: int):
+        self.rounds = rounds
+        self.until: dict[int, int] = {}  # node -> last round it sits out
+
+    def bench(self, server_round: int, nodes: Iterable[int], why: str) -> None:
+        for node in nodes:
+            if self.rounds > 0:
+                self.until[node] = server_round + self.rounds
+                log(INFO, "node %s sits out %s (%s)", node, _span(server_round + 1, server_round + self.rounds), why)
+
+    def benched(self, server_round: int) -> set[int]:
+        return {n for n, until in self.until.items() if until >= server_round}
+
+    def state(self, identity: Callable[[int], tuple[str, int]]) -> list[tuple[str, int, int]]:
+        return [(*identity(n), until) for n, until in sorted(self.until.items())]
+
+    def restore(self, saved: list[tuple[str, int, int]], node_of: dict[tuple[str, int], int]) -> None:
+        self.until = {node_of[(kind, key)]: until for kind, key, until in saved if (kind, key) in node_of}
+
+
+def _span(first: int, last: int) -> str:
+    return f"round {first}" if first == last else f"rounds {first}..{last}"
