@@ -20,7 +20,8 @@ from server_app.config import load_config, overrides_from_run_config, run_direct
 from server_app.nodes import WatchedGrid, wait_for_federation
 from server_app.results import RunReport
 from strategy.bases import build_base
-from strategy.genfl import GenFL, Reliability
+from strategy.genfl import GenFL
+from strategy.replies import Reliability
 from strategy.kappa import KappaSchedule
 from strategy.stats import RoundStats
 from torchcore.data import Split, load_splits

@@ -46,3 +46,12 @@ def sample_weights(num_examples: Sequence[int]) -> list[float]:
     if total <= 0:
         raise ValueError("clients reported no training samples")
     return [n / total for n in num_examples]
+
+
+def like(state: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Cast a base strategy's output back to the global model's dtypes (averaging makes counters float)."""
+    out = {}
+    for key, array in state.items():
+        dtype, array = reference[key].dtype, np.asarray(array)
+        out[key] = np.rint(array).astype(dtype) if np.issubdtype(dtype, np.integer) else array.astype(dtype, copy=False)
+    return out

@@ -4,7 +4,7 @@ hold up (or, in simulation, starve) the rounds after it."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from logging import INFO
+from logging import INFO, WARNING
 
 from flwr.common.logger import log
 
@@ -23,8 +23,15 @@ class Cooldown:
                 self.until[node] = server_round + self.rounds
                 log(INFO, "node %s sits out %s (%s)", node, _span(server_round + 1, server_round + self.rounds), why)
 
-    def benched(self, server_round: int) -> set[int]:
-        return {n for n, until in self.until.items() if until >= server_round}
+    def sitting_out(self, server_round: int, nodes: Iterable[int], needed: int) -> set[int]:
+        """The nodes sitting out this round, unless that would leave fewer than ``needed``."""
+        benched = {n for n, until in self.until.items() if until >= server_round}
+        remaining = len(set(nodes) - benched)
+        if benched and remaining < needed:
+            log(WARNING, "round %d: only %d node(s) not sitting out; asking the %d resting ones too", server_round,
+                remaining, len(benched))
+            return set()
+        return benched
 
     def state(self, identity: Callable[[int], tuple[str, int]]) -> list[tuple[str, int, int]]:
         return [(*identity(n), until) for n, until in sorted(self.until.items())]

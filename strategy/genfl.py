@@ -15,7 +15,6 @@ import gc
 import random
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
 from logging import INFO, WARNING
 from typing import Protocol
 
@@ -26,24 +25,21 @@ from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
 from flwr.serverapp.strategy import FedAvgM, Result, Strategy
 
-from strategy.aggregation import weighted_mix
+from strategy.aggregation import like, weighted_mix
 from strategy.bases import base_state, dp_wrapper, innermost, load_base_state
 from strategy.cooldown import Cooldown
-from strategy.grids import DelegatingGrid
+from strategy.grids import OrderedGrid
 from strategy.guard import update_problem
-from strategy.histograms import capped_histograms, collect_histograms, global_histogram, node_cap
+from strategy.histograms import Survey, survey
 from strategy.kappa import KappaSchedule
-from strategy.replies import cap_weight, evaluate_reply_problem, inconsistent, train_reply_problem
+from strategy.replies import (Reliability, cap_weight, changed, evaluate_reply_problem, screen, sender,
+                              train_reply_problem, weigh)
 from strategy.stats import RoundStats
 
 
 class RoundFailedError(RuntimeError):
     """Rounds kept failing (no usable client model, or the new model was rejected): the run cannot
     make progress, and continuing would silently keep the old model."""
-
-
-class NoHistogramsError(RuntimeError):
-    """No node reported a usable label histogram: nothing to plan from, no claim can be checked."""
 
 
 class Augmenter(Protocol):
@@ -54,19 +50,6 @@ class Augmenter(Protocol):
     def start(self, global_state: dict[str, np.ndarray], server_round: int) -> Future: ...
 
     def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Reliability:
-    """What the server accepts from nodes and from its own aggregation (conf/: ``reliability``)."""
-
-    max_samples_per_node: int | None  # a histogram claiming more is excluded
-    node_cap_factor: float  # a node counts for at most this x the median node total
-    claim_slack: int  # num-examples may exceed the declared total by this much (histogram noise)
-    max_relative_update: float  # ||w(t+1) - w(t)|| / ||w(t)|| above this rejects the round
-    max_consecutive_failed_rounds: int
-    min_train_replies: int  # usable client models a round needs (when kappa_fl > 0)
-    straggler_cooldown_rounds: int  # a node that failed or missed the deadline sits out this many rounds
 
 
 class GenFL(Strategy):
@@ -93,13 +76,10 @@ class GenFL(Strategy):
         self.cooldown = Cooldown(reliability.straggler_cooldown_rounds)
         self.generation_stats: dict = {}
         self.plan: dict[int, int] | None = None
-        self.client_histograms: dict[int, list[int]] = {}  # by node id, as declared (validated)
+        self.survey = Survey()  # the nodes' label histograms, as declared and as counted
         self.global_histogram: list[int] | None = None  # robust sum used for planning
         self.round_stats: dict[int, RoundStats] = {}
         self.rounds_succeeded = self.consecutive_failures = 0
-        self._declared: dict[int, int] = {}  # node -> samples its histogram declared
-        self._weight_cap = float("inf")
-        self._partition_of: dict[int, int] = {}  # node -> partition id, for a fixed order and resume
         self._current: dict[str, np.ndarray] = {}
         self._sent: list[Message] = []
         self._sent_evaluate: list[Message] = []
@@ -136,27 +116,13 @@ class GenFL(Strategy):
     # -- before round 1: histograms and synthetic data ---------------------------------------------
     def _prepare(self, grid: Grid, config: ConfigRecord) -> None:
         """Collect the label histograms (every node), cap them, and let the augmenter synthesise."""
-        node_ids = sorted(grid.get_node_ids())
         content = RecordDict({self.configrecord_key: self.histogram_config or config})
         rel = self.reliability
-        self.client_histograms, self._partition_of = collect_histograms(
-            grid, node_ids, content, self.histogram_timeout, self.num_classes, rel.max_samples_per_node)
-        if not self.client_histograms:
-            raise NoHistogramsError(f"none of the {len(node_ids)} node(s) reported a valid label histogram; "
-                                    "see the warnings above")
-        self._declared = {node: sum(h) for node, h in self.client_histograms.items()}
-        self._weight_cap = node_cap(list(self._declared.values()), rel.node_cap_factor)
-        capped = capped_histograms(self.client_histograms, rel.node_cap_factor)
-        for node, histogram in capped.items():
-            if histogram != self.client_histograms[node]:
-                log(WARNING, "label histogram: node %s declared %d samples; counted as %d (%s x the median node)",
-                    node, self._declared[node], sum(histogram), rel.node_cap_factor)
-        self.global_histogram = global_histogram(list(capped.values()), self.num_classes)
-        log(INFO, "label histogram: %d of %d nodes reported; federation has %d samples", len(self.client_histograms),
-            len(node_ids), sum(self.global_histogram))
-        log(INFO, "label histogram (global, class 0..%d): %s", self.num_classes - 1, self.global_histogram)
+        self.survey = survey(grid, content, self.histogram_timeout, self.num_classes, rel.max_samples_per_node,
+                             rel.node_cap_factor)
+        self.global_histogram = self.survey.global_histogram
         if self._resumed:
-            self.cooldown.restore(self._resumed["benched_until"], {self._identity(n): n for n in self.client_histograms})
+            self.cooldown.restore(self._resumed["benched_until"], {self._identity(n): n for n in self.survey.histograms})
             if self._resumed["global_histogram"] != self.global_histogram:
                 log(WARNING, "label histogram differs from the checkpoint's %s: the federation changed; the "
                     "checkpoint's generation plan is kept", self._resumed["global_histogram"])
@@ -183,22 +149,12 @@ class GenFL(Strategy):
             state = random.getstate()  # Flower samples with `random`: seed it per round, leave it as it was
             random.seed(self.seed * 1_000_003 + server_round)
             try:
-                view = _OrderedGrid(grid, self._order, skip=self._benched(server_round, grid))
+                needed = max(self.reliability.min_train_replies, innermost(self.base).min_available_nodes)
+                view = OrderedGrid(grid, self._order, skip=self.cooldown.sitting_out(server_round, grid.get_node_ids(), needed))
                 self._sent = list(self.base.configure_train(server_round, arrays, config, view))
             finally:
                 random.setstate(state)
         return self._sent
-
-    def _benched(self, server_round: int, grid: Grid) -> set[int]:
-        """Nodes sitting out this round, unless that would leave too few to sample from."""
-        benched = self.cooldown.benched(server_round)
-        remaining = len(set(grid.get_node_ids()) - benched)
-        needed = max(self.reliability.min_train_replies, getattr(innermost(self.base), "min_available_nodes", 1))
-        if benched and remaining < needed:
-            log(WARNING, "round %d: only %d node(s) not sitting out; asking the %d resting ones too", server_round,
-                remaining, len(benched))
-            return set()
-        return benched
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Eq. (1) over the usable client models and the augmented model; ``(None, None)`` keeps the
@@ -248,12 +204,12 @@ class GenFL(Strategy):
     def _aggregate_clients(self, server_round: int, replies: list[Message],
                            stats: RoundStats) -> tuple[dict | None, MetricRecord | None, str | None]:
         """(base aggregate as NumPy state, metrics, failure cause) over the usable replies."""
-        answered = {_sender(r, self._sent) for r in replies}
+        answered = {sender(r, self._sent) for r in replies}
         self.cooldown.bench(server_round, [m.metadata.dst_node_id for m in self._sent if m.metadata.dst_node_id not in answered],
                             "no reply within the round timeout")
-        usable, failed, excluded = self._usable(server_round, replies, self._sent, "training", self._train_problem)
+        usable, failed, excluded = screen(server_round, replies, self._sent, "training", self._train_problem, self._order)
         for reply in failed:
-            self.cooldown.bench(server_round, [_sender(reply, self._sent)], "its last reply was an error")
+            self.cooldown.bench(server_round, [sender(reply, self._sent)], "its last reply was an error")
         missing = max(len(self._sent) - len(replies), 0)
         stats.update(clients_trained=len(usable), clients_failed=len(failed), clients_excluded=excluded,
                      clients_missing=missing)
@@ -263,14 +219,7 @@ class GenFL(Strategy):
             return None, None, (f"{len(usable)} usable client model(s), fewer than reliability.min_train_replies="
                                 f"{self.reliability.min_train_replies} ({len(replies)} replies, {len(failed)} errors, "
                                 f"{excluded} excluded, {missing} missing)")
-        dp = dp_wrapper(self.base)
-        for reply in usable:  # under DP: equal weights and noise for the replies actually averaged
-            if dp is None:
-                cap_weight(reply.content, self.weighted_by_key, self._weight_cap)
-            else:
-                next(iter(reply.content.metric_records.values()))[self.weighted_by_key] = 1
-        if dp is not None:
-            dp.num_sampled_clients = len(usable)  # noise std = noise_multiplier * clipping_norm / this
+        weigh(usable, self.weighted_by_key, self.survey.weight_cap, dp_wrapper(self.base))
         name = type(self.base).__name__
         try:
             record, metrics = self.base.aggregate_train(server_round, usable)
@@ -281,53 +230,33 @@ class GenFL(Strategy):
             return None, None, f"{name} returned no model" if record is None else f"{name} returned arrays that differ from the global model's"
         if metrics is not None and "train-loss" in metrics:
             stats.train_loss = float(metrics["train-loss"])
-        return _like(state, self._current), metrics, None
+        return like(state, self._current), metrics, None
 
     def _train_problem(self, reply: Message, node: int) -> str | None:
         problem = train_reply_problem(reply.content, self._current, weighted_by_key=self.weighted_by_key,
-                                      declared=self._declared.get(node), slack=self.reliability.claim_slack)
-        if problem is None and dp_wrapper(self.base) is not None and not _changed(reply, self._current):
+                                      declared=self.survey.declared.get(node), slack=self.reliability.claim_slack)
+        if problem is None and dp_wrapper(self.base) is not None and not changed(reply, self._current):
             problem = "its update is exactly zero (Flower's DP clipping divides by the update's norm)"
         return problem
 
     def _evaluate_problem(self, reply: Message, node: int) -> str | None:
         problem = evaluate_reply_problem(reply.content, weighted_by_key=self.weighted_by_key,
-                                         declared=self._declared.get(node), slack=self.reliability.claim_slack)
+                                         declared=self.survey.declared.get(node), slack=self.reliability.claim_slack)
         if problem is None:
-            cap_weight(reply.content, self.weighted_by_key, self._weight_cap)
+            cap_weight(reply.content, self.weighted_by_key, self.survey.weight_cap)
         return problem
-
-    def _usable(self, server_round: int, replies: list[Message], sent: list[Message], what: str,
-                problem_of: Callable[[Message, int], str | None]) -> tuple[list[Message], list[Message], int]:
-        """(usable replies in partition order, error replies, how many were excluded), each logged."""
-        usable, failed, excluded = [], [], 0
-        for reply in replies:
-            node = _sender(reply, sent)
-            if reply.has_error():
-                failed.append(reply)
-                log(WARNING, "round %d: %s on node %s failed: %s", server_round, what, node, reply.error.reason)
-            elif problem := problem_of(reply, node):
-                excluded += 1
-                log(WARNING, "round %d: %s reply of node %s excluded: %s", server_round, what, node, problem)
-            else:
-                usable.append(reply)
-        usable.sort(key=lambda r: self._order(_sender(r, sent)))  # bit-reproducible, whatever the arrival order
-        odd = inconsistent(usable)  # Flower refuses a set of replies with mixed layouts: leave the odd ones out
-        for i, why in odd.items():
-            log(WARNING, "round %d: %s reply of node %s excluded: %s", server_round, what, _sender(usable[i], sent), why)
-        return [r for i, r in enumerate(usable) if i not in odd], failed, excluded + len(odd)
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         self._sent_evaluate = list(self.base.configure_evaluate(server_round + self.offset, arrays, config,
-                                                                _OrderedGrid(grid, self._order)))
+                                                                OrderedGrid(grid, self._order)))
         return self._sent_evaluate
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """The base's average of the usable evaluation replies, validated like training replies."""
         server_round += self.offset
         replies = list(replies)
-        usable, failed, excluded = self._usable(server_round, replies, self._sent_evaluate, "evaluation",
-                                                self._evaluate_problem)
+        usable, failed, excluded = screen(server_round, replies, self._sent_evaluate, "evaluation",
+                                          self._evaluate_problem, self._order)
         stats = self.round_stats.setdefault(server_round, RoundStats(server_round))
         stats.update(clients_evaluated=len(usable), clients_evaluate_failed=len(failed),
                      clients_evaluate_excluded=excluded)
@@ -338,13 +267,13 @@ class GenFL(Strategy):
         return metrics
 
     def _order(self, node: int) -> tuple[int, int]:
-        partition = self._partition_of.get(node)
+        partition = self.survey.partitions.get(node)
         return (0, partition) if partition is not None else (1, node)
 
     def _identity(self, node: int) -> tuple[str, int]:
         """A node across a restart: its partition (simulation), else its node id (a SuperNode with
         its own data keeps its id while it runs)."""
-        partition = self._partition_of.get(node)
+        partition = self.survey.partitions.get(node)
         return ("partition", partition) if partition is not None else ("node", node)
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -369,39 +298,3 @@ class GenFL(Strategy):
         self.consecutive_failures = state["consecutive_failures"]
         load_base_state(self.base, state["base"])
         self._resumed = {"global_histogram": state["global_histogram"], "benched_until": state["benched_until"]}
-
-
-def _changed(reply: Message, reference: dict[str, np.ndarray]) -> bool:
-    """Whether a (validated) training reply's model differs from the global model anywhere."""
-    record = next(iter(reply.content.array_records.values()))
-    return any(not np.array_equal(a, ref) for a, ref in zip(record.to_numpy_ndarrays(), reference.values()))
-
-
-def _like(state: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Cast a base strategy's output back to the global model's dtypes (averaging makes counters float)."""
-    out = {}
-    for key, array in state.items():
-        dtype, array = reference[key].dtype, np.asarray(array)
-        out[key] = np.rint(array).astype(dtype) if np.issubdtype(dtype, np.integer) else array.astype(dtype, copy=False)
-    return out
-
-
-class _OrderedGrid(DelegatingGrid):
-    """The run's Grid as the base strategy sees it: node ids in partition order (so seeded sampling
-    picks the same nodes on every rerun), without the nodes that sit out this round."""
-
-    def __init__(self, grid: Grid, order: Callable[[int], tuple], skip: set[int] = frozenset()):
-        super().__init__(grid)
-        self._order_key, self._skip = order, skip
-
-    def get_node_ids(self) -> list[int]:
-        return sorted((n for n in self._grid.get_node_ids() if n not in self._skip), key=self._order_key)
-
-
-def _sender(reply: Message, sent: list[Message]) -> int:
-    """The node a reply answers for. Matched by message id, because an error reply about an
-    unreachable node comes from the SuperLink, not from the node."""
-    for msg in sent:
-        if msg.metadata.message_id == reply.metadata.reply_to_message_id:
-            return msg.metadata.dst_node_id
-    return reply.metadata.src_node_id

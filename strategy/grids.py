@@ -3,7 +3,7 @@ nodes are listed (GenFL's partition-ordered view, the deployment's node-count wa
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from flwr.app import Message
 from flwr.serverapp import Grid
@@ -39,3 +39,15 @@ class DelegatingGrid(Grid):
 
     def send_and_receive(self, messages: Iterable[Message], *args, **kwargs) -> Iterable[Message]:
         return self._grid.send_and_receive(messages, *args, **kwargs)
+
+
+class OrderedGrid(DelegatingGrid):
+    """The run's Grid as the base strategy sees it: node ids in partition order (so seeded sampling
+    picks the same nodes on every rerun), without the nodes that sit out this round."""
+
+    def __init__(self, grid: Grid, order: Callable[[int], tuple], skip: set[int] = frozenset()):
+        super().__init__(grid)
+        self._order_key, self._skip = order, skip
+
+    def get_node_ids(self) -> list[int]:
+        return sorted((n for n in self._grid.get_node_ids() if n not in self._skip), key=self._order_key)

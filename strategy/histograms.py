@@ -10,7 +10,8 @@ from __future__ import annotations
 import math
 import statistics
 from collections.abc import Mapping, Sequence
-from logging import WARNING
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
 
 from flwr.app import Message, RecordDict
 from flwr.common.logger import log
@@ -108,3 +109,47 @@ def _histogram_from(reply: Message, num_classes: int, max_total: int | None) -> 
     partition = record.get("partition-id")
     partition = partition if isinstance(partition, int) and not isinstance(partition, bool) else None
     return histogram, partition, histogram_problem(histogram, num_classes, max_total)
+
+
+def federation_histogram(histograms: Mapping[int, Sequence[int]], node_cap_factor: float,
+                         num_classes: int) -> tuple[list[int], dict[int, int], float]:
+    """(the robust global histogram, each node's declared total, the per-node weight cap): every
+    node counts for at most `node_cap` samples, in the plan as in the aggregation weights."""
+    declared = {node: sum(h) for node, h in histograms.items()}
+    cap = node_cap(list(declared.values()), node_cap_factor)
+    capped = capped_histograms(histograms, node_cap_factor)
+    for node, histogram in capped.items():
+        if histogram != list(histograms[node]):
+            log(WARNING, "label histogram: node %s declared %d samples; counted as %d (%s x the median node)",
+                node, declared[node], sum(histogram), node_cap_factor)
+    return global_histogram(list(capped.values()), num_classes), declared, cap
+
+
+class NoHistogramsError(RuntimeError):
+    """No node reported a usable label histogram: nothing to plan from, no claim can be checked."""
+
+
+@dataclass
+class Survey:
+    """What the nodes declared before round 1, and how much each one may count for."""
+
+    histograms: dict[int, list[int]] = field(default_factory=dict)  # by node id, validated
+    partitions: dict[int, int] = field(default_factory=dict)  # node -> built-in partition, if it has one
+    global_histogram: list[int] | None = None  # robust sum: every node capped
+    declared: dict[int, int] = field(default_factory=dict)  # node -> total samples it declared
+    weight_cap: float = math.inf  # the most samples one node's reply may weigh
+
+
+def survey(grid: Grid, content: RecordDict, timeout: float, num_classes: int, max_total: int | None,
+           node_cap_factor: float) -> Survey:
+    """Ask every node for its label histogram and form the federation's robust view of them."""
+    node_ids = sorted(grid.get_node_ids())
+    histograms, partitions = collect_histograms(grid, node_ids, content, timeout, num_classes, max_total)
+    if not histograms:
+        raise NoHistogramsError(f"none of the {len(node_ids)} node(s) reported a valid label histogram; "
+                                "see the warnings above")
+    total, declared, cap = federation_histogram(histograms, node_cap_factor, num_classes)
+    log(INFO, "label histogram: %d of %d nodes reported; federation has %d samples", len(histograms), len(node_ids),
+        sum(total))
+    log(INFO, "label histogram (global, class 0..%d): %s", num_classes - 1, total)
+    return Survey(histograms, partitions, total, declared, cap)

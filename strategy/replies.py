@@ -9,10 +9,26 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from logging import WARNING
 
 import numpy as np
 from flwr.app import Message, RecordDict
+from flwr.common.logger import log
+
+
+@dataclass(frozen=True)
+class Reliability:
+    """What the server accepts from nodes and from its own aggregation (conf/: ``reliability``)."""
+
+    max_samples_per_node: int | None  # a histogram claiming more is excluded
+    node_cap_factor: float  # a node counts for at most this x the median node total
+    claim_slack: int  # num-examples may exceed the declared total by this much (histogram noise)
+    max_relative_update: float  # ||w(t+1) - w(t)|| / ||w(t)|| above this rejects the round
+    max_consecutive_failed_rounds: int
+    min_train_replies: int  # usable client models a round needs (when kappa_fl > 0)
+    straggler_cooldown_rounds: int  # a node that failed or missed the deadline sits out this many rounds
 
 
 def _metrics_problem(content: RecordDict, weighted_by_key: str, declared: int | None, slack: int) -> str | None:
@@ -86,3 +102,57 @@ def cap_weight(content: RecordDict, weighted_by_key: str, cap: float) -> None:
     metrics = next(iter(content.metric_records.values()))
     if metrics[weighted_by_key] > cap:
         metrics[weighted_by_key] = int(cap)
+
+
+def sender(reply: Message, sent: list[Message]) -> int:
+    """The node a reply answers for. Matched by message id, because an error reply about an
+    unreachable node comes from the SuperLink, not from the node."""
+    for msg in sent:
+        if msg.metadata.message_id == reply.metadata.reply_to_message_id:
+            return msg.metadata.dst_node_id
+    return reply.metadata.src_node_id
+
+
+def changed(reply: Message, reference: dict[str, np.ndarray]) -> bool:
+    """Whether a (validated) training reply's model differs from the global model anywhere."""
+    record = next(iter(reply.content.array_records.values()))
+    return any(not np.array_equal(a, ref) for a, ref in zip(record.to_numpy_ndarrays(), reference.values()))
+
+
+def screen(server_round: int, replies: list[Message], sent: list[Message], what: str,
+           problem_of: Callable[[Message, int], str | None],
+           order: Callable[[int], tuple]) -> tuple[list[Message], list[Message], int]:
+    """(usable replies in ``order``, error replies, how many were excluded), each one logged.
+
+    Usable: not an error, no problem by ``problem_of(reply, node)``, and the common record layout
+    (Flower refuses a set of replies with mixed layouts, so the odd ones are left out instead).
+    """
+    usable, failed, excluded = [], [], 0
+    for reply in replies:
+        node = sender(reply, sent)
+        if reply.has_error():
+            failed.append(reply)
+            log(WARNING, "round %d: %s on node %s failed: %s", server_round, what, node, reply.error.reason)
+        elif problem := problem_of(reply, node):
+            excluded += 1
+            log(WARNING, "round %d: %s reply of node %s excluded: %s", server_round, what, node, problem)
+        else:
+            usable.append(reply)
+    usable.sort(key=lambda r: order(sender(r, sent)))  # bit-reproducible, whatever the arrival order
+    odd = inconsistent(usable)
+    for i, why in odd.items():
+        log(WARNING, "round %d: %s reply of node %s excluded: %s", server_round, what, sender(usable[i], sent), why)
+    return [r for i, r in enumerate(usable) if i not in odd], failed, excluded + len(odd)
+
+
+def weigh(usable: list[Message], weighted_by_key: str, cap: float, dp) -> None:
+    """Aggregation weights, in place: sample counts capped at ``cap``; under a DP wrapper ``dp``
+    equal weights and its noise calibrated to the replies actually averaged (the DP-FedAvg analysis
+    assumes both; the noise std is noise_multiplier * clipping_norm / len(usable))."""
+    for reply in usable:
+        if dp is None:
+            cap_weight(reply.content, weighted_by_key, cap)
+        else:
+            next(iter(reply.content.metric_records.values()))[weighted_by_key] = 1
+    if dp is not None:
+        dp.num_sampled_clients = len(usable)

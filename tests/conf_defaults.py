@@ -6,7 +6,7 @@ import dataclasses
 from functools import lru_cache
 
 from server_app.config import load_config
-from strategy.genfl import Reliability
+from strategy.replies import Reliability
 from torchcore.train import TrainSettings
 
 

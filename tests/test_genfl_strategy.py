@@ -15,7 +15,8 @@ from flwr.serverapp.strategy import FedAvg, FedMedian, FedProx
 
 from local_grid import LocalGrid
 from conf_defaults import reliability
-from strategy.genfl import GenFL, NoHistogramsError, RoundFailedError
+from strategy.genfl import GenFL, RoundFailedError
+from strategy.histograms import NoHistogramsError
 from strategy.kappa import KappaSchedule
 
 KEYS = ("w", "bn.running_mean", "bn.num_batches_tracked")
@@ -134,7 +135,7 @@ def test_error_malformed_implausible_and_missing_histograms_are_excluded():
     })
     strategy = genfl(max_samples_per_node=10**6)
     run(strategy, grid)
-    assert strategy.client_histograms == {1: [1, 2, 3]}
+    assert strategy.survey.histograms == {1: [1, 2, 3]}
     assert strategy.global_histogram == [1, 2, 3]
     # Only the node with a valid histogram is trusted with training; the others are excluded.
     assert strategy.round_stats[1].clients_trained == 1

@@ -78,11 +78,12 @@ def test_a_client_that_sleeps_past_the_timeout_neither_holds_nor_starves_later_r
                   "reliability.straggler_cooldown_rounds=2", app_dir=faulty_app(tmp_path, {1: "sleep"}))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     rows = metrics(run_dir)["rounds"]
-    durations = [b["wall_seconds"] - a["wall_seconds"] for a, b in zip(rows, rows[1:])]
-    # Round 1 waits for the sleeper until the timeout, not an hour; rounds 2-3 go on without it;
-    # in round 4 it is asked again, and the worker it blocked in round 1 is free to serve the others.
+    # Counts, not stopwatches: round 1 waits for the sleeper until the timeout, rounds 2-3 go on
+    # without it, in round 4 it is asked again; every other node trained every round.
     assert all(r["clients_trained"] == 5 for r in rows[1:]), rows
     assert [r["clients_missing"] + r["clients_failed"] for r in rows[1:]] == [1, 0, 0, 1]
-    assert timeout - 1 <= durations[0] < timeout + 20 and durations[3] < timeout + 20, durations
-    assert durations[1] < timeout and durations[2] < timeout, durations
+    # Deadlines: the server waited for it (at least the round timeout), never for its hour of sleep.
+    assert rows[1]["round_seconds"] >= timeout - 1 and rows[-1]["wall_seconds"] < 3600 / 4, rows
+    log = proc.stdout + proc.stderr
+    assert "sits out rounds 2..3 (no reply within the round timeout)" in log
     assert_nothing_left_running(run_dir)

@@ -1,0 +1,69 @@
+"""The house rules of the code base: which layer may import which, and no import cycles at all
+(imports inside functions count: they are still dependencies)."""
+
+import ast
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PACKAGES = ("cli", "server_app", "strategy", "client_app", "generation", "torchcore", "conf")
+# What each layer may import from the project (besides itself). Lower layers never import upper ones.
+ALLOWED = {
+    "conf": set(),
+    "torchcore": set(),
+    "generation": {"torchcore", "conf"},
+    "client_app": {"torchcore"},
+    "strategy": set(),
+    "server_app": {"strategy", "generation", "torchcore", "client_app", "conf"},
+    "cli": {"server_app", "strategy", "generation", "torchcore", "client_app", "conf"},
+}
+NO_FLOWER = ("torchcore", "generation", "conf")  # plain PyTorch / diffusers: usable without Flower
+
+
+def _module(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+            found |= {f"{node.module}.{alias.name}" for alias in node.names}
+    return found
+
+
+def _graph() -> dict[str, set[str]]:
+    files = {_module(p): p for package in PACKAGES for p in (REPO / package).rglob("*.py")}
+    return {module: {i for i in _imports(path) if i in files and i != module} for module, path in files.items()}, files
+
+
+def test_each_layer_imports_only_the_layers_below_it():
+    graph, files = _graph()
+    wrong = sorted((m, i) for m, deps in graph.items() for i in deps
+                   if i.split(".")[0] != m.split(".")[0] and i.split(".")[0] not in ALLOWED[m.split(".")[0]])
+    assert wrong == []
+    flower = sorted(m for m, p in files.items() if m.split(".")[0] in NO_FLOWER
+                    and any(i.split(".")[0] == "flwr" for i in _imports(p)))
+    assert flower == []
+
+
+def test_no_module_imports_itself_through_others():
+    graph, _ = _graph()
+    cycles, state = [], {}
+
+    def visit(module, path):
+        state[module] = "open"
+        for dep in sorted(graph[module]):
+            if state.get(dep) == "open":
+                cycles.append(path[path.index(dep):] + [dep])
+            elif dep not in state:
+                visit(dep, path + [dep])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []
