@@ -23,24 +23,10 @@ from pathlib import Path
 
 import psutil
 
+from cli.run import run_processes
+
 ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = ["federation.num_clients=100", "federation.fraction_train=0.1", "num_rounds=6", "strategy=genfl"]
-
-
-def run_processes(launcher: psutil.Process, flwr_home: str) -> list[psutil.Process]:
-    found = {}
-    try:
-        for proc in [launcher, *launcher.children(recursive=True)]:
-            found[proc.pid] = proc
-    except psutil.NoSuchProcess:
-        pass
-    for proc in psutil.process_iter(["environ"]):
-        try:
-            if (proc.info["environ"] or {}).get("FLWR_HOME") == flwr_home:
-                found[proc.pid] = proc
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    return list(found.values())
 
 
 def main() -> None:
@@ -55,7 +41,7 @@ def main() -> None:
         root = psutil.Process(launcher.pid)
         while not done.is_set():
             rss, pss, sizes = 0, 0, []
-            for proc in run_processes(root, str(run_dir / "flwr-home")):
+            for proc in run_processes(root.pid, run_dir / "flwr-home"):
                 try:
                     info = proc.memory_full_info()
                     name = " ".join(proc.cmdline()[:2])[-60:]

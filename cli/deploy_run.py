@@ -19,8 +19,8 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-from cli.flwr_runs import RunError, outcome, quoted, run_status, start_run, stop_run, stream_logs
-from server_app.config import ConfigError, load_config, run_directory
+from cli.flwr_runs import RunError, outcome, run_status, start_run, stop_run, stream_logs, validated
+from server_app.config import ConfigError
 from server_app.results import RUN_CONFIG
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -82,15 +82,11 @@ def _parser() -> argparse.ArgumentParser:
 def run(connection: str, overrides: list[str], app_dir: Path = APP_DIR, federation_config: str | None = None,
         allow_insecure: bool = False) -> int:
     """Validate, start, stream, check; returns the process exit code."""
-    try:
-        cfg = load_config(overrides)
+    try:  # output.dir is made absolute here: run this on the ServerApp's machine, or pass a path there
+        cfg, run_dir, overrides = validated(overrides)
     except ConfigError as err:
         print(f"{PROG}: config error: {err}", file=sys.stderr)
         return 2
-    # Absolute, so the ServerApp writes where this command says (run it on the ServerApp's machine, or
-    # pass output.dir as a path there); quoted, as genfl-run does, so '=' or ',' in it reach the ServerApp.
-    run_dir = run_directory(cfg)
-    overrides = [*overrides, f"output.dir={quoted(run_dir)}"]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     try:
         check_transport(connection, connection_settings(connection), allow_insecure)

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from server_app.config import load_config, run_directory
 from server_app.results import METRICS, CorruptFileError, read_json
 
 COMPLETED = "finished:completed"
@@ -113,3 +114,11 @@ def quoted(path: Path) -> str:
     """A path as a Hydra override value: quoted, since a sweep's job folders hold '=' and ','."""
     text = str(path)
     return f"'{text}'" if "'" not in text else '"' + text.replace('"', '\\"') + '"'
+
+
+def validated(overrides: list[str]) -> tuple:
+    """(config, results folder, overrides with that folder pinned): composed and checked before
+    anything starts (`ConfigError` otherwise); the folder is quoted so '=' or ',' in it survive."""
+    cfg = load_config(overrides)
+    run_dir = run_directory(cfg)
+    return cfg, run_dir, [*overrides, f"output.dir={quoted(run_dir)}"]

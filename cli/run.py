@@ -19,8 +19,8 @@ from pathlib import Path
 
 import psutil
 
-from cli.flwr_runs import RunError, flower_env, outcome, quoted, run_status, start_run, stream_logs
-from server_app.config import ConfigError, load_config, run_directory
+from cli.flwr_runs import RunError, flower_env, outcome, run_status, start_run, stream_logs, validated
+from server_app.config import ConfigError
 from server_app.results import FLWR_HOME, RUN_CONFIG, SUPERLINK_LOG
 
 APP_DIR = Path(__file__).resolve().parents[1]
@@ -44,12 +44,12 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout: float) -> None
     raise RuntimeError(f"flower-superlink did not listen on port {port} within {timeout}s")
 
 
-def _run_processes(process: subprocess.Popen, flwr_home: Path) -> list[psutil.Process]:
-    """The SuperLink's process tree plus anything else carrying this run's private FLWR_HOME
+def run_processes(root_pid: int, flwr_home: Path) -> list[psutil.Process]:
+    """The process tree under ``root_pid`` plus anything else carrying this run's private FLWR_HOME
     (Ray workers can outlive or leave the tree while it is torn down)."""
     found = {}
     try:
-        root = psutil.Process(process.pid)
+        root = psutil.Process(root_pid)
         for proc in [root, *root.children(recursive=True)]:
             found[proc.pid] = proc
     except psutil.NoSuchProcess:
@@ -70,7 +70,7 @@ def _stop(process: subprocess.Popen, flwr_home: Path) -> None:
     Collected by tree and by FLWR_HOME, not by process group: some of them start their own sessions.
     """
     for _ in range(3):
-        procs = _run_processes(process, flwr_home)
+        procs = run_processes(process.pid, flwr_home)
         if not procs:
             break
         for proc in procs:
@@ -117,12 +117,10 @@ def run(overrides: list[str]) -> int:
             if len(overrides) != 2:
                 raise ConfigError("usage: genfl-run --resume <results folder> (the run's own settings are reused)")
             overrides = resume_overrides(overrides[1])
-        cfg = load_config(overrides)
+        cfg, run_dir, overrides = validated(overrides)
     except ConfigError as err:
         print(f"genfl-run: config error: {err}", file=sys.stderr)
         return 2
-    run_dir = run_directory(cfg)
-    overrides = [*overrides, f"output.dir={quoted(run_dir)}"]
     flwr_home = run_dir / FLWR_HOME
     flwr_home.mkdir(parents=True, exist_ok=True)
     port = _free_port()
