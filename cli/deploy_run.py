@@ -19,11 +19,10 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-from cli.flwr_runs import RunError, outcome, run_status, start_run, stop_run, stream_logs, validated
+from cli.flwr_runs import RunError, flower_app, outcome, run_status, start_run, stop_run, stream_logs, validated
 from server_app.config import ConfigError
 from server_app.results import RUN_CONFIG
 
-APP_DIR = Path(__file__).resolve().parents[1]
 PROG = "genfl-deploy-run"
 
 
@@ -73,13 +72,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Run GenFL on a SuperLink connection; exit non-zero if the run failed.")
     parser.add_argument("connection", help="a [superlink.NAME] connection in $FLWR_HOME/config.toml")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for genfl-run (num_rounds=10 nodes.expected=3 ...)")
-    parser.add_argument("--app", type=Path, default=APP_DIR, help="the Flower app folder (default: this checkout)")
+    parser.add_argument("--app", type=Path, default=None, help="the Flower app folder (default: this checkout or installation)")
     parser.add_argument("--federation-config", default=None, help="passed to `flwr run` (simulation SuperLinks only)")
     parser.add_argument("--insecure", action="store_true", help="allow an insecure (plain HTTP) connection to another machine")
     return parser
 
 
-def run(connection: str, overrides: list[str], app_dir: Path = APP_DIR, federation_config: str | None = None,
+def run(connection: str, overrides: list[str], app_dir: Path | None = None, federation_config: str | None = None,
         allow_insecure: bool = False) -> int:
     """Validate, start, stream, check; returns the process exit code."""
     try:  # output.dir is made absolute here: run this on the ServerApp's machine, or pass a path there
@@ -99,7 +98,8 @@ def run(connection: str, overrides: list[str], app_dir: Path = APP_DIR, federati
         with tempfile.TemporaryDirectory(prefix="genfl-run-config-") as tmp:
             run_config = Path(tmp) / RUN_CONFIG
             run_config.write_text(f"overrides = {json.dumps(json.dumps(overrides))}\n")
-            run_id = start_run(app_dir, connection, run_config, env, federation_config=federation_config)
+            app = app_dir or flower_app(Path(tmp))
+            run_id = start_run(app, connection, run_config, env, federation_config=federation_config)
         print(f"{PROG}: started run {run_id} on {connection}; results will be in {run_dir}", flush=True)
         stream_logs(run_id, connection, env)
         status, details = run_status(run_id, connection, env)

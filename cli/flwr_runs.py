@@ -122,3 +122,28 @@ def validated(overrides: list[str]) -> tuple:
     cfg = load_config(overrides)
     run_dir = run_directory(cfg)
     return cfg, run_dir, [*overrides, f"output.dir={quoted(run_dir)}"]
+
+
+SOURCE_TREE = Path(__file__).resolve().parents[1]
+
+
+def flower_app(workdir: Path) -> Path:
+    """The folder `flwr run` gets: this source checkout, or, for an installed wheel (no checkout
+    around it), a folder holding only a pyproject.toml that names the installed ServerApp and
+    ClientApp: the app is then imported from the installation."""
+    pyproject = SOURCE_TREE / "pyproject.toml"
+    if pyproject.is_file() and "[tool.flwr.app]" in pyproject.read_text():
+        return SOURCE_TREE
+    from importlib.metadata import version
+
+    from server_app.config import RUN_CONFIG_KEYS
+
+    folder = workdir / "flwr-app"
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = "\n".join(f'{key} = ""' for key in [*RUN_CONFIG_KEYS, "overrides"])
+    (folder / "pyproject.toml").write_text(
+        f'[project]\nname = "genfl"\nversion = "{version("genfl")}"\ndependencies = []\n\n'
+        '[tool.flwr.app]\npublisher = "genfl"\n\n[tool.flwr.app.components]\n'
+        'serverapp = "server_app.app:app"\nclientapp = "client_app.app:app"\n\n'
+        f"[tool.flwr.app.config]\n{keys}\n")
+    return folder

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import psutil
 
-from cli.flwr_runs import RunError, flower_env, outcome, run_status, start_run, stream_logs, validated
+from cli.flwr_runs import RunError, flower_app, flower_env, outcome, run_status, start_run, stream_logs, validated
 from server_app.config import ConfigError
 from server_app.results import FLWR_HOME, RUN_CONFIG, SUPERLINK_LOG
 
-APP_DIR = Path(__file__).resolve().parents[1]
 
 
 def _free_port() -> int:
@@ -142,7 +141,7 @@ def run(overrides: list[str]) -> int:
         _wait_for_port(port, superlink, timeout=60)
         run_config = run_dir / RUN_CONFIG
         run_config.write_text(f"overrides = {json.dumps(json.dumps(overrides))}\n")
-        run_id = start_run(APP_DIR, "genfl", run_config, env, federation_config=simulation_config(cfg))
+        run_id = start_run(flower_app(run_dir), "genfl", run_config, env, federation_config=simulation_config(cfg))
         stream_logs(run_id, "genfl", env)
         status, details = run_status(run_id, "genfl", env)
     except RunError as err:
