@@ -17,7 +17,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from server_app.config import load_config  # noqa: E402
-from strategy.aggregation import sample_weights, weighted_mix  # noqa: E402
+from strategy.aggregation import weighted_mix  # noqa: E402
 from torchcore.data import load_splits  # noqa: E402
 from torchcore.model import build_resnet18, seeded_model  # noqa: E402
 from torchcore.partition import dirichlet_partitions  # noqa: E402
@@ -50,7 +50,7 @@ def run(overrides: list[str]) -> dict:
             train(worker, federation.subset(parts[cid]), settings, device, seed=cfg.seed * 1_000_003 + server_round * 1_009 + cid)
             states.append(state_to_numpy(worker))
             counts.append(len(parts[cid]))
-        global_state = weighted_mix(states, sample_weights(counts))
+        global_state = weighted_mix(states, [n / sum(counts) for n in counts])  # FedAvg's rho_n
         load_numpy_state(model, global_state)
         loss, accuracy = evaluate(model, test, device, cfg.server.eval_batch_size)
         rows.append({"round": server_round, "test_accuracy": accuracy, "test_loss": loss,

@@ -40,14 +40,6 @@ def weighted_mix(states: Sequence[dict[str, np.ndarray]], weights: Sequence[floa
     return mixed
 
 
-def sample_weights(num_examples: Sequence[int]) -> list[float]:
-    """rho_n = n_n / sum n: each client's share of the samples that trained this round."""
-    total = float(sum(num_examples))
-    if total <= 0:
-        raise ValueError("clients reported no training samples")
-    return [n / total for n in num_examples]
-
-
 def like(state: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Cast a base strategy's output back to the global model's dtypes (averaging makes counters float)."""
     out = {}

@@ -6,6 +6,7 @@ It serves the honest handlers of client_app/app.py and then applies the fault th
   raise      training raises                       inflate   num-examples 10^12 and weights x 1000
   scale      weights x 1000, honest num-examples   histogram a histogram of 10^15 class-0 images
   sleep      training sleeps for an hour first
+  stall2     honest in round 1, sleeps for an hour from round 2 (a run that stops after round 1, for sure)
 and for evaluation (combined with a training fault by "+", e.g. "nan+eval_records"):
   eval_records  two MetricRecords           eval_nan      a NaN loss
   eval_inflate  num-examples 10^12
@@ -52,10 +53,10 @@ def train(msg: Message, context: Context) -> Message:
     fault = _fault(context)
     if fault == "raise":
         raise RuntimeError("injected fault: this client always fails")
-    if fault == "sleep":
+    if fault == "sleep" or (fault == "stall2" and msg.content["config"]["server-round"] >= 2):
         time.sleep(3600)
     reply = train_locally(msg, context)
-    if fault in (None, "histogram", "sleep"):
+    if fault in (None, "histogram", "sleep", "stall2"):
         return reply
     arrays = reply.content["arrays"]
     state = dict(zip(arrays.keys(), arrays.to_numpy_ndarrays()))

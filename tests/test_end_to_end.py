@@ -11,6 +11,7 @@ Each run gets its own FLWR_HOME and ports; every test checks that nothing it sta
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import signal
 import subprocess
@@ -21,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from sim import REPO, assert_nothing_left_running, comparable, launch, metrics
+from sim import REPO, assert_nothing_left_running, comparable, faulty_app, launch, metrics
 
 CLIENTS = ("federation.num_clients=3", "client.local_epochs=1")
 
@@ -84,12 +85,16 @@ def test_another_seed_gives_other_numbers(runs):
 
 
 def _killed_after_round_1(runs):
-    """genfl A's command, stopped with SIGTERM once round 1 is checkpointed, then resumed."""
+    """genfl A's command, stopped with SIGTERM after round 1, then resumed. Its ClientApps stall from
+    round 2 on (tests/faulty_client_app.py, "stall2"), so the signal always lands in round 2: no race
+    between the signal and the round. The resumed run uses the honest app."""
     run_dir = runs.base / "K"
     if not (run_dir / "resumed.json").exists():
+        app_dir = faulty_app(runs.base / "K-app", {p: "stall2" for p in range(3)})
         command = [sys.executable, "-m", "cli.run", f"output.dir={run_dir}", *CLIENTS,
                    f"generation.cache_dir={runs.cache}", "generation.per_class=20", *GENFL_A]
-        launcher = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        launcher = subprocess.Popen(command, cwd=app_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    env=dict(os.environ, PYTHONPATH=str(app_dir)))
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and launcher.poll() is None:
             if (run_dir / "checkpoint" / "latest.pkl").exists() and len(metrics(run_dir)["rounds"]) >= 2:

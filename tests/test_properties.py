@@ -1,6 +1,5 @@
 """Property-based tests (hypothesis) for histogram validation, generation planning and aggregation."""
 
-import math
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -10,7 +9,7 @@ from hypothesis import strategies as st
 
 from generation.planning import plan_generation, requested_images
 from local_grid import LocalGrid
-from strategy.aggregation import sample_weights, weighted_mix
+from strategy.aggregation import weighted_mix
 from conf_defaults import reliability
 from strategy.genfl import GenFL
 from strategy.histograms import capped_histograms, histogram_problem, node_cap
@@ -60,13 +59,6 @@ def test_plans_cover_every_class_with_non_negative_counts_within_the_budget(hist
 def test_balance_lifts_every_class_to_the_largest(histogram):
     plan = plan_generation(histogram, "balance")
     assert {histogram[c] + n for c, n in plan.items()} == {max(histogram)}
-
-
-@given(st.lists(st.integers(1, 10**9), min_size=1, max_size=30))
-def test_sample_weights_are_proportional_and_sum_to_one(num_examples):
-    weights = sample_weights(num_examples)
-    assert math.isclose(sum(weights), 1.0, rel_tol=1e-12)
-    assert all(math.isclose(w * sum(num_examples), n, rel_tol=1e-9) for w, n in zip(weights, num_examples))
 
 
 arrays = st.lists(st.floats(-1e3, 1e3, allow_nan=False, width=32), min_size=1, max_size=6)
