@@ -242,7 +242,8 @@ def main() -> None:
         from generation.class_conditional import ClassConditionalGenerator
 
         conf = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "generator" / "class_conditional.yaml"), resolve=True)
-        digits = ClassConditionalGenerator.from_config(conf, pretraining=None)
+        digits = ClassConditionalGenerator.from_config({**conf, "pretrain_if_missing": False},
+                                                       OmegaConf.load(ROOT / "conf" / "dataset" / "digits.yaml"))
         figures["cache_class_conditional_digits"] = cache(digits, {c: 100 for c in range(10)}, device)
         figures["augmented_training_digits"] = training(device, shape=(1, 8, 8), n=1_000, batch=16, epochs=1, repeats=args.repeats)
         figures["client_training_digits"] = training(device, shape=(1, 8, 8), n=54, batch=16, epochs=1, repeats=args.repeats)

@@ -1,304 +1,74 @@
 """Class-conditional diffusion on 8x8 digits from diffusers parts: the offline stand-in for a pretrained model.
 
-A small ``UNet2DModel`` with one embedding per class (plus a null class for optional guidance) is
-pretrained with the DDPM noise-prediction loss on a corpus disjoint from all client data and sampled
-with DDIM. Weights live in a safetensors file with a JSON record of how they were made next to it.
+Sampling: the ``UNet2DModel`` that generation/pretrain.py defines and trains (one embedding per
+class plus a null class for optional guidance), loaded from its weights folder (diffusers'
+``save_pretrained`` layout plus record.json) and denoised with DDIM.
 """
 
 from __future__ import annotations
 
-import copy
-import hashlib
 import importlib.metadata
 import json
 import logging
-import math
 import os
-import time
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from diffusers import DDIMScheduler, DDPMScheduler, UNet2DModel
-from omegaconf import OmegaConf
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
-from tqdm.auto import tqdm
+from diffusers import DDIMScheduler, UNet2DModel
 
+from generation.base import backend_settings, checked_plan
+from generation.cache import file_sha256, runtime_fingerprint
+from generation.pretrain import (
+    CONFIG_NAME,
+    IMAGE_SHAPE,
+    RECORD_FORMAT,
+    RECORD_NAME,
+    WEIGHTS_NAME,
+    Architecture,
+    Pretraining,
+    pretrain_on_corpus,
+    pretraining_settings,
+    save_weights,
+    training_scheduler,
+)
 from torchcore.train import resolve_device
-
-from generation.cache import runtime_fingerprint
-from generation.corpora import build_corpus
 
 logger = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE_WEIGHTS = Path("generation") / "weights"  # the committed weights, relative to a checkout or install
-RECORD_FORMAT = "genfl-class-conditional/1"
-IMAGE_SHAPE = (1, 8, 8)  # the model works at the digits' native resolution
+SETTINGS = ("corpus", "weights", "weights_dir", "pretrain_if_missing", "architecture", "sampling_steps",
+            "guidance_scale", "batch_size", "device")  # conf/generator/class_conditional.yaml, less `backend`
 
 
-@dataclass(frozen=True)
-class Architecture:
-    """What the weights file must match: the UNet's shape and the training noise schedule."""
-
-    block_out_channels: tuple[int, ...]
-    attention: tuple[bool, ...]  # self-attention per resolution level, highest resolution first
-    layers_per_block: int
-    norm_num_groups: int
-    num_classes: int
-    num_train_timesteps: int
-    beta_schedule: str
-
-    @classmethod
-    def from_mapping(cls, config: Mapping) -> Architecture:
-        architecture = cls(
-            block_out_channels=tuple(int(c) for c in config["block_out_channels"]),
-            attention=tuple(bool(a) for a in config["attention"]),
-            layers_per_block=int(config["layers_per_block"]),
-            norm_num_groups=int(config["norm_num_groups"]),
-            num_classes=int(config["num_classes"]),
-            num_train_timesteps=int(config["num_train_timesteps"]),
-            beta_schedule=str(config["beta_schedule"]),
-        )
-        if len(architecture.attention) != len(architecture.block_out_channels):
-            raise ValueError("architecture.attention needs one entry per entry of block_out_channels.")
-        if any(c % architecture.norm_num_groups for c in architecture.block_out_channels):
-            raise ValueError("architecture.norm_num_groups must divide every entry of block_out_channels.")
-        return architecture
-
-    def to_dict(self) -> dict:
-        return {key: list(value) if isinstance(value, tuple) else value for key, value in asdict(self).items()}
-
-
-@dataclass(frozen=True)
-class Pretraining:
-    """How to pretrain when the weights are missing: corpus size/split and the optimisation settings."""
-
-    steps: int
-    batch_size: int
-    learning_rate: float
-    ema_decay: float
-    class_dropout: float  # share of training labels replaced by the null class (0 = no guidance possible)
-    seed: int
-    corpus_size: int  # rendered corpora only; digits-public is the whole public share
-    split_seed: int
-    test_fraction: float
-    public_fraction: float
-
-    @classmethod
-    def from_mapping(cls, config: Mapping) -> Pretraining:
-        return cls(
-            steps=int(config["steps"]),
-            batch_size=int(config["batch_size"]),
-            learning_rate=float(config["learning_rate"]),
-            ema_decay=float(config["ema_decay"]),
-            class_dropout=float(config["class_dropout"]),
-            seed=int(config["seed"]),
-            corpus_size=int(config["corpus_size"]),
-            split_seed=int(config["split_seed"]),
-            test_fraction=float(config["test_fraction"]),
-            public_fraction=float(config["public_fraction"]),
-        )
-
-    @classmethod
-    def from_conf_file(cls, dataset: Mapping) -> Pretraining:
-        """The ``pretrain`` settings of conf/pretrain.yaml, with the split of ``dataset`` (a dataset config node).
-
-        For callers outside the pretrain command (the server's pretrain-on-first-use), so that the
-        settings have one home and the corpus split is always the federation's own.
-        """
-        if OmegaConf.is_config(dataset):
-            dataset = OmegaConf.to_container(dataset, resolve=True)
-        settings = OmegaConf.load(REPO_ROOT / "conf" / "pretrain.yaml")["pretrain"]
-        return cls.from_mapping(OmegaConf.create({"dataset": dict(dataset), "pretrain": settings})["pretrain"])
-
-
-def build_unet(architecture: Architecture) -> UNet2DModel:
-    """A randomly initialised UNet at 8x8 with ``num_classes + 1`` class embeddings (the last is 'no class')."""
-    return UNet2DModel(
-        sample_size=IMAGE_SHAPE[1],
-        in_channels=IMAGE_SHAPE[0],
-        out_channels=IMAGE_SHAPE[0],
-        block_out_channels=architecture.block_out_channels,
-        layers_per_block=architecture.layers_per_block,
-        down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in architecture.attention),
-        up_block_types=tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(architecture.attention)),
-        norm_num_groups=architecture.norm_num_groups,
-        num_class_embeds=architecture.num_classes + 1,
-    )
-
-
-def training_scheduler(architecture: Architecture) -> DDPMScheduler:
-    return DDPMScheduler(
-        num_train_timesteps=architecture.num_train_timesteps,
-        beta_schedule=architecture.beta_schedule,
-        prediction_type="epsilon",
-        clip_sample=True,
-    )
-
-
-def pretrain(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    architecture: Architecture,
-    pretraining: Pretraining,
-    device: torch.device,
-    progress: bool = True,
-) -> UNet2DModel:
-    """DDPM noise-prediction training with AdamW; returns the EMA of the weights (in eval mode).
-
-    ``images`` are ``(N, 1, 8, 8)`` in [0, 1], ``labels`` int64 in ``[0, num_classes)``.
-    """
-    if images.shape[1:] != IMAGE_SHAPE:
-        raise ValueError(f"pretrain expects images of shape (N, {', '.join(map(str, IMAGE_SHAPE))}), got {tuple(images.shape)}.")
-    if labels.min() < 0 or labels.max() >= architecture.num_classes:
-        raise ValueError(f"labels must lie in [0, {architecture.num_classes}).")
-    with torch.enable_grad():  # also when called from inside generate()'s no_grad
-        return _train(images, labels, architecture=architecture, pretraining=pretraining, device=device, progress=progress)
-
-
-def _train(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    architecture: Architecture,
-    pretraining: Pretraining,
-    device: torch.device,
-    progress: bool,
-) -> UNet2DModel:
-    with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
-        torch.manual_seed(pretraining.seed)
-        unet = build_unet(architecture).to(device).train()
-    ema = copy.deepcopy(unet).eval().requires_grad_(False)
-    scheduler = training_scheduler(architecture)
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=pretraining.learning_rate)
-    # Cosine decay to zero: the last steps refine instead of jumping around the noisy optimum.
-    lr_schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, pretraining.steps) / pretraining.steps))
-    )
-    data = images.to(device) * 2.0 - 1.0
-    targets = labels.to(device)
-    null_class = architecture.num_classes
-    batches = torch.Generator(device="cpu").manual_seed(pretraining.seed)
-
-    bar = tqdm(range(pretraining.steps), desc="pretrain generator", disable=not progress, unit="step")
-    running_loss = None
-    for step in bar:
-        index = torch.randint(len(data), (pretraining.batch_size,), generator=batches).to(device)
-        clean, classes = data[index], targets[index]
-        noise = torch.randn(clean.shape, generator=batches).to(device)
-        timesteps = torch.randint(scheduler.config.num_train_timesteps, (len(index),), generator=batches).to(device)
-        dropped = torch.rand(len(index), generator=batches).to(device) < pretraining.class_dropout
-        classes = torch.where(dropped, torch.full_like(classes, null_class), classes)
-
-        predicted = unet(scheduler.add_noise(clean, noise, timesteps), timesteps, class_labels=classes).sample
-        loss = F.mse_loss(predicted, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        lr_schedule.step()
-
-        # EMA with warm-up, so that short runs are not dominated by the random initialisation.
-        decay = min(pretraining.ema_decay, (1 + step) / (10 + step))
-        with torch.no_grad():
-            torch._foreach_lerp_(list(ema.parameters()), list(unet.parameters()), 1.0 - decay)
-        running_loss = loss.item() if running_loss is None else 0.98 * running_loss + 0.02 * loss.item()
-        if step % 50 == 0 or step == pretraining.steps - 1:
-            bar.set_postfix(loss=f"{running_loss:.4f}")
-    return ema
-
-
-def pretraining_corpus(corpus: str, pretraining: Pretraining) -> tuple[torch.Tensor, torch.Tensor]:
-    return build_corpus(
-        corpus,
-        seed=pretraining.seed,
-        size=pretraining.corpus_size,
-        split_seed=pretraining.split_seed,
-        test_fraction=pretraining.test_fraction,
-        public_fraction=pretraining.public_fraction,
-    )
-
-
-def pretrain_on_corpus(
-    corpus: str, *, architecture: Architecture, pretraining: Pretraining, device: torch.device, progress: bool = True
-) -> tuple[UNet2DModel, dict]:
-    """Build the corpus, pretrain on it; return the EMA model and the record to save next to its weights."""
-    images, labels = pretraining_corpus(corpus, pretraining)
-    started = time.perf_counter()
-    unet = pretrain(images, labels, architecture=architecture, pretraining=pretraining, device=device, progress=progress)
-    record = {
-        "format": RECORD_FORMAT,
-        "architecture": architecture.to_dict(),
-        "corpus": {"name": corpus, "num_images": len(images)},
-        "pretraining": asdict(pretraining),
-        "parameters": sum(p.numel() for p in unet.parameters()),
-        "pretraining_seconds": round(time.perf_counter() - started, 1),
-        "device": str(device),
-        "versions": {"torch": torch.__version__, "diffusers": _diffusers_version()},
-    }
-    return unet, record
-
-
-def save_weights(unet: UNet2DModel, path: Path, record: dict) -> dict:
-    """Write the weights as fp16 safetensors and ``record`` (plus the file's sha256) as JSON beside it.
-
-    Both files are written to temporaries first, so an interrupted save never leaves a half file.
-    """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    state = {name: tensor.detach().to("cpu", torch.float16).contiguous() for name, tensor in unet.state_dict().items()}
-    partial = path.with_name(path.name + ".partial")
-    save_file(state, str(partial), metadata={"format": RECORD_FORMAT})
-    os.chmod(partial, 0o644)  # safetensors writes owner-only files; weights are meant to be shared
-    record = {**record, "dtype": "float16", "weights_sha256": _sha256(partial)}
-    record_partial = path.with_name(path.stem + ".json.partial")
-    record_partial.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(partial, path)
-    os.replace(record_partial, record_path(path))
-    return record
-
-
-def load_weights(path: Path, architecture: Architecture) -> tuple[UNet2DModel, dict]:
-    """The model in ``path`` (fp32, eval mode) and its record; a clear error if anything does not match."""
-    if not path.is_file():
-        raise FileNotFoundError(f"No generator weights at {path}.")
-    if not record_path(path).is_file():
-        raise ValueError(
-            f"Generator weights {path} have no record {record_path(path).name} beside them; "
-            "pretrain again with `python -m generation.pretrain`."
-        )
-    record = json.loads(record_path(path).read_text())
+def load_weights(folder: Path, architecture: Architecture) -> tuple[UNet2DModel, dict]:
+    """The model in ``folder`` (fp32, eval mode) and its record; a clear error if anything does not match."""
+    record_file = folder / RECORD_NAME
+    if not record_file.is_file():
+        raise ValueError(f"Generator weights {folder} have no {RECORD_NAME}; pretrain again with `python -m generation.pretrain`.")
+    record = json.loads(record_file.read_text())
     if record.get("format") != RECORD_FORMAT:
-        raise ValueError(f"{record_path(path)} is not a {RECORD_FORMAT} record.")
-    if record.get("weights_sha256") != _sha256(path):
+        raise ValueError(f"{record_file} is not a {RECORD_FORMAT} record.")
+    weights = folder / WEIGHTS_NAME
+    if not weights.is_file() or record.get("weights_sha256") != file_sha256(weights):
         raise ValueError(
-            f"Generator weights {path} do not match the sha256 in {record_path(path).name} (changed or truncated); "
-            "delete both files or pretrain again with `python -m generation.pretrain`."
+            f"Generator weights {weights} do not match the sha256 in {RECORD_NAME} (changed, truncated or missing); "
+            "delete the folder or pretrain again with `python -m generation.pretrain`."
         )
     if record["architecture"] != architecture.to_dict():
         raise ValueError(
-            f"Generator weights {path} were trained for architecture {record['architecture']}, "
+            f"Generator weights {folder} were trained for architecture {record['architecture']}, "
             f"but the config asks for {architecture.to_dict()}: change the config or pretrain again."
         )
-    try:
-        state = load_file(str(path))
-    except SafetensorError as error:
-        raise ValueError(f"Generator weights {path} are not a readable safetensors file: {error}") from error
-    unet = build_unet(architecture)
-    try:
-        unet.load_state_dict({name: tensor.float() for name, tensor in state.items()}, strict=True)
-    except RuntimeError as error:
-        raise ValueError(f"Generator weights {path} do not fit the configured UNet: {error}") from error
+    try:  # the fp16 file widened to fp32, exactly
+        unet = UNet2DModel.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ValueError(f"Generator weights {folder} are not a loadable diffusers UNet2DModel folder: {error}") from error
     return unet.eval().requires_grad_(False), record
-
-
-def record_path(weights: Path) -> Path:
-    return weights.with_suffix(".json")
 
 
 def package_weights_dirs() -> list[Path]:
@@ -321,8 +91,8 @@ def package_weights_dirs() -> list[Path]:
 
 
 def weights_candidates(weights: str | os.PathLike, weights_dir: str | os.PathLike | None) -> list[Path]:
-    """Where ``weights`` may be, in search order: an absolute path is itself; a relative one is looked
-    up in ``weights_dir`` (the ``generator.weights_dir`` cache), then in the package's ``generation/weights/``."""
+    """Where the ``weights`` folder may be, in search order: an absolute path is itself; a relative one is
+    looked up in ``weights_dir`` (the ``generator.weights_dir`` cache), then in the package's ``generation/weights/``."""
     path = Path(weights).expanduser()
     if path.is_absolute():
         return [path]
@@ -331,9 +101,14 @@ def weights_candidates(weights: str | os.PathLike, weights_dir: str | os.PathLik
 
 
 def resolve_weights_path(weights: str | os.PathLike, weights_dir: str | os.PathLike | None = None) -> Path:
-    """The first existing candidate, else the first one (where pretraining on first use writes)."""
+    """The first candidate that holds weights, else the first one (where pretraining on first use writes)."""
     candidates = weights_candidates(weights, weights_dir)
-    return next((path for path in candidates if path.is_file()), candidates[0])
+    return next((path for path in candidates if has_weights(path)), candidates[0])
+
+
+def has_weights(folder: Path) -> bool:
+    """Whether ``folder`` holds a weights file (a FAB carries the folder's JSON files but not the weights)."""
+    return (folder / WEIGHTS_NAME).is_file()
 
 
 class ClassConditionalGenerator:
@@ -342,8 +117,8 @@ class ClassConditionalGenerator:
     The images of a class depend only on ``(seed, c, plan[c])``: each class starts from its own seeded
     noise and is denoised in its own batches, so adding or removing other classes changes nothing.
     ``guidance_scale <= 1`` samples the plain conditional model (no classifier-free guidance).
-    Weights load on first use; if they are missing and ``pretraining`` is given, the model is
-    pretrained then and cached at ``weights``.
+    Weights load on first use; if they are missing and ``pretraining`` is given (it returns the
+    settings, and is called only then), the model is pretrained then and saved at ``weights``.
     """
 
     def __init__(
@@ -356,7 +131,7 @@ class ClassConditionalGenerator:
         guidance_scale: float,
         batch_size: int,
         device: str,
-        pretraining: Pretraining | None,
+        pretraining: Callable[[], Pretraining] | None,
         weights_dir: str | os.PathLike | None = None,
     ):
         if sampling_steps < 1:
@@ -367,6 +142,9 @@ class ClassConditionalGenerator:
             raise ValueError(f"guidance_scale must be >= 0 (<= 1 means unguided), got {guidance_scale}.")
         self.weights_candidates = weights_candidates(weights, weights_dir)
         self.weights_path = resolve_weights_path(weights, weights_dir)
+        if self.weights_path.is_file():
+            raise ValueError(f"generator.weights {self.weights_path} is a file, but weights are a diffusers model folder "
+                             f"({CONFIG_NAME}, {WEIGHTS_NAME}, {RECORD_NAME}): point it at one, or pretrain again.")
         self.corpus = corpus
         self.architecture = architecture if isinstance(architecture, Architecture) else Architecture.from_mapping(architecture)
         self.sampling_steps = int(sampling_steps)
@@ -379,27 +157,23 @@ class ClassConditionalGenerator:
         self.image_shape = IMAGE_SHAPE
         self._unet: UNet2DModel | None = None
         self._record: dict | None = None
+        self._fingerprint: dict | None = None
 
     @classmethod
-    def from_config(cls, config: Mapping, pretraining: Pretraining | None) -> ClassConditionalGenerator:
-        """From the ``generator`` config node (conf/generator/class_conditional.yaml)."""
-        if config["backend"] != "class_conditional":
-            raise ValueError(f"Config is for generator backend {config['backend']!r}, not 'class_conditional'.")
-        return cls(
-            weights=config["weights"],
-            weights_dir=config.get("weights_dir"),
-            corpus=config["corpus"],
-            architecture=Architecture.from_mapping(config["architecture"]),
-            sampling_steps=config["sampling_steps"],
-            guidance_scale=config["guidance_scale"],
-            batch_size=config["batch_size"],
-            device=config["device"],
-            pretraining=pretraining if config["pretrain_if_missing"] else None,
-        )
+    def from_config(cls, generator_cfg: Mapping, dataset_cfg: Mapping) -> ClassConditionalGenerator:
+        """From conf/generator/class_conditional.yaml; pretraining on first use takes conf/pretrain.yaml's
+        settings (a Hydra compose, only if it happens) on the split of ``dataset_cfg``."""
+        settings = backend_settings(generator_cfg, "class_conditional", SETTINGS)
+
+        def pretraining() -> Pretraining:
+            return pretraining_settings(dataset_cfg)
+
+        return cls(**{key: value for key, value in settings.items() if key != "pretrain_if_missing"},
+                   pretraining=pretraining if settings["pretrain_if_missing"] else None)
 
     @property
     def record(self) -> dict:
-        """How the weights were made (the JSON beside them)."""
+        """How the weights were made (their record.json); loads them."""
         self._load()
         return self._record
 
@@ -407,33 +181,41 @@ class ClassConditionalGenerator:
         """Everything but plan and seed that determines the images, the machine's part included
         (device type, dtype, library versions: a CPU run must not load a GPU run's entry).
 
-        Needs the weights' record but not the model on the device: a cache hit touches no GPU.
+        From the configuration and the sha256 of the weights' files: no model is loaded. Weights that
+        will be pretrained on first use are keyed on what pretraining will do (its settings); once
+        written, later runs key on their hash (so the first run's images are made once more).
+        Missing weights that will not be pretrained are the missing-weights error, as in ``generate``.
         """
-        self._load()
-        return {
-            "backend": "class_conditional",
-            "weights_sha256": self._record["weights_sha256"],
-            "corpus": self._record["corpus"]["name"],
-            "sampler": "ddim",
-            "eta": 0.0,
-            "timestep_spacing": "trailing",
-            "sampling_steps": self.sampling_steps,
-            "guidance_scale": self.guidance_scale if self._guided else 1.0,
-            "image_shape": list(IMAGE_SHAPE),
-            **runtime_fingerprint(self.device, self.dtype),
-        }
+        if self._fingerprint is None:  # once per generator: a run keys all its lookups alike
+            if has_weights(self.weights_path):
+                weights = {"sha256": {name: file_sha256(self.weights_path / name) for name in (CONFIG_NAME, WEIGHTS_NAME)}}
+            elif self.pretraining is None:
+                raise self._missing_weights_error()
+            else:
+                weights = {"pretrained_on_first_use": asdict(self.pretraining()), "architecture": self.architecture.to_dict()}
+            self._fingerprint = {
+                "backend": "class_conditional",
+                "weights": weights,
+                "corpus": self.corpus,
+                "sampler": "ddim",
+                "eta": 0.0,
+                "timestep_spacing": "trailing",
+                "sampling_steps": self.sampling_steps,
+                "guidance_scale": self.guidance_scale if self._guided else 1.0,
+                "image_shape": list(IMAGE_SHAPE),
+                **runtime_fingerprint(self.device, self.dtype),
+            }
+        return self._fingerprint
 
     @torch.no_grad()
     def generate(self, plan: Mapping[int, int], *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        counts = self._check_plan(plan)
+        counts = checked_plan(plan, self.num_classes)
         if seed < 0:
             raise ValueError(f"seed must be >= 0, got {seed}.")
         self._load()
-        self._unet.to(self.device)  # here, not in _load: a fingerprint (a cache hit) needs no device
+        self._unet.to(self.device)
         images, labels = [], []
-        for class_index, count in sorted(counts.items()):
-            if count == 0:
-                continue
+        for class_index, count in counts.items():
             noise = torch.randn((count, *IMAGE_SHAPE), generator=torch.Generator().manual_seed(_class_seed(seed, class_index)))
             for chunk in noise.split(self.batch_size):
                 images.append(self._denoise(chunk.to(self.device), class_index).cpu())
@@ -459,37 +241,25 @@ class ClassConditionalGenerator:
             latents = self._sampler.step(noise, timestep, latents, eta=0.0).prev_sample
         return ((latents + 1.0) / 2.0).clamp(0.0, 1.0).float()
 
-    def _check_plan(self, plan: Mapping[int, int]) -> dict[int, int]:
-        counts = {}
-        for class_index, count in plan.items():
-            if not 0 <= int(class_index) < self.num_classes:
-                raise ValueError(f"plan names class {class_index}, but the generator knows classes 0..{self.num_classes - 1}.")
-            if int(count) < 0:
-                raise ValueError(f"plan asks for {count} images of class {class_index}; counts must be >= 0.")
-            counts[int(class_index)] = int(count)
-        return counts
+    def _missing_weights_error(self) -> FileNotFoundError:
+        looked = ", ".join(str(path) for path in self.weights_candidates)
+        return FileNotFoundError(
+            f"No generator weights (generator.weights) at {looked}. Copy the committed ones into "
+            f"generator.weights_dir (`cp -r <checkout>/generation/weights/* {self.weights_path.parent}/`), "
+            f"make them with `python -m generation.pretrain corpus={self.corpus}`, set generator.weights "
+            f"to an absolute path, or set generator.pretrain_if_missing=true."
+        )
 
     def _load(self) -> None:
         if self._unet is not None:
             return
-        if not self.weights_path.is_file():
+        if not has_weights(self.weights_path):
             if self.pretraining is None:
-                looked = ", ".join(str(path) for path in self.weights_candidates)
-                raise FileNotFoundError(
-                    f"No generator weights (generator.weights) at {looked}. Copy the committed ones into "
-                    f"generator.weights_dir (`cp <checkout>/generation/weights/* {self.weights_path.parent}/`), "
-                    f"make them with `python -m generation.pretrain corpus={self.corpus}`, set generator.weights "
-                    f"to an absolute path, or set generator.pretrain_if_missing=true."
-                )
-            logger.warning(
-                "Generator weights not found at %s: pretraining on corpus %r for %d steps and caching them there.",
-                self.weights_path,
-                self.corpus,
-                self.pretraining.steps,
-            )
-            unet, record = pretrain_on_corpus(
-                self.corpus, architecture=self.architecture, pretraining=self.pretraining, device=self.device
-            )
+                raise self._missing_weights_error()
+            settings = self.pretraining()
+            logger.warning("Generator weights not found at %s: pretraining on corpus %r for %d steps and saving them there.",
+                           self.weights_path, self.corpus, settings.steps)
+            unet, record = pretrain_on_corpus(self.corpus, architecture=self.architecture, pretraining=settings, device=self.device)
             save_weights(unet, self.weights_path, record)
         # Always sample from the saved (fp16-rounded) weights, so a fresh and a cached run agree.
         unet, record = load_weights(self.weights_path, self.architecture)
@@ -514,17 +284,3 @@ class ClassConditionalGenerator:
 def _class_seed(seed: int, class_index: int) -> int:
     """An independent, reproducible noise stream per (seed, class)."""
     return int(np.random.SeedSequence([seed, class_index]).generate_state(1, dtype=np.uint64)[0])
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _diffusers_version() -> str:
-    import diffusers
-
-    return diffusers.__version__

@@ -21,11 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from generation.base import backend_settings, checked_plan
+from generation.factory import DIGIT_CORPORA
+from generation.prompts import builtin_class_names, resolve_class_names
 from torchcore.imagefolder import RESAMPLE, read_image_folder
 
 logger = logging.getLogger(__name__)
-
-NAMED_CORPORA = ("digits-public", "fonts")  # generation/corpora.py: the class_conditional generator's corpora
 
 
 class CorpusGenerator:
@@ -41,6 +42,15 @@ class CorpusGenerator:
         self.description = dict(description)
         self.last_shortfall: dict[int, dict] = {}
 
+    @classmethod
+    def from_config(cls, generator_cfg: Mapping, dataset_cfg: Mapping) -> CorpusGenerator:
+        """From conf/generator/corpus.yaml: a named corpus, or a folder read at the data set's size."""
+        settings = backend_settings(generator_cfg, "corpus", ("corpus", "class_names"))
+        if settings["corpus"] in DIGIT_CORPORA:
+            return named_corpus(settings["corpus"], dataset_cfg)
+        names = resolve_class_names(settings["class_names"], builtin_class_names(dataset_cfg["name"]))
+        return image_folder(settings["corpus"], names, image_size=dataset_cfg["image_size"], channels=dataset_cfg["channels"])
+
     def class_counts(self) -> list[int]:
         return np.bincount(self.labels.numpy(), minlength=self.num_classes).tolist()
 
@@ -49,12 +59,7 @@ class CorpusGenerator:
 
     def generate(self, plan: Mapping[int, int], *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         chosen, self.last_shortfall = [], {}
-        for class_id in sorted(plan):
-            wanted = int(plan[class_id])
-            if not 0 <= class_id < self.num_classes:
-                raise ValueError(f"plan names class {class_id}, the corpus has classes 0..{self.num_classes - 1}")
-            if wanted <= 0:
-                continue
+        for class_id, wanted in checked_plan(plan, self.num_classes).items():
             pool = torch.nonzero(self.labels == class_id).flatten()
             if len(pool) == 0:
                 raise ValueError(f"corpus {self.description.get('corpus')!r} has no images of class {class_id}, "
@@ -81,21 +86,18 @@ def _class_seed(seed: int, class_id: int) -> int:
     return int(np.random.SeedSequence([seed, class_id, 0xC0]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
-def named_corpus(name: str, dataset_cfg) -> CorpusGenerator:
+def named_corpus(name: str, dataset_cfg: Mapping) -> CorpusGenerator:
     """The exact corpus the class_conditional generator pretrains on for this data set's split."""
-    from generation.class_conditional import Pretraining, pretraining_corpus
+    from generation.pretrain import pretraining_corpus, pretraining_settings
 
-    if (dataset_cfg.name, dataset_cfg.channels, dataset_cfg.image_size) != ("digits", 1, 8):
-        raise ValueError(f"generator.corpus={name} holds 8x8 digits and cannot serve dataset={dataset_cfg.name}; "
-                         "give an image folder instead")
-    pretraining = Pretraining.from_conf_file(dataset_cfg)
+    pretraining = pretraining_settings(dataset_cfg)
     images, labels = pretraining_corpus(name, pretraining)
     if name == "fonts":
         origin = {"seed": pretraining.seed, "size": pretraining.corpus_size}
     else:
         origin = {"split_seed": pretraining.split_seed, "test_fraction": pretraining.test_fraction,
                   "public_fraction": pretraining.public_fraction}
-    return CorpusGenerator(images, labels, num_classes=int(dataset_cfg.num_classes),
+    return CorpusGenerator(images, labels, num_classes=int(dataset_cfg["num_classes"]),
                            description={"corpus": name, **origin})
 
 
@@ -110,7 +112,7 @@ def image_folder(folder: str | Path, class_names: Sequence[str], *, image_size: 
     if not root.is_absolute():
         raise ValueError(f"generator.corpus: a folder must be an absolute path, got {str(folder)!r}")
     if not root.is_dir():
-        raise ValueError(f"generator.corpus: {root} is not a folder (nor one of {', '.join(NAMED_CORPORA)})")
+        raise ValueError(f"generator.corpus: {root} is not a folder (nor one of {', '.join(DIGIT_CORPORA)})")
     digest = hashlib.sha256()
     data = read_image_folder(root, class_names, channels, image_size, setting="generator.corpus", digest=digest)
     return CorpusGenerator(data.images.float().div_(255.0), data.labels, num_classes=len(class_names),

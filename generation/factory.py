@@ -1,43 +1,104 @@
-"""Build the configured image generator for a data set: the one place that knows every backend."""
+"""The registry of image generators: every backend, the data sets it can serve, and how it is built.
+
+Importing this module is cheap (no torch, no diffusers): configuration checks ask `fit_problem`
+before anything loads, and a backend's module is imported only when that backend is built (or
+when `GENERATORS` is read). Every backend class has ``from_config(generator_cfg, dataset_cfg)``.
+"""
 
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-from generation.base import ImageGenerator
+from torchcore.classes import BUILTIN_CLASS_NAMES
+
+# generation.corpora.CORPORA, spelled out so that a fit check never imports torch (tests keep them equal)
+DIGIT_CORPORA = ("digits-public", "fonts")
 
 
-def build_generator(generator_cfg: DictConfig, dataset_cfg: DictConfig) -> ImageGenerator:
-    """``generator_cfg`` is conf/generator/<backend>.yaml; images come out at the data set's size."""
-    backend = generator_cfg.backend
-    if backend == "class_conditional":
-        from generation.class_conditional import ClassConditionalGenerator, Pretraining
+def _digits_problem(subject: str, dataset_cfg: Mapping, instead: str) -> str | None:
+    """None if the data set is 8x8 grayscale digits (all the offline model and its corpora have)."""
+    if (dataset_cfg["name"], dataset_cfg["channels"], dataset_cfg["image_size"]) == ("digits", 1, 8):
+        return None
+    return f"{subject} 8x8 digits only and cannot serve dataset={dataset_cfg['name']}; {instead}"
 
-        if (dataset_cfg.name, dataset_cfg.channels, dataset_cfg.image_size) != ("digits", 1, 8):
-            raise ValueError(
-                f"generator=class_conditional makes 8x8 digits and cannot serve dataset={dataset_cfg.name}; "
-                "use generator=stable_diffusion"
-            )
-        # Pretrain-on-first-use settings come from conf/pretrain.yaml, on this run's own data split.
-        pretraining = Pretraining.from_conf_file(dataset_cfg)
-        return ClassConditionalGenerator.from_config(OmegaConf.to_container(generator_cfg, resolve=True), pretraining)
-    if backend == "stable_diffusion":
-        from generation.prompts import builtin_class_names
-        from generation.text_to_image import from_config
 
-        return from_config(
-            OmegaConf.to_container(generator_cfg, resolve=True),
-            target_size=dataset_cfg.image_size,
-            target_channels=dataset_cfg.channels,
-            class_names_default=builtin_class_names(dataset_cfg.name),
-        )
-    if backend == "corpus":
-        from generation.corpus import NAMED_CORPORA, image_folder, named_corpus
-        from generation.prompts import builtin_class_names, resolve_class_names
+def _class_names_problem(generator_cfg: Mapping, dataset_cfg: Mapping) -> str | None:
+    """None if every class has a name: the data set's built-in ones, or ``generator.class_names``."""
+    names = generator_cfg.get("class_names")
+    if names is None:
+        if dataset_cfg["name"] in BUILTIN_CLASS_NAMES:
+            return None
+        return f"generator.class_names: dataset={dataset_cfg['name']} has no built-in class names; give one per class"
+    if isinstance(names, str) or len(names) != dataset_cfg["num_classes"]:
+        return (f"generator.class_names: needs one name per class of {dataset_cfg['name']} "
+                f"({dataset_cfg['num_classes']}), got {names!r}")
+    return None
 
-        if generator_cfg.corpus in NAMED_CORPORA:
-            return named_corpus(generator_cfg.corpus, dataset_cfg)
-        names = generator_cfg.class_names
-        class_names = resolve_class_names(None if names is None else list(names), builtin_class_names(dataset_cfg.name))
-        return image_folder(generator_cfg.corpus, class_names, image_size=dataset_cfg.image_size, channels=dataset_cfg.channels)
-    raise ValueError(f"generator.backend: unknown backend {backend!r}; choose class_conditional, stable_diffusion or corpus")
+
+def _class_conditional_fit(generator_cfg: Mapping, dataset_cfg: Mapping) -> str | None:
+    return _digits_problem("generator=class_conditional makes", dataset_cfg, "use generator=stable_diffusion")
+
+
+def _corpus_fit(generator_cfg: Mapping, dataset_cfg: Mapping) -> str | None:
+    if generator_cfg["corpus"] in DIGIT_CORPORA:
+        return _digits_problem(f"generator.corpus={generator_cfg['corpus']} holds", dataset_cfg,
+                               "give an absolute image folder instead")
+    return _class_names_problem(generator_cfg, dataset_cfg)
+
+
+@dataclass(frozen=True)
+class Backend:
+    """A backend: where its class lives (imported only to build one) and which data sets it serves."""
+
+    class_path: str  # "module:Class"
+    fit_problem: Callable[[Mapping, Mapping], str | None]  # why it cannot serve a data set, None if it can
+
+    def load_class(self) -> type:
+        module, _, name = self.class_path.partition(":")
+        return getattr(importlib.import_module(module), name)
+
+
+BACKENDS = {
+    "class_conditional": Backend("generation.class_conditional:ClassConditionalGenerator", _class_conditional_fit),
+    "stable_diffusion": Backend("generation.text_to_image:TextToImageGenerator", _class_names_problem),
+    "corpus": Backend("generation.corpus:CorpusGenerator", _corpus_fit),
+}
+
+
+def __getattr__(name: str):
+    """``GENERATORS``: ``{backend name: class}``; reading it imports every backend (torch, diffusers)."""
+    if name == "GENERATORS":
+        return {backend: entry.load_class() for backend, entry in BACKENDS.items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def fit_problem(generator_cfg: Mapping, dataset_cfg: Mapping) -> str | None:
+    """Why the ``generator`` config cannot serve the ``dataset`` config (one line naming the key), or None.
+
+    Needs neither torch nor a model: config validation and `build_generator` ask the same question.
+    """
+    backend = generator_cfg["backend"]
+    if backend not in BACKENDS:
+        return f"generator.backend: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}"
+    return BACKENDS[backend].fit_problem(generator_cfg, dataset_cfg)
+
+
+def build_generator(generator_cfg: Mapping, dataset_cfg: Mapping):
+    """The generator of conf/generator/<backend>.yaml, making images at the data set's size and channels.
+
+    Returns an `generation.base.ImageGenerator`; a generator that cannot serve the data set is a ValueError.
+    """
+    generator_cfg, dataset_cfg = _plain(generator_cfg), _plain(dataset_cfg)
+    problem = fit_problem(generator_cfg, dataset_cfg)
+    if problem:
+        raise ValueError(problem)
+    return BACKENDS[generator_cfg["backend"]].load_class().from_config(generator_cfg, dataset_cfg)
+
+
+def _plain(cfg: Mapping) -> dict:
+    """A config node as plain, resolved Python containers (DictConfig or dict in)."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else dict(cfg)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -19,12 +20,18 @@ from diffusers import (
     StableDiffusionPipeline,
 )
 
+from generation.base import backend_settings, checked_plan
 from generation.cache import runtime_fingerprint
-from generation.prompts import class_prompts, resolve_class_names
+from generation.prompts import builtin_class_names, class_prompts, resolve_class_names
 
 logger = logging.getLogger(__name__)
 
 BACKEND = "stable_diffusion"
+SETTINGS = (  # conf/generator/stable_diffusion.yaml, less `backend`
+    "model", "class_names", "prompt_template", "negative_prompt", "guidance_scale", "num_inference_steps",
+    "scheduler", "generation_resolution", "batch_size", "device", "local_files_only", "safety_checker",
+    "revision", "compile_unet",
+)
 
 SCHEDULERS = {
     "dpm++": DPMSolverMultistepScheduler,
@@ -132,22 +139,32 @@ class TextToImageGenerator:
         self.safety_checker = bool(safety_checker)
         self.revision = str(revision)
         self.compile_unet = bool(compile_unet)
-        self._weights_id: str | None = None
+        self._weights_id: tuple[str, str | None] | None = None  # (identity, Hub commit that loads)
         self.last_dropped = 0
         self.last_shortfall: dict[int, int] = {}
         self._pipe: StableDiffusionPipeline | None = None
 
+    @classmethod
+    def from_config(cls, generator_cfg: Mapping, dataset_cfg: Mapping) -> TextToImageGenerator:
+        """From conf/generator/stable_diffusion.yaml; images at the data set's size and channels.
+
+        ``class_names: null`` means the data set's built-in names; unknown or missing keys are errors.
+        """
+        settings = backend_settings(generator_cfg, BACKEND, SETTINGS)
+        names = settings.pop("class_names")
+        settings["class_names"] = resolve_class_names(None if names is None else list(names),
+                                                      builtin_class_names(dataset_cfg["name"]))
+        return cls(**settings, target_size=dataset_cfg["image_size"], target_channels=dataset_cfg["channels"])
+
     def fingerprint(self) -> dict:
         """Everything but plan and seed that determines the images (batch_size does not, by design).
 
-        The weights are identified by content, not by name: a Hub id by the commit its revision
-        resolves to, a folder by its files' sizes and modification times (a new upstream revision or a
-        re-downloaded folder must not silently reuse images made with the old weights).
+        The weights are identified by content, not by name, and without loading them or asking the
+        network (`weights_identity`): a folder by a hash of its files, a Hub id by its pinned commit or
+        the commit the local Hub cache has for its revision, which is then the commit that loads.
         """
-        if self._weights_id is None:
-            self._weights_id = weights_identity(self.model, self.revision, self.local_files_only)
         return {
-            "backend": BACKEND, "weights": self._weights_id, "scheduler": self.scheduler,
+            "backend": BACKEND, "weights": self._weights()[0], "scheduler": self.scheduler,
             "num_inference_steps": self.num_inference_steps, "guidance_scale": self.guidance_scale,
             "prompts": list(self.prompts), "negative_prompt": self.negative_prompt,
             "generation_resolution": self.generation_resolution, "target_size": self.target_size,
@@ -161,7 +178,7 @@ class TextToImageGenerator:
         Each class is generated in its own batches, so its images are the same whatever else the plan
         holds: a plan split by class over processes (`generation.shard`) gives identical images.
         """
-        counts = self._checked_plan(plan)
+        counts = checked_plan(plan, len(self.prompts))
         kept: dict[int, list[torch.Tensor]] = {c: [] for c in counts}
         dropped = 0
         for class_id, count in counts.items():
@@ -188,15 +205,6 @@ class TextToImageGenerator:
             size, channels = self.target_size, self.target_channels
             return torch.empty(0, channels, size, size), torch.empty(0, dtype=torch.int64)
         return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
-
-    def _checked_plan(self, plan: Mapping[int, int]) -> dict[int, int]:
-        """The plan's positive entries in ascending class order, after checking ids and counts."""
-        for class_id, count in plan.items():
-            if not 0 <= int(class_id) < len(self.prompts):
-                raise ValueError(f"Class {class_id} is outside 0..{len(self.prompts) - 1}.")
-            if int(count) < 0:
-                raise ValueError(f"Class {class_id}: cannot generate {count} images.")
-        return {int(c): int(plan[c]) for c in sorted(plan) if int(plan[c]) > 0}
 
     def _generate_batch(self, batch: list[tuple[int, int]], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Images at the target format for the (class, candidate index) pairs, and which are usable."""
@@ -238,6 +246,13 @@ class TextToImageGenerator:
             self._pipe = pipe
         return self._pipe
 
+    def _weights(self) -> tuple[str, str | None]:
+        """What identifies the weights and, for a Hub id that resolved, the commit to load: memoised,
+        so that a run keys its images on the very weights it loads."""
+        if self._weights_id is None:
+            self._weights_id = weights_identity(self.model, self.revision)
+        return self._weights_id
+
     def _load(self) -> StableDiffusionPipeline:
         """``from_pretrained``, turning every "the model is not here" failure into an instruction."""
         folder = Path(self.model).expanduser()
@@ -252,7 +267,8 @@ class TextToImageGenerator:
         try:
             pipe = StableDiffusionPipeline.from_pretrained(
                 str(folder) if folder.is_dir() else self.model, dtype=self.dtype,
-                local_files_only=self.local_files_only, **({} if folder.is_dir() else {"revision": self.revision}),
+                local_files_only=self.local_files_only,
+                **({} if folder.is_dir() else {"revision": self._weights()[1] or self.revision}),
                 **kwargs,
             )
         except (OSError, ValueError) as error:  # LocalEntryNotFoundError, HTTP errors, bad repo ids
@@ -291,67 +307,40 @@ def folder_digest(folder: Path, sample: int = 1 << 20) -> str:
     return digest.hexdigest()[:24]
 
 
-_SETTINGS = (
-    "model", "class_names", "prompt_template", "negative_prompt", "guidance_scale", "num_inference_steps",
-    "scheduler", "generation_resolution", "batch_size", "device", "local_files_only", "safety_checker",
-    "revision", "compile_unet",
-)
+def weights_identity(model: str, revision: str) -> tuple[str, str | None]:
+    """What identifies the weights behind ``model``, read from disk only (no model, no network), and
+    the Hub commit to load (None: a folder, or a revision nothing resolves).
 
-
-def weights_identity(model: str, revision: str, local_files_only: bool) -> str:
-    """What identifies the weights behind ``model``: ``folder:<sampled content hash>``,
-    ``hub:<commit>`` (asked of the Hub when allowed, else read from the local Hub cache), or
-    ``hub-unresolved:<revision>`` when neither knows, which matches no cache entry made with
-    resolved weights."""
+    A folder: ``folder:<sampled content hash>``. A Hub id: ``hub:<id>@<commit>``, the commit being
+    ``revision`` itself when it is one (pinned), else what the local Hub cache's ``refs/<revision>``
+    says; ``hub-unpinned:<id>@<revision>`` when neither, with a WARNING naming the cause (such a key
+    matches no entry made with resolved weights; once downloaded, later runs key on the commit).
+    """
     folder = Path(model).expanduser()
     if folder.is_dir():
-        return f"folder:{folder_digest(folder)}"
+        return f"folder:{folder_digest(folder)}", None
     if _looks_like_path(model):
-        return f"folder-missing:{folder.resolve()}"
-    failure = None
-    if not local_files_only and not os.environ.get("HF_HUB_OFFLINE"):
-        try:
-            from huggingface_hub import HfApi
+        return f"folder-missing:{folder.resolve()}", None
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
 
-            return f"hub:{model}@{HfApi().model_info(model, revision=revision, timeout=10).sha}"
-        except Exception as error:  # offline, rate-limited, private, bad token: fall back to the local cache
-            failure = f"{type(error).__name__}: {' '.join(str(error).split())}"
-    from huggingface_hub import try_to_load_from_cache
-
-    cached = try_to_load_from_cache(model, "model_index.json", revision=revision)
-    # Warnings, not info: an auth or network error must not change the image cache key without a word.
-    if isinstance(cached, str):
-        commit = Path(cached).parent.name  # .../snapshots/<commit>/model_index.json
-        if failure:
-            logger.warning("could not ask the Hub which commit %s@%s is (%s); keying the image cache on commit %s "
-                           "from the local Hub cache (if %s has moved upstream, the cache does not notice)",
-                           model, revision, failure, commit, revision)
-        return f"hub:{model}@{commit}"
-    if failure:
-        logger.warning("could not ask the Hub which commit %s@%s is (%s), and the local Hub cache does not have it: "
-                       "the image cache key says 'hub-unresolved', so images cached under the resolved commit are "
-                       "not found and are generated anew", model, revision, failure)
-    return f"hub-unresolved:{model}@{revision}"
+    if _is_commit(revision):
+        return f"hub:{model}@{revision}", revision
+    ref = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=model, repo_type="model") / "refs" / revision
+    try:
+        commit = ref.read_text().strip()
+    except OSError as error:
+        cause = f"cannot read {ref}: {type(error).__name__}: {error.strerror or error}"
+    else:
+        if _is_commit(commit):
+            return f"hub:{model}@{commit}", commit
+        cause = f"{ref} holds {commit[:60]!r}, not a commit"
+    # A WARNING, not info: the image cache key cannot name the weights, and the reader must know why.
+    logger.warning("generator.revision=%r of %s is not a commit and the local Hub cache does not resolve it (%s): "
+                   "the image cache key says 'hub-unpinned', so images cached under a resolved commit are not found "
+                   "and are generated anew; pin generator.revision to a commit to avoid this", revision, model, cause)
+    return f"hub-unpinned:{model}@{revision}", None
 
 
-def from_config(
-    cfg: Mapping, *, target_size: int, target_channels: int, class_names_default: Sequence[str]
-) -> TextToImageGenerator:
-    """Build the generator from the ``generator`` config group (``conf/generator/stable_diffusion.yaml``).
-
-    ``class_names: null`` means the data set's built-in names; unknown or missing keys are errors,
-    because a misspelt setting would otherwise be silently ignored.
-    """
-    settings = dict(cfg)
-    backend = settings.pop("backend", BACKEND)
-    if backend != BACKEND:
-        raise ValueError(f"generator.backend is {backend!r}, but this builder is for {BACKEND!r}.")
-    unknown = sorted(set(settings) - set(_SETTINGS))
-    if unknown:
-        raise ValueError(f"Unknown generator setting(s) {', '.join(unknown)}; valid: {', '.join(_SETTINGS)}.")
-    missing = [key for key in _SETTINGS if key not in settings]
-    if missing:
-        raise ValueError(f"Missing generator setting(s) {', '.join(missing)}.")
-    names = settings.pop("class_names")
-    settings["class_names"] = resolve_class_names(None if names is None else list(names), class_names_default)
-    return TextToImageGenerator(**settings, target_size=target_size, target_channels=target_channels)
+def _is_commit(revision: str) -> bool:
+    return re.fullmatch(r"[0-9a-f]{40}", revision) is not None

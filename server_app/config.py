@@ -134,6 +134,7 @@ def _validate_nodes(cfg: DictConfig) -> None:
 
 
 def _validate_genfl(cfg: DictConfig) -> None:
+    from generation.factory import fit_problem  # torch-free, as generation.planning
     from generation.planning import POLICIES
     from strategy.kappa import KappaError, KappaSchedule
 
@@ -154,16 +155,10 @@ def _validate_genfl(cfg: DictConfig) -> None:
     _check(isinstance(aug.epochs, int) and aug.epochs >= 1, "augmented.epochs", "must be an integer >= 1", aug.epochs)
     _check(isinstance(aug.batch_size, int) and aug.batch_size >= 2, "augmented.batch_size", "must be an integer >= 2", aug.batch_size)
     _check(_number(aug.lr) and aug.lr > 0, "augmented.lr", "must be > 0", aug.lr)
-    if cfg.generator.backend == "class_conditional" and st.kappa_aug + st.kappa_aug_final > 0:
-        _check(cfg.dataset.name == "digits", "generator",
-               "class_conditional makes 8x8 digits only; use generator=stable_diffusion for this data set", cfg.dataset.name)
-    if cfg.generator.backend == "corpus" and st.kappa_aug + st.kappa_aug_final > 0:
-        _check(cfg.generator.corpus not in ("digits-public", "fonts") or cfg.dataset.name == "digits", "generator.corpus",
-               "digits-public and fonts hold 8x8 digits only; give an absolute image folder for this data set", cfg.generator.corpus)
-    names = cfg.generator.get("class_names")
-    if names is not None:
-        _check(len(names) == cfg.dataset.num_classes, "generator.class_names",
-               f"needs one name per class of {cfg.dataset.name} ({cfg.dataset.num_classes})", len(names))
+    if st.kappa_aug + st.kappa_aug_final > 0:  # the generator is used: the registry says whether it serves the data set
+        problem = fit_problem(cfg.generator, cfg.dataset)
+        if problem:
+            raise ConfigError(problem)
     _validate_reliability(cfg)
 
 

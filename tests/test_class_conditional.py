@@ -1,7 +1,11 @@
-"""The offline class-conditional generator: its corpora, weights files and sampling contract."""
+"""The offline class-conditional generator: its corpora, weights folders, pretraining and fingerprint.
+
+The sampling contract (plan, shapes, seeds, bad plans) is tested for every backend in test_generators.py.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 
@@ -10,19 +14,19 @@ import torch
 from hydra import compose, initialize_config_dir
 from safetensors.torch import load_file
 
-from generation.class_conditional import (
-    REPO_ROOT,
+from conf import CONF_DIR
+from generation.class_conditional import REPO_ROOT, ClassConditionalGenerator, load_weights, resolve_weights_path
+from generation.corpora import build_corpus
+from generation.pretrain import (
+    RECORD_NAME,
+    WEIGHTS_NAME,
     Architecture,
-    ClassConditionalGenerator,
     Pretraining,
-    load_weights,
+    generator_and_pretraining,
     pretrain,
-    record_path,
-    resolve_weights_path,
+    pretraining_settings,
     save_weights,
 )
-from generation.corpora import build_corpus
-from generation.pretrain import generator_and_pretraining
 from torchcore.digits import digits_split_indices, load_digits_arrays
 
 SPLIT = {"split_seed": 0, "test_fraction": 0.2, "public_fraction": 0.2}
@@ -42,7 +46,7 @@ QUICK = Pretraining(
 )
 
 
-def make_generator(weights, *, pretraining=None, guidance_scale=1.0, architecture=TINY, device="cpu") -> ClassConditionalGenerator:
+def make_generator(weights, *, pretraining=None, guidance_scale=1.0, architecture=TINY) -> ClassConditionalGenerator:
     return ClassConditionalGenerator(
         weights=weights,
         corpus="digits-public",
@@ -50,8 +54,8 @@ def make_generator(weights, *, pretraining=None, guidance_scale=1.0, architectur
         sampling_steps=3,
         guidance_scale=guidance_scale,
         batch_size=4,
-        device=device,
-        pretraining=pretraining,
+        device="cpu",
+        pretraining=None if pretraining is None else lambda: pretraining,
     )
 
 
@@ -67,7 +71,7 @@ def one_thread():
 @pytest.fixture(scope="module")
 def weights(tmp_path_factory):
     """Tiny weights written by the pretrain-on-first-use path."""
-    path = tmp_path_factory.mktemp("weights") / "tiny.safetensors"
+    path = tmp_path_factory.mktemp("weights") / "tiny"
     make_generator(path, pretraining=QUICK).generate({0: 1}, seed=0)
     return path
 
@@ -117,18 +121,22 @@ def test_unknown_corpus_is_rejected_with_the_choices():
 # --- weights ----------------------------------------------------------------------------------------
 
 
-def test_saved_weights_load_back_exactly_as_fp16(tmp_path):
+def test_saved_weights_are_a_diffusers_folder_that_loads_back_exactly_as_fp16(tmp_path):
     images, labels = build_corpus("digits-public", seed=0, size=0, **SPLIT)
     unet = pretrain(images, labels, architecture=TINY, pretraining=QUICK, device=torch.device("cpu"), progress=False)
-    path = tmp_path / "w.safetensors"
-    record = save_weights(unet, path, {"format": "genfl-class-conditional/1", "architecture": TINY.to_dict()})
-    loaded, loaded_record = load_weights(path, TINY)
-    assert loaded_record == record == json.loads(record_path(path).read_text())
-    assert load_file(str(path))["conv_in.weight"].dtype == torch.float16
+    folder = tmp_path / "w"
+    record = save_weights(unet, folder, {"format": "genfl-class-conditional/2", "architecture": TINY.to_dict()})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]  # nothing partial left beside it
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", WEIGHTS_NAME, RECORD_NAME]
+    loaded, loaded_record = load_weights(folder, TINY)
+    assert loaded_record == record == json.loads((folder / RECORD_NAME).read_text())
+    assert load_file(str(folder / WEIGHTS_NAME))["conv_in.weight"].dtype == torch.float16
     expected = {name: tensor.half().float() for name, tensor in unet.state_dict().items()}
     actual = loaded.state_dict()
     assert expected.keys() == actual.keys()
     assert all(torch.equal(expected[name], actual[name]) for name in expected)
+    save_weights(unet, folder, record)  # overwriting an existing folder (pretraining again)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]
 
 
 def test_pretraining_is_reproducible_by_seed():
@@ -141,26 +149,26 @@ def test_pretraining_is_reproducible_by_seed():
 
 
 def test_first_use_pretraining_writes_weights_and_record(weights):
-    record = json.loads(record_path(weights).read_text())
-    assert weights.is_file()
+    record = json.loads((weights / RECORD_NAME).read_text())
+    assert (weights / WEIGHTS_NAME).is_file() and (weights / "config.json").is_file()
     assert record["architecture"] == TINY.to_dict()
     assert record["corpus"] == {"name": "digits-public", "num_images": 360}
     assert record["pretraining"]["steps"] == 3 and record["dtype"] == "float16"
 
 
 def test_missing_weights_without_pretraining_name_the_command(tmp_path):
-    generator = make_generator(tmp_path / "absent.safetensors")
-    with pytest.raises(FileNotFoundError, match="python -m generation.pretrain corpus=digits-public"):
-        generator.generate({0: 1}, seed=0)
+    generator = make_generator(tmp_path / "absent")
+    for call in (lambda: generator.generate({0: 1}, seed=0), generator.fingerprint):
+        with pytest.raises(FileNotFoundError, match="python -m generation.pretrain corpus=digits-public"):
+            call()
 
 
 def test_corrupt_weights_are_refused(weights, tmp_path):
-    copy = tmp_path / "corrupt.safetensors"
-    shutil.copy(weights, copy)
-    shutil.copy(record_path(weights), record_path(copy))
-    data = bytearray(copy.read_bytes())
+    copy = tmp_path / "corrupt"
+    shutil.copytree(weights, copy)
+    data = bytearray((copy / WEIGHTS_NAME).read_bytes())
     data[-10:] = b"\x00" * 10
-    copy.write_bytes(bytes(data))
+    (copy / WEIGHTS_NAME).write_bytes(bytes(data))
     with pytest.raises(ValueError, match="do not match the sha256"):
         make_generator(copy).generate({0: 1}, seed=0)
 
@@ -171,99 +179,71 @@ def test_weights_of_another_architecture_are_refused(weights):
         make_generator(weights, architecture=wider).generate({0: 1}, seed=0)
 
 
-# --- sampling --------------------------------------------------------------------------------------
-
-
-def test_generate_follows_the_plan_in_ascending_class_order(weights):
-    images, labels = make_generator(weights).generate({7: 0, 3: 2, 0: 1, 5: 3}, seed=0)
-    assert images.shape == (6, 1, 8, 8) and images.dtype == torch.float32
-    assert labels.dtype == torch.int64 and labels.tolist() == [0, 3, 3, 5, 5, 5]
-    assert images.min() >= 0 and images.max() <= 1
-
-
-def test_empty_plan_gives_empty_tensors(weights):
-    images, labels = make_generator(weights).generate({2: 0}, seed=0)
-    assert images.shape == (0, 1, 8, 8) and labels.shape == (0,)
-
-
-def test_same_plan_and_seed_give_identical_images(weights):
-    first, _ = make_generator(weights).generate({1: 3, 4: 2}, seed=5)
-    again, _ = make_generator(weights).generate({1: 3, 4: 2}, seed=5)
-    other, _ = make_generator(weights).generate({1: 3, 4: 2}, seed=6)
-    assert torch.equal(first, again)
-    assert not torch.equal(first, other)
-
-
-def test_images_of_a_class_do_not_depend_on_the_other_classes(weights):
-    alone, _ = make_generator(weights).generate({3: 5}, seed=1)
-    together, labels = make_generator(weights).generate({0: 2, 3: 5, 9: 7}, seed=1)
-    assert torch.equal(together[labels == 3], alone)
-
-
-def test_plan_outside_the_classes_is_rejected(weights):
-    with pytest.raises(ValueError, match="classes 0..9"):
-        make_generator(weights).generate({10: 1}, seed=0)
-
-
 def test_guidance_runs_on_weights_trained_with_a_null_class(weights):
     guided, _ = make_generator(weights, guidance_scale=2.0).generate({4: 2}, seed=0)
     plain, _ = make_generator(weights).generate({4: 2}, seed=0)
     assert guided.shape == plain.shape and not torch.equal(guided, plain)
 
 
-def test_fingerprint_names_weights_and_sampler(weights):
+# --- fingerprint -----------------------------------------------------------------------------------
+
+
+def test_fingerprint_is_the_weights_files_hashes_and_the_sampler(weights):
+    from generation.cache import file_sha256
+
     fingerprint = make_generator(weights).fingerprint()
-    assert fingerprint["weights_sha256"] == json.loads(record_path(weights).read_text())["weights_sha256"]
+    assert fingerprint["weights"]["sha256"][WEIGHTS_NAME] == json.loads((weights / RECORD_NAME).read_text())["weights_sha256"]
+    assert fingerprint["weights"]["sha256"]["config.json"] == file_sha256(weights / "config.json")
     assert fingerprint["sampler"] == "ddim" and fingerprint["sampling_steps"] == 3
     assert fingerprint["guidance_scale"] == 1.0 and fingerprint["corpus"] == "digits-public"
 
 
-def test_fingerprint_keys_on_device_type_dtype_and_library_versions(weights):
-    """As the Stable Diffusion one does: a CPU run must not load images a GPU run made (other kernels)."""
-    import diffusers
+def test_weights_to_be_pretrained_are_keyed_on_the_pretraining_without_pretraining(tmp_path, monkeypatch):
+    """Fingerprinting never trains: weights that will be pretrained on first use are keyed on how."""
+    import generation.class_conditional
 
-    cpu = make_generator(weights).fingerprint()
-    runtime = {key: cpu.get(key) for key in ("device_type", "dtype", "torch", "diffusers")}
-    assert runtime == {"device_type": "cpu", "dtype": "float32", "torch": torch.__version__, "diffusers": diffusers.__version__}
-    gpu = make_generator(weights, device="cuda").fingerprint()  # no GPU needed: fingerprinting places nothing there
-    assert gpu["device_type"] == "cuda" and gpu != cpu
-    assert {**gpu, "device_type": "cpu"} == cpu  # the device is the only difference
+    monkeypatch.setattr(generation.class_conditional, "pretrain_on_corpus", lambda *a, **k: pytest.fail("fingerprint pretrained"))
+    fingerprint = make_generator(tmp_path / "later", pretraining=QUICK).fingerprint()
+    assert fingerprint["weights"]["pretrained_on_first_use"]["steps"] == 3 and not (tmp_path / "later").exists()
+    other = make_generator(tmp_path / "later", pretraining=dataclasses.replace(QUICK, steps=4)).fingerprint()
+    assert other != fingerprint
 
 
 # --- configuration ---------------------------------------------------------------------------------
 
 
 def test_weights_resolve_absolute_as_given_else_weights_dir_then_the_package(tmp_path):
-    committed = "class_conditional_digits-public.safetensors"
-    assert resolve_weights_path(tmp_path / "w.safetensors", tmp_path / "cache") == tmp_path / "w.safetensors"
-    # Nothing in the cache folder: the package's committed file.
+    committed = "class_conditional_digits-public"
+    assert resolve_weights_path(tmp_path / "w", tmp_path / "cache") == tmp_path / "w"
+    # Nothing in the cache folder (a folder without weights, as a FAB carries it, is nothing): the package's.
+    (tmp_path / "cache" / committed).mkdir(parents=True)
+    (tmp_path / "cache" / committed / RECORD_NAME).write_text("{}")
     assert resolve_weights_path(committed, tmp_path / "cache") == REPO_ROOT / "generation/weights" / committed
-    # A file in the cache folder wins over the package's.
-    (tmp_path / "cache").mkdir()
-    (tmp_path / "cache" / committed).write_bytes(b"x")
+    # Weights in the cache folder win over the package's.
+    (tmp_path / "cache" / committed / WEIGHTS_NAME).write_bytes(b"x")
     assert resolve_weights_path(committed, tmp_path / "cache") == tmp_path / "cache" / committed
     # Found nowhere: the cache folder, where pretraining on first use writes.
-    assert resolve_weights_path("new.safetensors", tmp_path / "cache") == tmp_path / "cache" / "new.safetensors"
+    assert resolve_weights_path("new", tmp_path / "cache") == tmp_path / "cache" / "new"
 
 
 def test_missing_weights_error_names_the_setting_the_places_and_the_commands(tmp_path):
-    generator = ClassConditionalGenerator(weights="absent.safetensors", weights_dir=tmp_path, corpus="fonts",
+    generator = ClassConditionalGenerator(weights="absent", weights_dir=tmp_path, corpus="fonts",
                                           architecture=TINY, sampling_steps=3, guidance_scale=1.0, batch_size=4,
                                           device="cpu", pretraining=None)
     with pytest.raises(FileNotFoundError) as error:
         generator.generate({0: 1}, seed=0)
     message = str(error.value)
     assert "generator.weights" in message and "generator.weights_dir" in message
-    assert str(tmp_path / "absent.safetensors") in message and str(REPO_ROOT / "generation/weights/absent.safetensors") in message
+    assert str(tmp_path / "absent") in message and str(REPO_ROOT / "generation/weights/absent") in message
     assert "python -m generation.pretrain corpus=fonts" in message and "generator.pretrain_if_missing=true" in message
 
 
 def test_pretrain_config_builds_the_generator_named_by_the_corpus_shorthand():
-    with initialize_config_dir(config_dir=str(REPO_ROOT / "conf"), version_base=None):
-        cfg = compose(config_name="pretrain", overrides=["corpus=fonts", "generator.weights_dir=null"])
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose(config_name="pretrain", overrides=["corpus=fonts", "generator.weights_dir=null", "pretrain.steps=100"])
     generator, pretraining = generator_and_pretraining(cfg)
-    assert generator.corpus == "fonts"
-    assert generator.weights_path == REPO_ROOT / "generation/weights/class_conditional_fonts.safetensors"
+    assert generator.corpus == "fonts" and pretraining.steps == 100
+    assert generator.weights_path == REPO_ROOT / "generation/weights/class_conditional_fonts"
     assert (pretraining.split_seed, pretraining.test_fraction, pretraining.public_fraction) == (
         cfg.dataset.split_seed,
         cfg.dataset.test_fraction,
@@ -271,7 +251,26 @@ def test_pretrain_config_builds_the_generator_named_by_the_corpus_shorthand():
     )
 
 
-def test_pretrain_settings_from_file_take_the_given_dataset_split():
-    settings = Pretraining.from_conf_file({"split_seed": 3, "test_fraction": 0.25, "public_fraction": 0.1})
+def test_first_use_pretraining_settings_are_composed_with_the_runs_dataset_split():
+    dataset = {"name": "digits", "split_seed": 3, "test_fraction": 0.25, "public_fraction": 0.1}
+    settings = pretraining_settings(dataset)
     assert (settings.split_seed, settings.test_fraction, settings.public_fraction) == (3, 0.25, 0.1)
     assert settings.steps >= 1 and settings.batch_size >= 1
+    assert pretraining_settings(dataset, ["pretrain.steps=7"]).steps == 7  # Hydra overrides, as everywhere
+
+
+def test_the_generator_built_from_config_pretrains_with_the_composed_settings(tmp_path, monkeypatch):
+    """pretrain_if_missing: the settings come from conf/pretrain.yaml (Hydra) on the run's split, only when needed."""
+    from omegaconf import OmegaConf
+
+    import generation.class_conditional
+
+    calls = []
+    monkeypatch.setattr(generation.class_conditional, "pretraining_settings", lambda dataset: calls.append(dataset) or QUICK)
+    generator_cfg = OmegaConf.load(CONF_DIR / "generator" / "class_conditional.yaml")
+    dataset = {"name": "digits", "split_seed": 3, "test_fraction": 0.25, "public_fraction": 0.1}
+    generator = ClassConditionalGenerator.from_config(OmegaConf.merge(generator_cfg, {"weights": str(tmp_path / "w")}), dataset)
+    assert calls == [] and generator.pretraining is not None
+    assert generator.fingerprint()["weights"]["pretrained_on_first_use"] == dataclasses.asdict(QUICK) and calls == [dataset]
+    off = ClassConditionalGenerator.from_config(OmegaConf.merge(generator_cfg, {"pretrain_if_missing": False}), dataset)
+    assert off.pretraining is None

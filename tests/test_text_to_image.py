@@ -1,4 +1,8 @@
-"""The Stable Diffusion backend, run for real on a tiny random-weight model loaded from a folder."""
+"""The Stable Diffusion backend, run for real on a tiny random-weight model loaded from a folder.
+
+The sampling contract (plan, shapes, seeds, bad plans, fingerprint basics) is tested for every
+backend in test_generators.py; here what only this backend does.
+"""
 
 from __future__ import annotations
 
@@ -20,13 +24,13 @@ from generation.text_to_image import (
     SCHEDULERS,
     GeneratorUnavailableError,
     TextToImageGenerator,
-    from_config,
     image_seed,
     unusable_images,
 )
 from tiny_sd import build_tiny_sd_folder  # tests/ is on sys.path: pytest puts it there (no __init__.py)
 
 CONFIG_FILE = Path(__file__).resolve().parents[1] / "conf" / "generator" / "stable_diffusion.yaml"
+CIFAR10 = {"name": "cifar10", "image_size": 32, "channels": 3}
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -95,40 +99,12 @@ def test_unknown_dataset_has_no_builtin_names():
 
 # --- generation ------------------------------------------------------------------------------------
 
-def test_generates_the_plan_in_class_order_in_unit_range(generator):
-    images, labels = generator.generate({3: 1, 0: 2}, seed=0)
-    assert images.shape == (3, 3, 8, 8) and images.dtype == torch.float32
-    assert labels.tolist() == [0, 0, 3] and labels.dtype == torch.int64
-    assert 0.0 <= images.min() and images.max() <= 1.0
-    assert images.std() > 0.01  # not a constant image
-    assert generator.last_dropped == 0 and generator.last_shortfall == {}
-
-
-def test_same_seed_same_images_other_seed_other_images(generator):
-    first, _ = generator.generate({0: 2, 3: 1}, seed=7)
-    again, _ = generator.generate({0: 2, 3: 1}, seed=7)
-    other, _ = generator.generate({0: 2, 3: 1}, seed=8)
-    assert torch.equal(first, again)
-    assert (first - other).abs().amax() > 0.01
-
-
-def test_images_of_a_class_do_not_depend_on_the_rest_of_the_plan_or_batch_size(tiny_sd, generator):
-    alone, _ = generator.generate({3: 2}, seed=1)
-    mixed, labels = generator.generate({0: 1, 3: 2}, seed=1)
+def test_images_of_a_class_do_not_depend_on_the_batch_size(tiny_sd, generator):
+    mixed, _ = generator.generate({0: 1, 3: 2}, seed=1)
     one_per_batch, _ = make_generator(tiny_sd, batch_size=1).generate({0: 1, 3: 2}, seed=1)
     # Equal up to float rounding: CPU kernels may sum in another order for another batch shape.
-    torch.testing.assert_close(mixed[labels == 3], alone, rtol=0, atol=1e-5)
     torch.testing.assert_close(one_per_batch, mixed, rtol=0, atol=1e-5)
-
-
-def test_empty_plan_gives_empty_tensors(generator):
-    images, labels = generator.generate({0: 0}, seed=0)
-    assert images.shape == (0, 3, 8, 8) and labels.shape == (0,)
-
-
-def test_plan_with_unknown_class_is_rejected(generator):
-    with pytest.raises(ValueError, match="outside 0..9"):
-        generator.generate({10: 1}, seed=0)
+    assert generator.last_dropped == 0 and generator.last_shortfall == {}
 
 
 def test_grayscale_target_is_the_luma_of_the_rgb_images(tiny_sd, generator):
@@ -218,119 +194,90 @@ def test_a_folder_is_keyed_by_its_weights_not_its_name(tiny_sd, tmp_path):
     assert make_generator(tiny_sd).fingerprint()["weights"] == before  # the copy had the same weights
 
 
-def test_a_hub_id_is_keyed_by_the_commit_its_revision_resolves_to(tmp_path, monkeypatch):
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty local Hub cache, and no network: a Hub id's identity is read from disk only."""
+    import socket
+
     from huggingface_hub import constants
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    repo = tmp_path / "models--someone--sd"
+    monkeypatch.setattr(socket.socket, "connect", lambda *a: pytest.fail("the fingerprint asked the network"))
+    return tmp_path
 
-    def publish(commit):
-        (repo / "refs").mkdir(parents=True, exist_ok=True)
-        (repo / "refs" / "main").write_text(commit)
-        (repo / "snapshots" / commit).mkdir(parents=True)
-        (repo / "snapshots" / commit / "model_index.json").write_text("{}")
 
-    hub_generator = lambda: make_generator("someone/sd", local_files_only=True)  # never asks the Hub
-    assert hub_generator().fingerprint()["weights"] == "hub-unresolved:someone/sd@main"
-    publish("a" * 40)
+def _publish(hub_cache, commit, revision="main"):
+    """What a download leaves in the local Hub cache: refs/<revision> names the commit's snapshot."""
+    repo = hub_cache / "models--someone--sd"
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / revision).write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "model_index.json").write_text("{}")
+
+
+def test_a_hub_id_is_keyed_by_the_commit_the_local_hub_cache_has_for_its_revision(hub_cache):
+    hub_generator = lambda **settings: make_generator("someone/sd", local_files_only=False, **settings)
+    assert hub_generator().fingerprint()["weights"] == "hub-unpinned:someone/sd@main"
+    _publish(hub_cache, "a" * 40)
     old = hub_generator().fingerprint()
-    publish("b" * 40)  # a new upstream revision of main
+    _publish(hub_cache, "b" * 40)  # a new upstream revision of main, downloaded
     new = hub_generator().fingerprint()
     assert (old["weights"], new["weights"]) == ("hub:someone/sd@" + "a" * 40, "hub:someone/sd@" + "b" * 40)
+    pinned = hub_generator(revision="c" * 40).fingerprint()  # a commit is its own identity, cached or not
+    assert pinned["weights"] == "hub:someone/sd@" + "c" * 40
 
 
-def test_fingerprint_keys_on_device_type_dtype_and_library_versions(tiny_sd):
-    """The same runtime keys as the class-conditional generator's fingerprint (generation.cache.runtime_fingerprint)."""
-    import diffusers
-
-    cpu = make_generator(tiny_sd).fingerprint()
-    runtime = {key: cpu.get(key) for key in ("device_type", "dtype", "torch", "diffusers")}
-    assert runtime == {"device_type": "cpu", "dtype": "float32", "torch": torch.__version__, "diffusers": diffusers.__version__}
-    gpu = make_generator(tiny_sd, device="cuda").fingerprint()  # constructing and fingerprinting need no GPU
-    assert (gpu["device_type"], gpu["dtype"]) == ("cuda", "float16")
-
-
-def _unreachable_hub(kind):
-    if kind == "network":
-        return OSError("[Errno 101] Network is unreachable")
-    import httpx
-    from huggingface_hub.errors import HfHubHTTPError
-
-    url = "https://huggingface.co/api/models/someone/sd/revision/main"
-    return HfHubHTTPError(f"401 Client Error: Unauthorized for url: {url}",
-                          response=httpx.Response(401, request=httpx.Request("GET", url)))
-
-
-@pytest.mark.parametrize("kind", ["network", "auth"])
-def test_a_hub_that_cannot_be_asked_is_a_warning_with_the_cause_and_the_cache_consequence(tmp_path, monkeypatch, caplog, kind):
-    """Not an INFO line below the default level: the cache key silently became hub-unresolved."""
+def test_an_unpinned_revision_nothing_resolves_is_a_warning_naming_the_cause(hub_cache, caplog):
+    """Not an INFO line below the default level: the cache key cannot name the weights."""
     import logging
 
-    from huggingface_hub import HfApi, constants
-
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))  # an empty local Hub cache
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    error = _unreachable_hub(kind)
-
-    def model_info(self, *args, **kwargs):
-        raise error
-
-    monkeypatch.setattr(HfApi, "model_info", model_info)
     caplog.set_level(logging.INFO, logger="generation.text_to_image")
-    assert make_generator("someone/sd", local_files_only=False).fingerprint()["weights"] == "hub-unresolved:someone/sd@main"
+    assert make_generator("someone/sd", revision="v2").fingerprint()["weights"] == "hub-unpinned:someone/sd@v2"
     warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
     assert len(warnings) == 1, caplog.text
-    assert f"{type(error).__name__}: {error}" in warnings[0]
-    assert "someone/sd@main" in warnings[0] and "hub-unresolved" in warnings[0] and "generated anew" in warnings[0]
+    assert "generator.revision='v2' of someone/sd is not a commit" in warnings[0]
+    assert str(hub_cache / "models--someone--sd" / "refs" / "v2") in warnings[0] and "No such file" in warnings[0]
+    assert "hub-unpinned" in warnings[0] and "generated anew" in warnings[0]
 
 
-def test_a_hub_error_with_the_model_in_the_local_hub_cache_warns_which_commit_it_keys_on(tmp_path, monkeypatch, caplog):
-    import logging
+def test_the_commit_the_key_names_is_the_commit_that_loads(hub_cache, monkeypatch):
+    """A branch that moves upstream after the key was taken must not put new weights' images under it."""
+    from diffusers import StableDiffusionPipeline
 
-    from huggingface_hub import HfApi, constants
+    _publish(hub_cache, "d" * 40)
+    asked = {}
 
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    snapshot = tmp_path / "models--someone--sd" / "snapshots" / ("c" * 40)
-    snapshot.mkdir(parents=True)
-    (snapshot / "model_index.json").write_text("{}")
-    (tmp_path / "models--someone--sd" / "refs").mkdir()
-    (tmp_path / "models--someone--sd" / "refs" / "main").write_text("c" * 40)
-    error = _unreachable_hub("network")
+    def from_pretrained(model, **kwargs):
+        asked.update(kwargs, model=model)
+        raise OSError("stop here")
 
-    def model_info(self, *args, **kwargs):
-        raise error
-
-    monkeypatch.setattr(HfApi, "model_info", model_info)
-    caplog.set_level(logging.WARNING, logger="generation.text_to_image")
-    assert make_generator("someone/sd", local_files_only=False).fingerprint()["weights"] == "hub:someone/sd@" + "c" * 40
-    assert "OSError: [Errno 101] Network is unreachable" in caplog.text and "c" * 40 in caplog.text
+    monkeypatch.setattr(StableDiffusionPipeline, "from_pretrained", from_pretrained)
+    generator = make_generator("someone/sd")
+    assert generator.fingerprint()["weights"] == "hub:someone/sd@" + "d" * 40
+    with pytest.raises(GeneratorUnavailableError):
+        generator.load()
+    assert asked["model"] == "someone/sd" and asked["revision"] == "d" * 40
 
 
-def test_config_file_builds_the_generator_with_builtin_names():
-    config = yaml.safe_load(CONFIG_FILE.read_text())
-    config["local_files_only"] = True  # no Hub request from the tests
-    generator = from_config(config, target_size=32, target_channels=3, class_names_default=CIFAR10_CLASS_NAMES)
+def test_config_file_builds_the_generator_with_builtin_names(hub_cache):
+    generator = TextToImageGenerator.from_config(yaml.safe_load(CONFIG_FILE.read_text()), CIFAR10)
     fingerprint = generator.fingerprint()
-    assert fingerprint["weights"] == "hub-unresolved:stable-diffusion-v1-5/stable-diffusion-v1-5@main"
+    assert fingerprint["weights"] == "hub-unpinned:stable-diffusion-v1-5/stable-diffusion-v1-5@main"
     assert fingerprint["scheduler"] == "dpm++" and fingerprint["num_inference_steps"] == 25
     assert fingerprint["prompts"][0] == "a photo of a airplane" and fingerprint["target_size"] == 32
 
 
-def test_config_with_unknown_or_missing_key_names_it():
+def test_config_with_a_missing_key_names_it():
     config = yaml.safe_load(CONFIG_FILE.read_text())
-    with pytest.raises(ValueError, match="guidance_scal\\b"):
-        from_config({**config, "guidance_scal": 3.0}, target_size=32, target_channels=3,
-                    class_names_default=CIFAR10_CLASS_NAMES)
     del config["scheduler"]
     with pytest.raises(ValueError, match="Missing generator setting.*scheduler"):
-        from_config(config, target_size=32, target_channels=3, class_names_default=CIFAR10_CLASS_NAMES)
+        TextToImageGenerator.from_config(config, CIFAR10)
 
 
 def test_config_class_names_of_wrong_length_are_rejected():
     config = {**yaml.safe_load(CONFIG_FILE.read_text()), "class_names": ["cat", "dog"]}
     with pytest.raises(ValueError, match="exactly 10 names"):
-        from_config(config, target_size=32, target_channels=3, class_names_default=CIFAR10_CLASS_NAMES)
+        TextToImageGenerator.from_config(config, CIFAR10)
 
 
 # --- unusable images -------------------------------------------------------------------------------
