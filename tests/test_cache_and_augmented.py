@@ -84,7 +84,7 @@ def test_augmented_model_trains_on_the_synthetic_set(sd_config):
 
 
 def test_pregenerate_fills_the_cache_that_the_run_reads(sd_config, capsys):
-    from server_app.pregenerate import main
+    from cli.generate import main
 
     cfg, folder = sd_config
     overrides = ["dataset=cifar10", "generator=stable_diffusion", f"generator.model={folder}", "generator.local_files_only=true",
@@ -225,7 +225,7 @@ def test_a_budget_that_scales_the_plan_is_reported(sd_config):
 
 
 def test_pregenerate_rejects_malformed_histograms_with_one_line(capsys):
-    from server_app.pregenerate import main
+    from cli.generate import main
 
     for bad in ("1,2,x", "1,,2", "a", "1,2", "-1,1,1,1,1,1,1,1,1,1"):
         assert main([f"--histogram={bad}"]) == 2
