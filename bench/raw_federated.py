@@ -52,7 +52,7 @@ def run(overrides: list[str]) -> dict:
             counts.append(len(parts[cid]))
         global_state = weighted_mix(states, [n / sum(counts) for n in counts])  # FedAvg's rho_n
         load_numpy_state(model, global_state)
-        loss, accuracy = evaluate(model, test, device, cfg.server.eval_batch_size)
+        loss, accuracy = evaluate(model, test, device, cfg.server.eval_batch_size, cfg.server.fast_cuda)
         rows.append({"round": server_round, "test_accuracy": accuracy, "test_loss": loss,
                      "wall_seconds": round(time.perf_counter() - started, 2)})
         print(json.dumps(rows[-1]), flush=True)

@@ -107,6 +107,7 @@ def evaluate_locally(msg: Message, context: Context) -> Message:
     """Loss and accuracy of the global model on this node's own data."""
     config, data, _ = _local_data(msg, context)
     model = _model(config, msg.content["arrays"])
-    loss, accuracy = evaluate(model, data, resolve_device(config.client_device), config.client_eval_batch_size)
+    loss, accuracy = evaluate(model, data, resolve_device(config.client_device), config.client_eval_batch_size,
+                              config.client_fast_cuda)
     metrics = MetricRecord({"eval-loss": loss, "eval-acc": accuracy, "num-examples": len(data)})
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)

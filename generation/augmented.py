@@ -102,7 +102,7 @@ class AugmentedModelTrainer:
         started = time.perf_counter()
         loss = train(self.model, self.synthetic, self.settings, self.device, seed=self.seed * 7_919 + server_round)
         seconds = time.perf_counter() - started
-        test_loss, test_accuracy = evaluate(self.model, self.test, self.device, self.eval_batch_size)
+        test_loss, test_accuracy = evaluate(self.model, self.test, self.device, self.eval_batch_size, self.settings.fast_cuda)
         metrics = {
             "augmented_train_loss": loss,
             "augmented_test_accuracy": test_accuracy,

@@ -93,7 +93,7 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
     def evaluate_and_checkpoint(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Central evaluation, the metrics row, then the checkpoint: the round is done."""
         load_numpy_state(model, dict(zip(arrays.keys(), arrays.to_numpy_ndarrays())))
-        loss, accuracy = evaluate(model, test, device, cfg.server.eval_batch_size)
+        loss, accuracy = evaluate(model, test, device, cfg.server.eval_batch_size, cfg.server.fast_cuda)
         stats = strategy.round_stats.get(server_round, RoundStats(server_round))
         now = time.monotonic()
         stats.update(test_accuracy=accuracy, test_loss=loss, wall_seconds=round(now - started, 2),
@@ -162,7 +162,7 @@ def _augmenter(cfg: DictConfig, model: torch.nn.Module, device: torch.device, te
         model=model,
         settings=TrainSettings(epochs=aug.epochs, batch_size=aug.batch_size, lr=aug.lr, momentum=aug.momentum,
                                weight_decay=aug.weight_decay, augment=cfg.dataset.augment, proximal_mu=0.0,
-                               max_steps=None, fast_cuda=aug.fast_cuda),
+                               max_steps=None, fast_cuda=cfg.server.fast_cuda),
         device=device,
         test=test,
         eval_batch_size=cfg.server.eval_batch_size,

@@ -79,7 +79,7 @@ def test_augmented_model_trains_on_the_synthetic_set(sd_config):
     assert not np.allclose(state["1.fc.weight"], start["1.fc.weight"])
     trained = seeded_model(1, num_classes=10, in_channels=3, mean=[0.5] * 3, std=[0.25] * 3)
     load_numpy_state(trained, state)
-    loss, accuracy = evaluate(trained, test, torch.device("cpu"), 8)
+    loss, accuracy = evaluate(trained, test, torch.device("cpu"), 8, fast_cuda=True)
     assert (metrics["augmented_test_accuracy"], metrics["images_used"]) == (accuracy, 3)
 
 

@@ -84,7 +84,8 @@ def test_evaluate_reports_the_global_models_loss_and_accuracy_on_this_partition(
                                  cfg.partition.min_partition_size, cfg.partition.self_balancing)
     ds = cfg.dataset
     model = seeded_model(cfg.seed, num_classes=ds.num_classes, in_channels=ds.channels, mean=list(ds.mean), std=list(ds.std))
-    loss, accuracy = evaluate(model, federation.subset(parts[2]), torch.device("cpu"), cfg.client.eval_batch_size)
+    loss, accuracy = evaluate(model, federation.subset(parts[2]), torch.device("cpu"), cfg.client.eval_batch_size,
+                              fast_cuda=True)
     assert (metrics["eval-loss"], metrics["eval-acc"], metrics["num-examples"]) == (pytest.approx(loss), accuracy, len(parts[2]))
 
 

@@ -127,7 +127,7 @@ def train(model: nn.Module, data: Split, settings: TrainSettings, device: torch.
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: Split, device: torch.device, batch_size: int, fast_cuda: bool = True) -> tuple[float, float]:
+def evaluate(model: nn.Module, data: Split, device: torch.device, batch_size: int, fast_cuda: bool) -> tuple[float, float]:
     """(mean cross-entropy loss, accuracy) of ``model`` on ``data``; bf16 + channels_last on CUDA."""
     fast = _fast(device, fast_cuda)
     model.to(device).eval()
