@@ -105,7 +105,7 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
             stats.wall_seconds)
         report.set("global_label_histogram", strategy.global_histogram)
         report.set("generation", dict(strategy.generation_stats))
-        if cfg.checkpoint.enabled and server_round > 0:
+        if cfg.checkpoint.enabled and server_round > 0 and not strategy.stopping:
             checkpoint.save(report.run_dir, server_round=server_round,
                             arrays=dict(zip(arrays.keys(), arrays.to_numpy_ndarrays())),
                             strategy=strategy.state_dict(), rounds=report.data["rounds"], config=report.data["config"])

@@ -99,13 +99,18 @@ class GenFL(Strategy):
         """Flower's round loop over rounds ``first_round..num_rounds`` (``evaluate_fn`` sees the true
         round; round 0 only on a fresh run). Stops the augmenter's work however the run ends."""
         def evaluate(flower_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-            if flower_round == 0 and self.offset:
-                return None
-            return evaluate_fn(flower_round + self.offset, arrays) if evaluate_fn else None
+            server_round = flower_round + self.offset
+            metrics = evaluate_fn(server_round, arrays) if evaluate_fn and (flower_round or not self.offset) else None
+            if self.stopping:  # after the round's metrics were recorded; the caller does not checkpoint it
+                raise RoundFailedError(
+                    f"round {server_round}: {self.consecutive_failures} consecutive rounds failed (reliability."
+                    f"max_consecutive_failed_rounds={self.reliability.max_consecutive_failed_rounds}); last cause: "
+                    f"{self._last_cause}")
+            return metrics
 
         try:
             result = super().start(grid, initial_arrays, num_rounds - self.offset, timeout, train_config,
-                                   evaluate_config, evaluate if evaluate_fn or self.offset else None)
+                                   evaluate_config, evaluate)
         finally:
             if self.augmenter is not None:
                 self.augmenter.close()
@@ -196,10 +201,12 @@ class GenFL(Strategy):
         self.consecutive_failures += 1
         self._last_cause = cause
         log(WARNING, "round %d failed, the global model stays as it was: %s", server_round, cause)
-        limit = self.reliability.max_consecutive_failed_rounds
-        if self.consecutive_failures >= limit:  # raised before the round is checkpointed: a resume retries it
-            raise RoundFailedError(f"round {server_round}: {self.consecutive_failures} consecutive rounds failed "
-                                   f"(reliability.max_consecutive_failed_rounds={limit}); last cause: {cause}")
+
+    @property
+    def stopping(self) -> bool:
+        """This round stops the run (too many failed rounds in a row); it must not be checkpointed,
+        so that a resumed run retries it."""
+        return self.consecutive_failures >= self.reliability.max_consecutive_failed_rounds
 
     def _aggregate_clients(self, server_round: int, replies: list[Message],
                            stats: RoundStats) -> tuple[dict | None, MetricRecord | None, str | None]:

@@ -229,8 +229,9 @@ def test_the_round_that_stops_the_run_is_not_checkpointed_so_resuming_retries_it
     strategy = genfl(rounds=3, max_relative_update=5.0, max_consecutive_failed_rounds=2)
     with pytest.raises(RoundFailedError):
         strategy.start(grid, _record(_state([1.0, 1.0])), num_rounds=3, timeout=1, train_config=ConfigRecord(),
-                       evaluate_fn=lambda r, arrays: checkpointed.append(r))  # the ServerApp checkpoints there
-    assert checkpointed == [0, 1]  # round 1 failed but the run went on; round 2 stopped it
+                       evaluate_fn=lambda r, arrays: checkpointed.append((r, strategy.stopping)))
+    # The ServerApp records every round's metrics there and checkpoints only rounds that do not stop the run.
+    assert checkpointed == [(0, False), (1, False), (2, True)]  # round 1 failed but the run went on; round 2 stopped it
 
 
 def test_a_robust_base_keeps_the_model_healthy_against_scaled_weights():

@@ -30,9 +30,11 @@ def test_a_wheel_installed_outside_the_source_tree_runs_one_round(tmp_path):
     site = Path(next(venv.glob("lib/python*/site-packages")))
     # torch, diffusers, ... come from this environment's site-packages (a plain path: its editable
     # install of this checkout is not activated); the wheel and Flower's executables are the venv's own.
-    (site / "shared-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
+    # Installed before the shared folder is visible, or pip would take this environment's flwr as
+    # installed and leave out its executables (flower-superlink, flwr, ...).
     subprocess.run([str(venv / "bin" / "python"), "-m", "pip", "install", "-q", "--no-deps", str(wheel),
                     f"flwr=={flwr.__version__}"], check=True, capture_output=True)
+    (site / "shared-deps.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     env["PATH"] = os.pathsep.join([str(venv / "bin"), "/usr/bin", "/bin"])
     where = subprocess.run([str(venv / "bin" / "python"), "-c", "import conf, server_app.app; print(conf.CONF_DIR); "
