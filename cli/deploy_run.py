@@ -118,7 +118,8 @@ def run(connection: str, overrides: list[str], app_dir: Path | None = None, fede
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    sys.exit(run(args.connection, args.overrides, args.app.resolve(), args.federation_config, args.insecure))
+    app = args.app.resolve() if args.app else None
+    sys.exit(run(args.connection, args.overrides, app, args.federation_config, args.insecure))
 
 
 if __name__ == "__main__":

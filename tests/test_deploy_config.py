@@ -95,3 +95,16 @@ def test_deploy_run_hands_the_serverapp_a_results_folder_with_equals_and_commas(
             return f"ConfigError: {err}"
 
     assert served_folder() == folder
+
+
+def test_without_app_the_command_line_leaves_the_app_folder_to_the_run(monkeypatch):
+    import sys
+
+    from cli import deploy_run
+
+    seen = {}
+    monkeypatch.setattr(deploy_run, "run", lambda connection, overrides, app, *rest: seen.update(app=app) or 0)
+    monkeypatch.setattr(sys, "argv", ["genfl-deploy-run", "edge", "seed=1"])
+    with pytest.raises(SystemExit) as stop:
+        deploy_run.main()
+    assert stop.value.code == 0 and seen["app"] is None  # run() then uses this checkout or installation
