@@ -85,6 +85,7 @@ class GenFL(Strategy):
         self._sent_evaluate: list[Message] = []
         self._augmented: Future | None = None
         self._last_cause = "none"
+        self._timeout = histogram_timeout
         self._resumed: dict = {}
 
     def summary(self) -> None:
@@ -108,6 +109,7 @@ class GenFL(Strategy):
                     f"{self._last_cause}")
             return metrics
 
+        self._timeout = timeout  # late label histograms are asked for within a round's time
         try:
             result = super().start(grid, initial_arrays, num_rounds - self.offset, timeout, train_config,
                                    evaluate_config, evaluate)
@@ -159,7 +161,22 @@ class GenFL(Strategy):
                 self._sent = list(self.base.configure_train(server_round, arrays, config, view))
             finally:
                 random.setstate(state)
+            self._sent = self._with_histograms(server_round, grid, config)
         return self._sent
+
+    def _with_histograms(self, server_round: int, grid: Grid, config: ConfigRecord) -> list[Message]:
+        """A sampled node without a valid label histogram (it joined late or restarted with a new id)
+        is asked for one now, and its claim counts from then on; the generation plan stays as it was
+        (the synthetic set is made once). A node that still has none does not train for nothing."""
+        late = [m.metadata.dst_node_id for m in self._sent if m.metadata.dst_node_id not in self.survey.histograms]
+        if late and server_round > self.offset + 1:  # in a run's first round they were just asked
+            rel = self.reliability
+            content = RecordDict({self.configrecord_key: self.histogram_config or config})
+            found = self.survey.extend(grid, late, content, self._timeout, self.num_classes, rel.max_samples_per_node,
+                                       rel.node_cap_factor)
+            self.round_stats[server_round].late_histograms = len(found)
+            self.cooldown.bench(server_round, sorted(set(late) - set(found)), "no valid label histogram")
+        return [m for m in self._sent if m.metadata.dst_node_id in self.survey.histograms]
 
     def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
         """Eq. (1) over the usable client models and the augmented model; ``(None, None)`` keeps the

@@ -139,6 +139,20 @@ class Survey:
     declared: dict[int, int] = field(default_factory=dict)  # node -> total samples it declared
     weight_cap: float = math.inf  # the most samples one node's reply may weigh
 
+    def extend(self, grid: Grid, node_ids: Sequence[int], content: RecordDict, timeout: float, num_classes: int,
+               max_total: int | None, node_cap_factor: float) -> list[int]:
+        """Ask ``node_ids`` (late joiners) for their histograms; their claims and the node cap count
+        them from now on, the global histogram (the generation plan's input) does not change.
+        Returns the nodes that reported a valid one."""
+        histograms, partitions = collect_histograms(grid, node_ids, content, timeout, num_classes, max_total)
+        self.histograms.update(histograms)
+        self.partitions.update(partitions)
+        _, self.declared, self.weight_cap = federation_histogram(self.histograms, node_cap_factor, num_classes)
+        for node in histograms:
+            log(INFO, "label histogram: node %s reported late (%d samples); it takes part from now on", node,
+                self.declared[node])
+        return sorted(histograms)
+
 
 def survey(grid: Grid, content: RecordDict, timeout: float, num_classes: int, max_total: int | None,
            node_cap_factor: float) -> Survey:

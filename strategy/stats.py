@@ -18,6 +18,7 @@ class RoundStats:
     clients_failed: int | None = None  # error replies
     clients_excluded: int | None = None  # replies rejected by validation (the log says why)
     clients_missing: int | None = None  # sampled nodes that did not reply within the round timeout
+    late_histograms: int | None = None  # sampled nodes that reported their label histogram only this round
     # the mix, Eq. (1)
     kappa_fl: float | None = None
     kappa_aug: float | None = None

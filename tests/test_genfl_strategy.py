@@ -499,3 +499,30 @@ def test_flowers_own_verdict_on_bad_replies_fails_the_round_not_the_run():
                      max_consecutive_failed_rounds=2)
     with pytest.raises(RoundFailedError, match="AggregationError: not enough replies"):
         run(strategy, grid, rounds=2)
+
+
+# -- a node that joins late or restarts with a new id takes part from its next sampled round ----------
+def test_a_node_without_a_histogram_is_asked_again_when_sampled_and_then_trains():
+    asked = {"histogram": 0, "train": []}
+
+    def late_joiner(msg):
+        kind = msg.metadata.message_type
+        if kind == "query.label_histogram":
+            asked["histogram"] += 1
+            if asked["histogram"] == 1:
+                return None  # not up yet when the run started
+        if kind == "train":
+            asked["train"].append(msg.content["config"]["server-round"])
+        return node([2, 2, 2], 7, fixed(_state([4, 4])))(msg)
+
+    never = lambda msg: None  # a node that never answers anything
+    grid = LocalGrid({1: node([6, 6, 6], 0, fixed(_state([1, 1]))), 2: late_joiner, 3: never})
+    strategy = genfl(rounds=3, straggler_cooldown_rounds=1)
+    out = run(strategy, grid, rounds=3)
+    assert asked["train"] == [2, 3]  # not in round 1 (no histogram to check it against), then every round
+    assert strategy.round_stats[2].late_histograms == 1 and strategy.round_stats[2].clients_trained == 2
+    np.testing.assert_allclose(out["w"], (18 * 1 + 6 * 4) / 24)  # its declared 6 samples count, capped like any
+    # The silent node is never sent work that could not be checked; it is asked for its histogram again
+    # (round 1's survey, then when sampled after its one-round cooldown: round 3).
+    assert all(m.metadata.dst_node_id != 3 for m in grid.sent_of_type("train"))
+    assert [m.metadata.dst_node_id for m in grid.sent_of_type("query.label_histogram")].count(3) == 2
