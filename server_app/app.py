@@ -32,6 +32,10 @@ from torchcore.train import TrainSettings, evaluate, load_numpy_state, resolve_d
 app = ServerApp()
 
 
+class NotEnoughContributorsError(RuntimeError):
+    """Too few nodes actually trained in this run (reliability.min_contributing_nodes): the run fails."""
+
+
 def client_config(cfg: DictConfig, time_budget: float | None = None) -> ConfigRecord:
     """What every message tells a client (client_app/contract.py), from the run's config."""
     config = OmegaConf.to_container(cfg, resolve=True)
@@ -105,6 +109,7 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
             stats.wall_seconds)
         report.set("global_label_histogram", strategy.global_histogram)
         report.set("generation", dict(strategy.generation_stats))
+        report.set("nodes", strategy.ledger.rows())
         if cfg.checkpoint.enabled and server_round > 0 and not strategy.stopping:
             checkpoint.save(report.run_dir, server_round=server_round,
                             arrays=dict(zip(arrays.keys(), arrays.to_numpy_ndarrays())),
@@ -116,6 +121,12 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
                    evaluate_fn=evaluate_and_checkpoint)
     report.set("global_label_histogram", strategy.global_histogram)
     report.set("generation", dict(strategy.generation_stats))
+    report.set("nodes", strategy.ledger.rows())
+    ledger, least = strategy.ledger, cfg.reliability.min_contributing_nodes
+    log(WARNING if ledger.contributors() < len(ledger.nodes) else INFO, "nodes: %s", ledger.summary())
+    if least is not None and st.kappa_aug < 1 and ledger.contributors() < least:
+        raise NotEnoughContributorsError(f"{ledger.contributors()} node(s) trained, fewer than "
+                                         f"reliability.min_contributing_nodes={least}: {ledger.summary()}")
     if strategy.generation_stats.get("images_requested", 0) > sum(strategy.generation_stats.get("plan", {}).values()):
         log(WARNING, "generation.budget=%s scaled the plan down from %d to %d images", cfg.generation.budget,
             strategy.generation_stats["images_requested"], sum(strategy.generation_stats["plan"].values()))

@@ -175,6 +175,9 @@ def _validate_reliability(cfg: DictConfig) -> None:
            "reliability.max_consecutive_failed_rounds", "must be an integer >= 1", rel.max_consecutive_failed_rounds)
     _check(isinstance(rel.min_train_replies, int) and 1 <= rel.min_train_replies <= cfg.federation.num_clients,
            "reliability.min_train_replies", f"must be an integer in 1..federation.num_clients ({cfg.federation.num_clients})", rel.min_train_replies)
+    _check(rel.min_contributing_nodes is None or (isinstance(rel.min_contributing_nodes, int)
+                                                  and rel.min_contributing_nodes >= 1),
+           "reliability.min_contributing_nodes", "must be null or an integer >= 1", rel.min_contributing_nodes)
     _check(isinstance(rel.straggler_cooldown_rounds, int) and rel.straggler_cooldown_rounds >= 0,
            "reliability.straggler_cooldown_rounds", "must be an integer >= 0", rel.straggler_cooldown_rounds)
     privacy = cfg.histogram_privacy

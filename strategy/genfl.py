@@ -32,6 +32,7 @@ from strategy.grids import OrderedGrid
 from strategy.guard import update_problem
 from strategy.histograms import Survey, survey
 from strategy.kappa import KappaSchedule
+from strategy.ledger import Ledger
 from strategy.replies import (Reliability, cap_weight, changed, evaluate_reply_problem, screen, sender,
                               train_reply_problem, weigh)
 from strategy.stats import RoundStats
@@ -74,6 +75,7 @@ class GenFL(Strategy):
         keys = innermost(base)
         self.weighted_by_key, self.configrecord_key = keys.weighted_by_key, keys.configrecord_key
         self.cooldown = Cooldown(reliability.straggler_cooldown_rounds)
+        self.ledger = Ledger()  # who contributed, node by node
         self.generation_stats: dict = {}
         self.plan: dict[int, int] | None = None
         self.survey = Survey()  # the nodes' label histograms, as declared and as counted
@@ -128,8 +130,11 @@ class GenFL(Strategy):
         self.survey = survey(grid, content, self.histogram_timeout, self.num_classes, rel.max_samples_per_node,
                              rel.node_cap_factor)
         self.global_histogram = self.survey.global_histogram
+        self.ledger.histograms(self.survey.histograms, self.survey.problems, self.survey.partitions)
         if self._resumed:
-            self.cooldown.restore(self._resumed["benched_until"], {self._identity(n): n for n in self.survey.histograms})
+            node_of = {self._identity(n): n for n in self.survey.histograms}
+            self.cooldown.restore(self._resumed["benched_until"], node_of)
+            self.ledger.restore(self._resumed["nodes"], node_of)
             if self._resumed["global_histogram"] != self.global_histogram:
                 log(WARNING, "label histogram differs from the checkpoint's %s: the federation changed; the "
                     "checkpoint's generation plan is kept", self._resumed["global_histogram"])
@@ -175,6 +180,8 @@ class GenFL(Strategy):
             found = self.survey.extend(grid, late, content, self._timeout, self.num_classes, rel.max_samples_per_node,
                                        rel.node_cap_factor)
             self.round_stats[server_round].late_histograms = len(found)
+            self.ledger.histograms(found, {n: self.survey.problems[n] for n in late if n not in found},
+                                   self.survey.partitions)
             self.cooldown.bench(server_round, sorted(set(late) - set(found)), "no valid label histogram")
         return [m for m in self._sent if m.metadata.dst_node_id in self.survey.histograms]
 
@@ -232,17 +239,19 @@ class GenFL(Strategy):
         self.cooldown.bench(server_round, [m.metadata.dst_node_id for m in self._sent if m.metadata.dst_node_id not in answered],
                             "no reply within the round timeout")
         usable, failed, excluded = screen(server_round, replies, self._sent, "training", self._train_problem, self._order)
-        for reply in failed:
-            self.cooldown.bench(server_round, [sender(reply, self._sent)], "its last reply was an error")
+        errors = {sender(reply, self._sent): reply.error.reason for reply in failed}
+        self.cooldown.bench(server_round, errors, "its last reply was an error")
+        self.ledger.round([m.metadata.dst_node_id for m in self._sent], [sender(r, self._sent) for r in usable],
+                          errors, excluded)
         missing = max(len(self._sent) - len(replies), 0)
-        stats.update(clients_trained=len(usable), clients_failed=len(failed), clients_excluded=excluded,
+        stats.update(clients_trained=len(usable), clients_failed=len(failed), clients_excluded=len(excluded),
                      clients_missing=missing)
         if missing:
             log(WARNING, "round %d: %d node(s) did not reply in time", server_round, missing)
         if len(usable) < self.reliability.min_train_replies:
             return None, None, (f"{len(usable)} usable client model(s), fewer than reliability.min_train_replies="
                                 f"{self.reliability.min_train_replies} ({len(replies)} replies, {len(failed)} errors, "
-                                f"{excluded} excluded, {missing} missing)")
+                                f"{len(excluded)} excluded, {missing} missing)")
         weigh(usable, self.weighted_by_key, self.survey.weight_cap, dp_wrapper(self.base))
         name = type(self.base).__name__
         try:
@@ -283,7 +292,7 @@ class GenFL(Strategy):
                                           self._evaluate_problem, self._order)
         stats = self.round_stats.setdefault(server_round, RoundStats(server_round))
         stats.update(clients_evaluated=len(usable), clients_evaluate_failed=len(failed),
-                     clients_evaluate_excluded=excluded)
+                     clients_evaluate_excluded=len(excluded))
         metrics = self.base.aggregate_evaluate(server_round, usable) if usable else None
         for key in ("eval-loss", "eval-acc"):  # what the ClientApp reports (client_app/app.py)
             if metrics is not None and key in metrics:
@@ -312,6 +321,7 @@ class GenFL(Strategy):
             "rounds_succeeded": self.rounds_succeeded,
             "consecutive_failures": self.consecutive_failures,
             "benched_until": self.cooldown.state(self._identity),
+            "nodes": self.ledger.state(self._identity),
             "base": base_state(self.base),  # server optimiser moments, an adaptive clipping norm
         }
 
@@ -321,4 +331,4 @@ class GenFL(Strategy):
         self.rounds_succeeded = state["rounds_succeeded"]
         self.consecutive_failures = state["consecutive_failures"]
         load_base_state(self.base, state["base"])
-        self._resumed = {"global_histogram": state["global_histogram"], "benched_until": state["benched_until"]}
+        self._resumed = {k: state[k] for k in ("global_histogram", "benched_until", "nodes")}

@@ -71,8 +71,8 @@ def capped_histograms(histograms: Mapping[int, Sequence[int]], node_cap_factor: 
 
 
 def collect_histograms(grid: Grid, node_ids: Sequence[int], content: RecordDict, timeout: float, num_classes: int,
-                       max_total: int | None) -> tuple[dict[int, list[int]], dict[int, int]]:
-    """Ask ``node_ids`` for their label histograms: (valid histograms by node, partition by node).
+                       max_total: int | None) -> tuple[dict[int, list[int]], dict[int, int], dict[int, str]]:
+    """Ask ``node_ids`` for their label histograms: (valid histograms, partitions, problems), by node.
 
     Every reply is untrusted: an error, a malformed record or an implausible histogram is left out
     with a WARNING naming the node; so is a node that does not answer within ``timeout``.
@@ -81,21 +81,25 @@ def collect_histograms(grid: Grid, node_ids: Sequence[int], content: RecordDict,
     replies = list(grid.send_and_receive(messages, timeout=timeout))
     node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
     histograms, partitions = {}, {}
+    problems = {n: f"no reply within {timeout}s" for n in node_ids}
     for reply in replies:
         node = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
         if reply.has_error():
+            problems[node] = f"failed: {reply.error.reason}"
             log(WARNING, "label histogram: node %s failed: %s", node, reply.error.reason)
             continue
         histogram, partition, problem = _histogram_from(reply, num_classes, max_total)
         if problem:
+            problems[node] = f"excluded: {problem}"
             log(WARNING, "label histogram: node %s excluded: %s", node, problem)
             continue
+        problems.pop(node, None)
         histograms[node] = [int(c) for c in histogram]
         if partition is not None:
             partitions[node] = partition
     if len(replies) < len(messages):
         log(WARNING, "label histogram: %d node(s) did not reply within %ss", len(messages) - len(replies), timeout)
-    return histograms, partitions
+    return histograms, partitions, problems
 
 
 def _histogram_from(reply: Message, num_classes: int, max_total: int | None) -> tuple[list | None, int | None, str | None]:
@@ -138,15 +142,17 @@ class Survey:
     global_histogram: list[int] | None = None  # robust sum: every node capped
     declared: dict[int, int] = field(default_factory=dict)  # node -> total samples it declared
     weight_cap: float = math.inf  # the most samples one node's reply may weigh
+    problems: dict[int, str] = field(default_factory=dict)  # node -> why it has no valid histogram
 
     def extend(self, grid: Grid, node_ids: Sequence[int], content: RecordDict, timeout: float, num_classes: int,
                max_total: int | None, node_cap_factor: float) -> list[int]:
         """Ask ``node_ids`` (late joiners) for their histograms; their claims and the node cap count
         them from now on, the global histogram (the generation plan's input) does not change.
         Returns the nodes that reported a valid one."""
-        histograms, partitions = collect_histograms(grid, node_ids, content, timeout, num_classes, max_total)
+        histograms, partitions, problems = collect_histograms(grid, node_ids, content, timeout, num_classes, max_total)
         self.histograms.update(histograms)
         self.partitions.update(partitions)
+        self.problems = {**{n: p for n, p in self.problems.items() if n not in histograms}, **problems}
         _, self.declared, self.weight_cap = federation_histogram(self.histograms, node_cap_factor, num_classes)
         for node in histograms:
             log(INFO, "label histogram: node %s reported late (%d samples); it takes part from now on", node,
@@ -158,7 +164,7 @@ def survey(grid: Grid, content: RecordDict, timeout: float, num_classes: int, ma
            node_cap_factor: float) -> Survey:
     """Ask every node for its label histogram and form the federation's robust view of them."""
     node_ids = sorted(grid.get_node_ids())
-    histograms, partitions = collect_histograms(grid, node_ids, content, timeout, num_classes, max_total)
+    histograms, partitions, problems = collect_histograms(grid, node_ids, content, timeout, num_classes, max_total)
     if not histograms:
         raise NoHistogramsError(f"none of the {len(node_ids)} node(s) reported a valid label histogram; "
                                 "see the warnings above")
@@ -166,4 +172,4 @@ def survey(grid: Grid, content: RecordDict, timeout: float, num_classes: int, ma
     log(INFO, "label histogram: %d of %d nodes reported; federation has %d samples", len(histograms), len(node_ids),
         sum(total))
     log(INFO, "label histogram (global, class 0..%d): %s", num_classes - 1, total)
-    return Survey(histograms, partitions, total, declared, cap)
+    return Survey(histograms, partitions, total, declared, cap, problems)

@@ -121,28 +121,29 @@ def changed(reply: Message, reference: dict[str, np.ndarray]) -> bool:
 
 def screen(server_round: int, replies: list[Message], sent: list[Message], what: str,
            problem_of: Callable[[Message, int], str | None],
-           order: Callable[[int], tuple]) -> tuple[list[Message], list[Message], int]:
-    """(usable replies in ``order``, error replies, how many were excluded), each one logged.
+           order: Callable[[int], tuple]) -> tuple[list[Message], list[Message], dict[int, str]]:
+    """(usable replies in ``order``, error replies, why each excluded node's reply was), all logged.
 
     Usable: not an error, no problem by ``problem_of(reply, node)``, and the common record layout
     (Flower refuses a set of replies with mixed layouts, so the odd ones are left out instead).
     """
-    usable, failed, excluded = [], [], 0
+    usable, failed, excluded = [], [], {}
     for reply in replies:
         node = sender(reply, sent)
         if reply.has_error():
             failed.append(reply)
             log(WARNING, "round %d: %s on node %s failed: %s", server_round, what, node, reply.error.reason)
         elif problem := problem_of(reply, node):
-            excluded += 1
+            excluded[node] = problem
             log(WARNING, "round %d: %s reply of node %s excluded: %s", server_round, what, node, problem)
         else:
             usable.append(reply)
     usable.sort(key=lambda r: order(sender(r, sent)))  # bit-reproducible, whatever the arrival order
     odd = inconsistent(usable)
     for i, why in odd.items():
+        excluded[sender(usable[i], sent)] = why
         log(WARNING, "round %d: %s reply of node %s excluded: %s", server_round, what, sender(usable[i], sent), why)
-    return [r for i, r in enumerate(usable) if i not in odd], failed, excluded + len(odd)
+    return [r for i, r in enumerate(usable) if i not in odd], failed, excluded
 
 
 def weigh(usable: list[Message], weighted_by_key: str, cap: float, dp) -> None:

@@ -526,3 +526,24 @@ def test_a_node_without_a_histogram_is_asked_again_when_sampled_and_then_trains(
     # (round 1's survey, then when sampled after its one-round cooldown: round 3).
     assert all(m.metadata.dst_node_id != 3 for m in grid.sent_of_type("train"))
     assert [m.metadata.dst_node_id for m in grid.sent_of_type("query.label_histogram")].count(3) == 2
+
+
+def test_the_ledger_says_which_node_contributed_and_why_the_others_did_not():
+    grid = LocalGrid({
+        1: node([5, 5, 5], 0, fixed(_state([1, 1]))),
+        2: node([5, 5, 5], 1, train_error="disk unplugged"),
+        3: node([5, 5, 5], 2, fixed(_state([np.nan, 1]))),
+        4: lambda msg: node([5, 5, 5], 3)(msg) if msg.metadata.message_type != "train" else None,  # never in time
+        5: node([-1, 5, 5], 4),  # a histogram that cannot be true
+    })
+    strategy = genfl(rounds=1)
+    run(strategy, grid)
+    rows = {row["node_id"]: row for row in strategy.ledger.rows()}
+    assert rows[1]["rounds_trained"] == 1 and rows[1]["histogram"] == "ok" and rows[1]["partition"] == 0
+    assert rows[2]["rounds_failed"] == 1 and "disk unplugged" in rows[2]["last_error"]
+    assert rows[3]["rounds_excluded"] == 1 and "non-finite" in rows[3]["last_error"]
+    assert rows[4]["rounds_missed"] == 1 and rows[4]["last_error"] == "no reply within the round timeout"
+    assert rows[5]["rounds_sampled"] == 0 and "negative count" in rows[5]["histogram"]
+    assert strategy.ledger.contributors() == 1
+    summary = strategy.ledger.summary()
+    assert summary.startswith("1 of 5 node(s) contributed; 4 never did: node 2 (partition 1): ") and "node 5:" in summary

@@ -47,6 +47,21 @@ def test_broken_and_lying_clients_are_excluded_and_the_run_completes(tmp_path):
     assert_nothing_left_running(run_dir)
 
 
+def test_a_run_where_too_few_nodes_contributed_fails_naming_them(tmp_path):
+    run_dir = tmp_path / "run"
+    proc = launch(run_dir, *SMALL, "num_rounds=1", "reliability.min_contributing_nodes=5",
+                  app_dir=faulty_app(tmp_path, {0: "histogram", 1: "raise"}))
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    result = metrics(run_dir)
+    assert result["status"] == "failed" and "NotEnoughContributorsError" in result["error"]
+    assert "4 node(s) trained, fewer than reliability.min_contributing_nodes=5" in result["error"]
+    assert "4 of 6 node(s) contributed; 2 never did" in result["error"] and "injected fault" in result["error"]
+    rows = {row["partition"]: row for row in result["nodes"] if row["partition"] is not None}
+    assert rows[1]["rounds_failed"] == 1 and rows[5]["rounds_trained"] == 1
+    assert [row for row in result["nodes"] if "implausible total" in row["histogram"]]  # partition 0's lie
+    assert_nothing_left_running(run_dir)
+
+
 def test_scaled_up_weights_with_an_honest_count_never_become_the_global_model(tmp_path):
     run_dir = tmp_path / "run"
     proc = launch(run_dir, *SMALL, "num_rounds=3", app_dir=faulty_app(tmp_path, {3: "scale"}))
