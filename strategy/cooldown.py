@@ -13,15 +13,17 @@ class Cooldown:
     """``rounds`` rounds off after a failure. Across a resume a node is named by ``identity(node)``
     (its partition in simulation, where node ids change; its node id when it reads its own data)."""
 
-    def __init__(self, rounds: int):
-        self.rounds = rounds
+    def __init__(self, rounds: int, last_round: int):
+        self.rounds, self.last_round = rounds, last_round
         self.until: dict[int, int] = {}  # node -> last round it sits out
 
     def bench(self, server_round: int, nodes: Iterable[int], why: str) -> None:
         for node in nodes:
             if self.rounds > 0:
                 self.until[node] = server_round + self.rounds
-                log(INFO, "node %s sits out %s (%s)", node, _span(server_round + 1, server_round + self.rounds), why)
+                if server_round < self.last_round:  # nothing to sit out after the run's last round
+                    last = min(server_round + self.rounds, self.last_round)
+                    log(INFO, "node %s sits out %s (%s)", node, _span(server_round + 1, last), why)
 
     def sitting_out(self, server_round: int, nodes: Iterable[int], needed: int) -> set[int]:
         """The nodes sitting out this round, unless that would leave fewer than ``needed``."""

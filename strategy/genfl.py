@@ -74,7 +74,7 @@ class GenFL(Strategy):
         self.seed, self.reliability, self.offset = seed, reliability, first_round - 1
         keys = innermost(base)
         self.weighted_by_key, self.configrecord_key = keys.weighted_by_key, keys.configrecord_key
-        self.cooldown = Cooldown(reliability.straggler_cooldown_rounds)
+        self.cooldown = Cooldown(reliability.straggler_cooldown_rounds, kappa.num_rounds)
         self.ledger = Ledger()  # who contributed, node by node
         self.generation_stats: dict = {}
         self.plan: dict[int, int] | None = None

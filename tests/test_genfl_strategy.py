@@ -547,3 +547,14 @@ def test_the_ledger_says_which_node_contributed_and_why_the_others_did_not():
     assert strategy.ledger.contributors() == 1
     summary = strategy.ledger.summary()
     assert summary.startswith("1 of 5 node(s) contributed; 4 never did: node 2 (partition 1): ") and "node 5:" in summary
+
+
+def test_a_cooldown_never_announces_rounds_after_the_last(monkeypatch):
+    from strategy import cooldown
+
+    said = []
+    monkeypatch.setattr(cooldown, "log", lambda level, fmt, *args: said.append(fmt % args))
+    bench = cooldown.Cooldown(rounds=2, last_round=2)
+    bench.bench(1, [5], "no reply")
+    bench.bench(2, [6], "no reply")
+    assert said == ["node 5 sits out round 2 (no reply)"]  # not "rounds 2..3" in a 2-round run; nothing after round 2
