@@ -9,6 +9,7 @@ names the file or folder at fault.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import io
 import logging
@@ -93,6 +94,35 @@ def read_image_folder(
     else:
         array = array.transpose(0, 3, 1, 2)
     return Split(torch.from_numpy(np.ascontiguousarray(array)), torch.tensor(labels, dtype=torch.long))
+
+
+def folder_problems(root: str | os.PathLike, class_names: Sequence[str]) -> tuple[list[str], dict[tuple, int]]:
+    """Everything `read_image_folder` would refuse in ``root``, all at once (it stops at the first),
+    and the image sizes and modes found: ``([problem, ...], {(width, height, mode): count})``."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return [f"{root}: {'is not a folder' if root.exists() else 'no such folder'}"], {}
+    problems, sizes = [], {}
+    for entry in sorted(p for p in root.iterdir() if not p.name.startswith(".")):
+        if not entry.is_dir():
+            problems.append(f"{entry}: a file outside the class folders; put every image in the sub-folder of its class")
+        elif entry.name not in class_names:
+            close = difflib.get_close_matches(entry.name, class_names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f" (its classes: {_preview(class_names)})"
+            problems.append(f"{entry}: the federation has no class {entry.name!r}{hint}")
+        else:
+            for path in _files(entry):
+                if path.suffix.lower() not in IMAGE_SUFFIXES:
+                    continue
+                try:
+                    with Image.open(io.BytesIO(_read_bytes(path))) as image:
+                        image.load()
+                        key = (*image.size, image.mode)
+                    sizes[key] = sizes.get(key, 0) + 1
+                except Exception as err:  # PIL raises many types for broken files; each one is named
+                    problems.append(str(err) if isinstance(err, ImageFolderError) else
+                                    f"{path}: not a readable image ({type(err).__name__}: {err})")
+    return problems, sizes
 
 
 def _files(folder: Path) -> list[Path]:
