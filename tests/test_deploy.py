@@ -29,12 +29,12 @@ def deployment(tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy")
     dep = Deployment(root)
     try:
-        dep.make_credentials(*NODES, "bad-data", "rogue")
+        dep.make_credentials(*NODES, "bad-data", "rogue", "late")
         dep.run([sys.executable, "-m", "cli.export_partitions", "--num-partitions", "3", "--only", "0",
                  "--out", str(root / "data")])
         (root / "bad" / "giraffe").mkdir(parents=True)  # a class this federation does not have
         dep.start_superlink()
-        for name in (*NODES, "bad-data"):
+        for name in (*NODES, "bad-data", "late"):
             dep.register(name)
         dep.start_supernode("edge-0", f'data-path="{root / "data" / "partition-0"}"')
         dep.start_supernode("edge-1", "partition-id=1 num-partitions=3")
@@ -84,10 +84,19 @@ def test_genfl_run_over_tls_on_registered_nodes_completes_and_skips_a_node_with_
     dep = deployment
     dep.start_supernode("bad-data", f'data-path="{dep.root / "bad"}"')
     dep.wait_online(4)
+    joined = []
+
+    def join_late(line: str) -> None:  # a box that comes online after round 1 (added, or back from a reboot)
+        if "round 1/3: test accuracy" in line and not joined:
+            joined.append(dep.start_supernode("late", "partition-id=1 num-partitions=3"))
+
     try:
-        code, out = _deploy_run(dep, _overrides(dep, "run-complete", "num_rounds=2", "federation.expected_nodes=4"))
+        code, out = _deploy_run(dep, _overrides(dep, "run-complete", "num_rounds=3", "federation.expected_nodes=4"),
+                                on_line=join_late)
     finally:
         dep.stop("bad-data")
+        if joined:
+            dep.stop("late")
     assert code == 0, out[-6000:]
     metrics = json.loads((dep.root / "run-complete" / "metrics.json").read_text())
     run_id = int(out.split("started run ")[1].split()[0])
@@ -97,7 +106,16 @@ def test_genfl_run_over_tls_on_registered_nodes_completes_and_skips_a_node_with_
     assert "label histogram: 3 of 4 nodes reported" in out
     assert f"{dep.root / 'bad' / 'giraffe'}: the federation has no class 'giraffe'" in out
     assert sum(metrics["global_label_histogram"]) == 1077  # partition 0 from files + partitions 1, 2 built in
-    assert [r["clients_trained"] for r in metrics["rounds"][1:]] == [3, 3]
+    rounds = metrics["rounds"][1:]
+    assert rounds[0]["clients_trained"] == 3
+    # The late box reported its histogram when first sampled and trained from then on.
+    joined_in = next(r["round"] for r in rounds if r.get("late_histograms"))
+    assert all(r["clients_trained"] == 4 for r in rounds if r["round"] >= joined_in), rounds
+    # The per-node account and the end-of-run line name the bad-data box and why.
+    nodes = metrics["nodes"]
+    assert sum(n["rounds_trained"] > 0 for n in nodes) == 4 and len(nodes) == 5
+    assert any("no class 'giraffe'" in n["histogram"] and n["rounds_sampled"] == 0 for n in nodes)
+    assert "nodes: 4 of 5 node(s) contributed; 1 never did" in out
     # The generator weights came from the installed package: the FAB carries none.
     assert metrics["generation"]["images_synthesized"] == 100
     assert metrics["rounds"][-1]["test_accuracy"] > 0.2
