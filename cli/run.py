@@ -72,19 +72,24 @@ def _stop(process: subprocess.Popen, flwr_home: Path) -> None:
         procs = run_processes(process.pid, flwr_home)
         if not procs:
             break
-        for proc in procs:
-            try:
-                proc.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=15)
-        for proc in alive:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=5)
+        signal_then_kill(procs, signal.SIGTERM, timeout=15)
     process.wait(timeout=5)
+
+
+def signal_then_kill(procs: list[psutil.Process], sig: int, timeout: float) -> None:
+    """Send ``sig`` to every process, wait up to ``timeout`` s, then kill whatever is left."""
+    for proc in procs:
+        try:
+            proc.send_signal(sig)
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for proc in alive:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
 
 
 def simulation_config(cfg) -> str:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import psutil
 
+from cli.run import signal_then_kill
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode and flwr of this environment
 
@@ -36,18 +38,7 @@ def stop_tree(pid: int, sig: int = signal.SIGTERM, timeout: float = 20) -> None:
         procs = [root, *root.children(recursive=True)]
     except psutil.NoSuchProcess:
         return
-    for proc in procs:
-        try:
-            proc.send_signal(sig)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
+    signal_then_kill(procs, sig, timeout)
 
 
 class Deployment:

@@ -59,13 +59,7 @@ def make_generator(weights, *, pretraining=None, guidance_scale=1.0, architectur
     )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny models here are all overhead: a second intra-op thread only adds waiting (badly so on a busy CPU)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -33,14 +33,7 @@ CONFIG_FILE = Path(__file__).resolve().parents[1] / "conf" / "generator" / "stab
 CIFAR10 = {"name": "cifar10", "image_size": 32, "channels": 3}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model gains nothing from threads, and spinning OpenMP threads on a busy 2-core machine
-    made this file 5x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py
 
 
 @pytest.fixture(scope="module")
