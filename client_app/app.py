@@ -13,15 +13,18 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client_app.contract import PROXIMAL_MU, SERVER_ROUND, ClientConfig
+from client_app.contract import (AUGMENTED, BN_QUERY, BN_RECORD, CLIENT_PART, EVAL_ACC, EVAL_LOSS, MIX_ACC, MIX_LOSS,
+                                 PROBE, PROBE_BN_STATS, PROBE_CANDIDATES, PROXIMAL_MU, SERVER_ROUND, ClientConfig)
 from client_app.mods import dp_clipping_mod, time_budget_mod
 from torchcore.classes import class_names
 from torchcore.data import Split
+from torchcore.bn import bn_statistics
 from torchcore.imagefolder import read_image_folder
+from torchcore.mixing import eq1
 from torchcore.model import build_resnet18
 from torchcore.partition import client_partition, label_histogram
 from torchcore.privacy import privatize_histogram
-from torchcore.train import TrainSettings, evaluate, resolve_device, train
+from torchcore.train import TrainSettings, evaluate, load_numpy_state, resolve_device, train
 
 app = ClientApp(mods=[time_budget_mod, dp_clipping_mod])
 
@@ -104,10 +107,41 @@ def train_locally(msg: Message, context: Context) -> Message:
 
 @app.evaluate()
 def evaluate_locally(msg: Message, context: Context) -> Message:
-    """Loss and accuracy of the global model on this node's own data."""
+    """Loss and accuracy of the global model on this node's own data; with a probe (adaptive kappa)
+    also of every candidate mix of the round's client aggregate and augmented model."""
     config, data, _ = _local_data(msg, context)
     model = _model(config, msg.content["arrays"])
-    loss, accuracy = evaluate(model, data, resolve_device(config.client_device), config.client_eval_batch_size,
-                              config.client_fast_cuda)
-    metrics = MetricRecord({"eval-loss": loss, "eval-acc": accuracy, "num-examples": len(data)})
+    device = resolve_device(config.client_device)
+
+    def score() -> tuple[float, float]:
+        return evaluate(model, data, device, config.client_eval_batch_size, config.client_fast_cuda)
+
+    loss, accuracy = score()
+    metrics = MetricRecord({EVAL_LOSS: loss, EVAL_ACC: accuracy, "num-examples": len(data)})
+    if PROBE in msg.content:
+        probe = msg.content[PROBE]
+        client_part = _numpy(msg.content[CLIENT_PART])
+        augmented = _numpy(msg.content[AUGMENTED])
+        losses, accuracies = [], []
+        for kappa_aug in probe[PROBE_CANDIDATES]:
+            load_numpy_state(model, eq1(client_part, augmented, float(kappa_aug), str(probe[PROBE_BN_STATS])))
+            loss, accuracy = score()
+            losses.append(loss)
+            accuracies.append(accuracy)
+        metrics[MIX_LOSS], metrics[MIX_ACC] = losses, accuracies
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@app.query(BN_QUERY)
+def report_bn_statistics(msg: Message, context: Context) -> Message:
+    """The BatchNorm running statistics of the received model on this node's data (mix.bn_stats=reestimate)."""
+    config, data, _ = _local_data(msg, context)
+    model = _model(config, msg.content["arrays"])
+    stats = bn_statistics(model, data, resolve_device(config.client_device), config.client_eval_batch_size)
+    content = RecordDict({BN_RECORD: ArrayRecord({k: torch.from_numpy(v) for k, v in stats.items()}),
+                          "metrics": MetricRecord({"num-examples": len(data)})})
+    return Message(content, reply_to=msg)
+
+
+def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return dict(zip(record.keys(), record.to_numpy_ndarrays()))

@@ -110,3 +110,19 @@ _RENAMED = {"histogram_mechanism": "histogram-privacy.mechanism", "histogram_eps
 RECORD_KEYS = {f.name: _RENAMED.get(f.name, f.name.replace("_", "-")) for f in fields(ClientConfig) if f.name not in GROUPS}
 TIME_BUDGET = RECORD_KEYS["time_budget"]
 ADAPTIVE_CLIPPING = RECORD_KEYS["adaptive_clipping"]
+
+
+# Adaptive kappa (strategy/genfl.py, mix.kappa_policy=adaptive): an evaluation message may also carry
+# the round's two parts of Eq. (1) and the candidate kappas; the node scores every candidate mix on
+# its own data and replies with one loss and one accuracy per candidate, in the candidates' order.
+PROBE = "genfl-probe"  # ConfigRecord: PROBE_CANDIDATES, PROBE_BN_STATS
+PROBE_CANDIDATES = "candidates"  # list of kappa_aug values
+PROBE_BN_STATS = "bn-stats"  # how the mix forms BatchNorm statistics (torchcore.mixing.BN_MODES)
+CLIENT_PART = "genfl-client-part"  # ArrayRecord: the base strategy's aggregate of the client models
+AUGMENTED = "genfl-augmented"  # ArrayRecord: the server's augmented model
+MIX_LOSS, MIX_ACC = "mix-loss", "mix-acc"  # MetricRecord keys of the reply (lists)
+EVAL_LOSS, EVAL_ACC = "eval-loss", "eval-acc"  # every evaluation reply: the global model on the node's data
+# BatchNorm re-estimation (mix.bn_stats=reestimate): the node runs the new global model over its data
+# and replies with its per-channel running means and variances (ArrayRecord BN_RECORD) and sample count.
+BN_QUERY = "bn_statistics"  # the ClientApp's @app.query name; message type "query.bn_statistics"
+BN_RECORD = "bn-statistics"

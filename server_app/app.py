@@ -16,7 +16,7 @@ from client_app.contract import ClientConfig
 from generation.augmented import AugmentedModelTrainer
 from generation.factory import build_generator
 from server_app import checkpoint
-from server_app.config import load_config, overrides_from_run_config, run_directory, to_yaml
+from server_app.config import adaptive_kappa, load_config, overrides_from_run_config, run_directory, to_yaml
 from server_app.nodes import WatchedGrid, wait_for_federation
 from server_app.results import RunReport
 from strategy.bases import build_base
@@ -85,6 +85,9 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
         seed=cfg.seed,
         reliability=reliability(cfg),
         first_round=resumed["round"] + 1 if resumed else 1,
+        adaptive=adaptive_kappa(cfg),
+        bn_stats=cfg.mix.bn_stats,
+        bn_fraction=cfg.mix.bn_fraction,
     )
     initial = ArrayRecord(model.state_dict())
     if resumed:
@@ -135,7 +138,10 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
 def base_strategy(cfg: DictConfig, num_nodes: int):
     """The configured Flower strategy for the client part of Eq. (1), DP-wrapped if asked."""
     fed = cfg.federation
-    sampling = dict(fraction_train=fed.fraction_train, fraction_evaluate=fed.fraction_evaluate,
+    fraction_evaluate = fed.fraction_evaluate
+    if cfg.mix.kappa_policy == "adaptive":  # the probe rides on the evaluation step
+        fraction_evaluate = max(fraction_evaluate, cfg.mix.probe_fraction)
+    sampling = dict(fraction_train=fed.fraction_train, fraction_evaluate=fraction_evaluate,
                     min_train_nodes=fed.min_train_nodes, min_evaluate_nodes=fed.min_evaluate_nodes,
                     # Sampling waits for this many nodes: a node that vanished mid-run must not stall it.
                     min_available_nodes=max(fed.min_train_nodes, fed.min_evaluate_nodes))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from conf import CONF_DIR
@@ -145,6 +145,7 @@ def _validate_genfl(cfg: DictConfig) -> None:
         raise ConfigError(str(err)) from err
     _check(st.kappa_fl == round(1.0 - st.kappa_aug, 12), "strategy.kappa_fl",
            "is derived (1 - strategy.kappa_aug): set strategy.kappa_aug instead", st.kappa_fl)
+    _validate_mix(cfg)
     gen = cfg.generation
     _check(gen.policy in POLICIES, "generation.policy", f"must be one of {', '.join(POLICIES)}", gen.policy)
     _check(gen.budget is None or (isinstance(gen.budget, int) and gen.budget >= 0), "generation.budget", "must be null or an integer >= 0", gen.budget)
@@ -160,6 +161,43 @@ def _validate_genfl(cfg: DictConfig) -> None:
         if problem:
             raise ConfigError(problem)
     _validate_reliability(cfg)
+
+
+def _validate_mix(cfg: DictConfig) -> None:
+    from strategy.kappa import POLICIES, KappaError
+    from torchcore.mixing import BN_MODES
+
+    m, st = cfg.mix, cfg.strategy
+    _check(m.kappa_policy in POLICIES, "mix.kappa_policy", f"must be one of {', '.join(POLICIES)}", m.kappa_policy)
+    _check(m.bn_stats in BN_MODES, "mix.bn_stats", f"must be one of {', '.join(BN_MODES)}", m.bn_stats)
+    _check(m.bn_stats != "reestimate" or cfg.model.norm == "batch", "mix.bn_stats",
+           "reestimate needs BatchNorm (model.norm=batch); GroupNorm has no running statistics", m.bn_stats)
+    for key in ("probe_fraction", "bn_fraction"):
+        _check(_number(m[key]) and 0 < m[key] <= 1, f"mix.{key}", "must be in (0, 1]", m[key])
+    if m.kappa_policy == "adaptive":
+        _check(st.kappa_schedule == "constant", "strategy.kappa_schedule",
+               "must be constant under mix.kappa_policy=adaptive (the policy moves kappa_aug itself)", st.kappa_schedule)
+        _check(0 < st.kappa_aug < 1, "mix.kappa_policy",
+               "adaptive mixes client and augmented models: use it with strategy=genfl (0 < kappa_aug < 1)", m.kappa_policy)
+        try:
+            adaptive_kappa(cfg)
+        except KappaError as err:
+            raise ConfigError(str(err)) from err
+
+
+def adaptive_kappa(cfg: DictConfig):
+    """The adaptive policy of ``cfg.mix``, or None under a constant/scheduled kappa."""
+    from strategy.kappa import AdaptiveKappa
+
+    m = cfg.mix
+    if m.kappa_policy != "adaptive":
+        return None
+    if not isinstance(m.candidates, (list, ListConfig)) or not all(_number(c) for c in m.candidates):
+        raise ConfigError(f"mix.candidates: must be a list of numbers in [0, 1] (got {m.candidates!r})")
+    for key in ("step", "low", "high"):
+        _check(_number(m[key]), f"mix.{key}", "must be a number", m[key])
+    return AdaptiveKappa(current=float(cfg.strategy.kappa_aug), candidates=tuple(m.candidates), step=float(m.step),
+                         low=float(m.low), high=float(m.high))
 
 
 def _validate_reliability(cfg: DictConfig) -> None:

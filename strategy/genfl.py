@@ -25,17 +25,20 @@ from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
 from flwr.serverapp.strategy import FedAvgM, Result, Strategy
 
-from strategy.aggregation import like, weighted_mix
+from client_app.contract import (AUGMENTED, BN_QUERY, BN_RECORD, CLIENT_PART, MIX_ACC, MIX_LOSS, PROBE, PROBE_BN_STATS,
+                                 PROBE_CANDIDATES)
+from strategy.aggregation import like
 from strategy.bases import base_state, dp_wrapper, innermost, load_base_state
 from strategy.cooldown import Cooldown
 from strategy.grids import OrderedGrid
 from strategy.guard import update_problem
 from strategy.histograms import Survey, survey
-from strategy.kappa import KappaSchedule
+from strategy.kappa import AdaptiveKappa, KappaSchedule
 from strategy.ledger import Ledger
-from strategy.replies import (Reliability, cap_weight, changed, evaluate_reply_problem, screen, sender,
-                              train_reply_problem, weigh)
+from strategy.replies import (Reliability, bn_reply_problem, cap_weight, changed, evaluate_reply_problem, screen,
+                              sender, train_reply_problem, weigh)
 from strategy.stats import RoundStats
+from torchcore.mixing import bn_statistic_names, combine_bn_statistics, mix
 
 
 class RoundFailedError(RuntimeError):
@@ -66,12 +69,14 @@ class GenFL(Strategy):
 
     def __init__(self, base: Strategy, *, num_classes: int, kappa: KappaSchedule, augmenter: Augmenter | None,
                  histogram_timeout: float, histogram_config: ConfigRecord | None = None, seed: int,
-                 reliability: Reliability, first_round: int = 1):
+                 reliability: Reliability, first_round: int = 1, adaptive: AdaptiveKappa | None = None,
+                 bn_stats: str = "mixed", bn_fraction: float = 1.0):
         if kappa.uses_synthetic_data and augmenter is None:
             raise ValueError("kappa_aug > 0 needs an augmenter (the server's synthetic-data trainer)")
         self.base, self.num_classes, self.kappa, self.augmenter = base, num_classes, kappa, augmenter
         self.histogram_timeout, self.histogram_config = histogram_timeout, histogram_config
         self.seed, self.reliability, self.offset = seed, reliability, first_round - 1
+        self.adaptive, self.bn_stats, self.bn_fraction = adaptive, bn_stats, bn_fraction
         keys = innermost(base)
         self.weighted_by_key, self.configrecord_key = keys.weighted_by_key, keys.configrecord_key
         self.cooldown = Cooldown(reliability.straggler_cooldown_rounds, kappa.num_rounds)
@@ -86,14 +91,19 @@ class GenFL(Strategy):
         self._sent: list[Message] = []
         self._sent_evaluate: list[Message] = []
         self._augmented: Future | None = None
+        self._grid: Grid | None = None
+        self._config = ConfigRecord()
+        self._parts: tuple[dict, dict] | None = None  # (client aggregate, augmented model) for the probe
+        self._probe: list[float] | None = None  # the candidates sent with this round's evaluation
         self._last_cause = "none"
         self._timeout = histogram_timeout
         self._resumed: dict = {}
 
     def summary(self) -> None:
         k = self.kappa
-        log(INFO, "\t├── GenFL: kappa_aug=%s (%s schedule, final %s), base %s", k.kappa_aug, k.schedule,
-            k.kappa_aug_final, type(self.base).__name__)
+        policy = "adaptive" if self.adaptive else f"{k.schedule} schedule, final {k.kappa_aug_final}"
+        log(INFO, "\t├── GenFL: kappa_aug=%s (%s), BatchNorm statistics %s, base %s", k.kappa_aug, policy,
+            self.bn_stats, type(self.base).__name__)
         self.base.summary()
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
@@ -150,9 +160,10 @@ class GenFL(Strategy):
         if self.global_histogram is None:
             self._prepare(grid, config)
         self._current = dict(zip(arrays.keys(), arrays.to_numpy_ndarrays()))
-        kappa_fl, kappa_aug = self.kappa.at(server_round)
+        self._grid, self._config = grid, config
+        kappa_fl, kappa_aug = self._kappas(server_round)
         self.round_stats[server_round] = RoundStats(server_round, kappa_fl=kappa_fl, kappa_aug=kappa_aug)
-        if kappa_aug > 0:
+        if kappa_aug > 0 or self.adaptive is not None:  # adaptive: kappa_aug 0 now may rise again
             self._augmented = self.augmenter.start({k: v.copy() for k, v in self._current.items()}, server_round)
         self._sent = []
         if kappa_fl > 0:
@@ -168,6 +179,11 @@ class GenFL(Strategy):
                 random.setstate(state)
             self._sent = self._with_histograms(server_round, grid, config)
         return self._sent
+
+    def _kappas(self, server_round: int) -> tuple[float, float]:
+        if self.adaptive is not None:
+            return round(1.0 - self.adaptive.current, 6), self.adaptive.current
+        return self.kappa.at(server_round)
 
     def _with_histograms(self, server_round: int, grid: Grid, config: ConfigRecord) -> list[Message]:
         """A sampled node without a valid label histogram (it joined late or restarted with a new id)
@@ -195,20 +211,24 @@ class GenFL(Strategy):
             stats.update(images_synthesized=self.generation_stats["images_synthesized"],
                          generation_seconds=self.generation_stats["generation_seconds"])
         states, weights, metrics, cause = [], [], None, None
+        client_part = augmented = None
+        self._parts = None
         if kappa_fl > 0:
             client_part, metrics, cause = self._aggregate_clients(server_round, list(replies), stats)
             if client_part is not None:
                 states, weights = [client_part], [kappa_fl]
         else:
             stats.update(clients_trained=0, clients_failed=0, clients_excluded=0, clients_missing=0)
-        if kappa_aug > 0:
+        if self._augmented is not None:
             job, self._augmented = self._augmented, None
             augmented, augmented_metrics = job.result()  # joined even if the round failed
             stats.update(**augmented_metrics)
             states.append(augmented)
             weights.append(kappa_aug)
         if cause is None:
-            mixed = weighted_mix(states, weights)
+            mixed = mix(states, weights, client_part if self.bn_stats != "mixed" else None)
+            if self.bn_stats == "reestimate" and bn_statistic_names(mixed):
+                mixed = self._reestimate_bn(server_round, mixed, stats)
             cause, ratio = update_problem(self._current, mixed, self.reliability.max_relative_update)
             stats.update_ratio = round(ratio, 6) if np.isfinite(ratio) else None
             cause = cause and f"the new global model was rejected: {cause}"
@@ -218,7 +238,40 @@ class GenFL(Strategy):
         self.consecutive_failures = 0
         self.rounds_succeeded += 1
         stats.round_accepted = True
+        if self.adaptive is not None and client_part is not None and augmented is not None:
+            self._parts = (client_part, augmented)
         return ArrayRecord({k: Array(v) for k, v in mixed.items()}), metrics
+
+    def _reestimate_bn(self, server_round: int, mixed: dict[str, np.ndarray], stats: RoundStats) -> dict[str, np.ndarray]:
+        """The mixed model's BatchNorm statistics recomputed on a sample of the nodes' real data and
+        combined (torchcore.mixing); the client aggregate's are kept if no node answers usably."""
+        nodes = sorted((n for n in self._grid.get_node_ids() if n in self.survey.histograms), key=self._order)
+        count = max(1, round(len(nodes) * self.bn_fraction))
+        if count < len(nodes):
+            nodes = sorted(random.Random(self.seed * 1_000_003 + server_round).sample(nodes, count), key=self._order)
+        content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in mixed.items()}),
+                              self.configrecord_key: self._config})
+        sent = [Message(content, message_type=f"query.{BN_QUERY}", dst_node_id=n) for n in nodes]
+        replies = list(self._grid.send_and_receive(sent, timeout=self._timeout))
+        names = bn_statistic_names(mixed)
+
+        def problem(reply: Message, node: int) -> str | None:
+            return bn_reply_problem(reply.content, {k: mixed[k] for k in names}, weighted_by_key=self.weighted_by_key,
+                                    declared=self.survey.declared.get(node), slack=self.reliability.claim_slack)
+
+        usable, _, _ = screen(server_round, replies, sent, "BatchNorm statistics", problem, self._order)
+        stats.bn_nodes = len(usable)
+        if not usable:
+            log(WARNING, "round %d: no node re-estimated the BatchNorm statistics; the client aggregate's are kept",
+                server_round)
+            return mixed
+        reports = []
+        for reply in usable:
+            cap_weight(reply.content, self.weighted_by_key, self.survey.weight_cap)
+            record = reply.content[BN_RECORD]
+            reports.append((dict(zip(record.keys(), record.to_numpy_ndarrays())),
+                            float(next(iter(reply.content.metric_records.values()))[self.weighted_by_key])))
+        return {**mixed, **combine_bn_statistics(reports)}
 
     def _round_failed(self, server_round: int, cause: str) -> None:
         self.round_stats[server_round].update(round_accepted=False, round_failure=cause)
@@ -275,13 +328,34 @@ class GenFL(Strategy):
     def _evaluate_problem(self, reply: Message, node: int) -> str | None:
         problem = evaluate_reply_problem(reply.content, weighted_by_key=self.weighted_by_key,
                                          declared=self.survey.declared.get(node), slack=self.reliability.claim_slack)
+        if problem is None and self._probe is not None:
+            metrics = next(iter(reply.content.metric_records.values()))
+            for key in (MIX_LOSS, MIX_ACC):
+                value = metrics.get(key)
+                if not isinstance(value, list) or len(value) != len(self._probe):
+                    problem = f"{key!r} must list one value per candidate kappa ({len(self._probe)}), got {value!r}"
+                    break
         if problem is None:
             cap_weight(reply.content, self.weighted_by_key, self.survey.weight_cap)
         return problem
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
+        """The base's evaluation messages; under adaptive kappa they also carry this round's two parts
+        of Eq. (1) and the candidate kappas, for the nodes to score on their own data."""
         self._sent_evaluate = list(self.base.configure_evaluate(server_round + self.offset, arrays, config,
                                                                 OrderedGrid(grid, self._order)))
+        self._probe = None
+        if self._parts is not None and self._sent_evaluate:
+            client_part, augmented = self._parts
+            self._probe = self.adaptive.candidates_with()
+            # Re-estimated statistics exist only for the chosen mix: candidates use the clients' (the start point).
+            bn = "clients" if self.bn_stats == "reestimate" else self.bn_stats
+            records = {CLIENT_PART: ArrayRecord({k: Array(v) for k, v in client_part.items()}),
+                       AUGMENTED: ArrayRecord({k: Array(v) for k, v in augmented.items()}),
+                       PROBE: ConfigRecord({PROBE_CANDIDATES: self._probe, PROBE_BN_STATS: bn})}
+            for msg in self._sent_evaluate:
+                for name, record in records.items():
+                    msg.content[name] = record
         return self._sent_evaluate
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
@@ -294,10 +368,29 @@ class GenFL(Strategy):
         stats.update(clients_evaluated=len(usable), clients_evaluate_failed=len(failed),
                      clients_evaluate_excluded=len(excluded))
         metrics = self.base.aggregate_evaluate(server_round, usable) if usable else None
+        if self._probe is not None:
+            self._choose_kappa(server_round, usable, stats)
+        self._probe = self._parts = None
         for key in ("eval-loss", "eval-acc"):  # what the ClientApp reports (client_app/app.py)
             if metrics is not None and key in metrics:
                 setattr(stats, "federated_" + key.replace("-", "_"), float(metrics[key]))
         return metrics
+
+    def _choose_kappa(self, server_round: int, usable: list[Message], stats: RoundStats) -> None:
+        """Federated loss of each candidate mix (sample-weighted, capped like any weight); kappa_aug moves."""
+        if not usable:
+            log(WARNING, "round %d: no node scored the candidate kappas; kappa_aug stays %s", server_round,
+                self.adaptive.current)
+            return
+        scores = [next(iter(r.content.metric_records.values())) for r in usable]
+        weights = np.array([float(m[self.weighted_by_key]) for m in scores])
+        losses = np.array([m[MIX_LOSS] for m in scores], dtype=np.float64)
+        federated = weights @ losses / weights.sum()
+        best = self.adaptive.choose(dict(zip(self._probe, federated.tolist())))
+        stats.update(kappa_probe={f"{k:g}": round(float(v), 5) for k, v in zip(self._probe, federated)},
+                     kappa_best=best, kappa_next=self.adaptive.current, probe_nodes=len(usable))
+        log(INFO, "round %d: adaptive kappa: federated loss by kappa_aug %s -> kappa_aug %s next round", server_round,
+            stats.kappa_probe, self.adaptive.current)
 
     def _order(self, node: int) -> tuple[int, int]:
         partition = self.survey.partitions.get(node)
@@ -323,6 +416,7 @@ class GenFL(Strategy):
             "benched_until": self.cooldown.state(self._identity),
             "nodes": self.ledger.state(self._identity),
             "base": base_state(self.base),  # server optimiser moments, an adaptive clipping norm
+            "adaptive_kappa": self.adaptive.current if self.adaptive else None,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -331,4 +425,6 @@ class GenFL(Strategy):
         self.rounds_succeeded = state["rounds_succeeded"]
         self.consecutive_failures = state["consecutive_failures"]
         load_base_state(self.base, state["base"])
+        if self.adaptive is not None and state.get("adaptive_kappa") is not None:
+            self.adaptive.current = float(state["adaptive_kappa"])
         self._resumed = {k: state[k] for k in ("global_histogram", "benched_until", "nodes")}

@@ -56,3 +56,51 @@ class KappaSchedule:
     @property
     def uses_synthetic_data(self) -> bool:
         return self.kappa_aug > 0 or (self.schedule != "constant" and self.kappa_aug_final > 0)
+
+
+POLICIES = ("constant", "adaptive")
+
+
+@dataclass
+class AdaptiveKappa:
+    """kappa_aug set each round from the clients' evidence (mix.kappa_policy=adaptive).
+
+    In every round's evaluation step some nodes score candidate mixes of the round's client aggregate
+    and augmented model on their own real data; the server moves kappa_aug a ``step`` of the way
+    toward the candidate with the lowest federated loss, within [``low``, ``high``]. A generator that
+    stops helping the clients' data is thus turned down (kappa 0 = FedAvg is always a candidate),
+    one that helps is kept; the server itself never sees real data.
+    """
+
+    current: float  # kappa_aug of the next round
+    candidates: tuple[float, ...]
+    step: float
+    low: float
+    high: float
+
+    def __post_init__(self):
+        self.candidates = tuple(float(c) for c in self.candidates)
+        if not self.candidates or any(not 0.0 <= c <= 1.0 or math.isnan(c) for c in self.candidates):
+            raise KappaError(f"mix.candidates must be a non-empty list of kappa_aug values in [0, 1] (got {list(self.candidates)})")
+        if 0.0 not in self.candidates:
+            raise KappaError("mix.candidates must contain 0.0 (the client aggregate alone: FedAvg's model), "
+                             f"else the policy cannot tell when the augmented model hurts (got {list(self.candidates)})")
+        if not 0.0 < self.step <= 1.0:
+            raise KappaError(f"mix.step must be in (0, 1] (got {self.step})")
+        if not 0.0 <= self.low <= self.high < 1.0:
+            raise KappaError(f"mix.low and mix.high must satisfy 0 <= low <= high < 1 (kappa_fl > 0: the probe needs "
+                             f"the clients' models) (got {self.low}, {self.high})")
+        if not self.low <= self.current <= self.high:
+            raise KappaError(f"the starting strategy.kappa_aug={self.current} must lie in [mix.low, mix.high] = "
+                             f"[{self.low}, {self.high}]")
+
+    def candidates_with(self) -> list[float]:
+        """What nodes score this round: the candidates and the current kappa_aug, ascending."""
+        return sorted(set(self.candidates) | {round(self.current, 6)})
+
+    def choose(self, losses: dict[float, float]) -> float:
+        """Move toward the candidate with the lowest loss (ties: the smaller kappa_aug); returns it."""
+        best = min(losses, key=lambda k: (losses[k], k))
+        moved = self.current + self.step * (best - self.current)
+        self.current = round(min(max(moved, self.low), self.high), 6)
+        return best

@@ -25,11 +25,23 @@ class RoundStats:
     update_ratio: float | None = None  # ||w(t+1) - w(t)|| / ||w(t)||; None when not finite
     round_accepted: bool | None = None  # False: the new model was rejected and w(t) kept
     round_failure: str | None = None  # why it was rejected
+    # adaptive kappa (strategy.kappa_policy=adaptive): the clients' evidence, scored in this round's evaluation
+    kappa_probe: dict | None = None  # candidate kappa_aug -> federated loss of that mix on the clients' real data
+    kappa_best: float | None = None  # the candidate with the lowest federated loss
+    kappa_next: float | None = None  # kappa_aug for the next round (moved toward kappa_best, bounded)
+    probe_nodes: int | None = None  # nodes whose scores were used
+    # BatchNorm running statistics re-estimated on the clients (model.bn_stats=reestimate)
+    bn_nodes: int | None = None  # nodes whose statistics were combined
     # the augmented model (generation/augmented.py)
     augmented_train_loss: float | None = None
     augmented_test_accuracy: float | None = None
     augmented_train_seconds: float | None = None
     images_used: int | None = None  # synthetic images the augmented model trained on this round
+    augmented_class_weights: list | None = None  # round-aware augmentation: sampling weight per class this round
+    synthetic_scored: int | None = None  # filtering: images scored this round (or at generation)
+    synthetic_kept: int | None = None
+    synthetic_dropped: int | None = None
+    synthetic_filter: dict | None = None  # class -> [scored, kept, dropped]
     # round 1 only: the synthetic set
     images_synthesized: int | None = None  # made by the generator in this run (0: a cache hit)
     generation_seconds: float | None = None
