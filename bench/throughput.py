@@ -1,6 +1,8 @@
 """Throughput of the project's hot paths against raw baselines of the same work, in one run, on one device.
 
 (a) generation through generation/ against a bare diffusers pipeline call with the same settings;
+(f) prompt diversity: several prompt templates and a per-image guidance scale drawn from [1, 5] against
+    one template and a fixed scale, on the same pipeline (and one pipeline call per image, for comparison);
 (b) augmented-model training through torchcore.train (the server's path) against a minimal loop over
     tensors already on the device; (e) the clients' training path the same way, at the clients' batch size;
 (c) an image-cache hit against generating the same plan;
@@ -10,6 +12,7 @@
     python bench/throughput.py                         # CPU: tiny SD, digits-size training, offline generator
     python bench/throughput.py --simulation            # plus (d)
     python bench/throughput.py --sd15 --device cuda    # GPU: SD v1-5 architecture with random weights, CIFAR size
+    python bench/throughput.py --prompt-cost-only      # only (f), with or without --sd15
 
 Writes bench/results/throughput-<device>.json (device, versions, figures, ratios) and prints the ratios.
 Imports only the plain-PyTorch and generation layers unless --simulation is given.
@@ -62,8 +65,9 @@ def generation(folder: Path, device: torch.device, *, resolution: int, steps: in
                target: int, repeats: int) -> dict:
     """Images/s of TextToImageGenerator.generate vs pipe(...) on the same prompts, seeds, settings."""
     generator = TextToImageGenerator(
-        model=str(folder), class_names=CIFAR10_CLASS_NAMES, prompt_template="a photo of a {name}",
-        negative_prompt="blurry, low quality", guidance_scale=7.5, num_inference_steps=steps, scheduler="dpm++",
+        model=str(folder), class_names=CIFAR10_CLASS_NAMES, prompt_templates=["a photo of a {name}"],
+        class_descriptions=None, negative_prompt="blurry, low quality", guidance_scale=7.5, guidance_scale_range=None,
+        num_inference_steps=steps, scheduler="dpm++",
         generation_resolution=resolution, target_size=target, target_channels=3, batch_size=batch,
         device=str(device), local_files_only=True, safety_checker=False)
     pipe = generator.load()  # both sides use the very same pipeline object
@@ -77,7 +81,7 @@ def generation(folder: Path, device: torch.device, *, resolution: int, steps: in
             n = min(batch, images - start)
             seeds = [torch.Generator().manual_seed(image_seed(0, 3, start + i)) for i in range(n)]
             with torch.inference_mode():
-                pipe(prompt=[generator.prompts[3]] * n, negative_prompt=["blurry, low quality"] * n,
+                pipe(prompt=[generator.prompts[3][0]] * n, negative_prompt=["blurry, low quality"] * n,
                      height=resolution, width=resolution, num_inference_steps=steps, guidance_scale=7.5,
                      generator=seeds, output_type="pt")
 
@@ -90,6 +94,47 @@ def generation(folder: Path, device: torch.device, *, resolution: int, steps: in
     return {"settings": {"resolution": resolution, "steps": steps, "batch": batch, "images": images,
                          "guidance_scale": 7.5, "scheduler": "dpm++", "dtype": str(generator.dtype), "target": target},
             "project_images_per_s": round(p, 3), "raw_images_per_s": round(r, 3), "ratio": round(p / r, 3)}
+
+
+# -- (f) prompt diversity ----------------------------------------------------------------------
+DIVERSE_TEMPLATES = ["a photo of a {name}", "a blurry photo of a {name}", "a close-up photo of a {name}",
+                     "a photo of a small {name}", "a low-resolution photo of a {name}"]
+
+
+def prompt_cost(folder: Path, device: torch.device, *, resolution: int, steps: int, batch: int, images: int,
+                target: int, repeats: int, per_image_images: int) -> dict:
+    """Images/s of one template and guidance 7.5 vs five templates and a scale per image drawn from [1, 5]
+    (batched: `PerImageGuidance`), and of the latter made one pipeline call per image (what diffusers'
+    single guidance_scale per call would otherwise cost), all on the very same pipeline object."""
+    settings = dict(model=str(folder), class_names=CIFAR10_CLASS_NAMES, class_descriptions=None,
+                    negative_prompt="blurry, low quality", guidance_scale=7.5, num_inference_steps=steps,
+                    scheduler="dpm++", generation_resolution=resolution, target_size=target, target_channels=3,
+                    batch_size=batch, device=str(device), local_files_only=True, safety_checker=False)
+    single = TextToImageGenerator(**settings, prompt_templates=DIVERSE_TEMPLATES[:1], guidance_scale_range=None)
+    diverse = TextToImageGenerator(**settings, prompt_templates=DIVERSE_TEMPLATES, guidance_scale_range=[1, 5])
+    per_image = TextToImageGenerator(**settings, prompt_templates=DIVERSE_TEMPLATES, guidance_scale_range=[1, 5])
+    pipe = single.load()
+    diverse._pipe = per_image._pipe = pipe  # one pipeline for all arms: the same weights, kernels, memory
+    per_image._batched_guidance = False  # the fallback: one call per image
+
+    arms = {"single": (single, images), "diverse": (diverse, images), "per_image_calls": (per_image, per_image_images)}
+    for generator, count in arms.values():  # warm-up (cuDNN autotuning, allocator)
+        generator.generate({3: min(count, batch)}, seed=0)
+    assert diverse._batched_guidance, "per-image guidance fell back to one call per image"
+    seconds: dict[str, list[float]] = {name: [] for name in arms}
+    for _ in range(repeats):  # interleaved, so drift hits every arm
+        for name, (generator, count) in arms.items():
+            seconds[name] += timed(lambda g=generator, n=count: g.generate({3: n}, seed=1), device, 1)
+    rate = {name: arms[name][1] / statistics.median(seconds[name]) for name in arms}
+    return {"settings": {"resolution": resolution, "steps": steps, "batch": batch, "images": images,
+                         "per_image_calls_images": per_image_images, "templates": len(DIVERSE_TEMPLATES),
+                         "guidance_scale_range": [1, 5], "single_guidance_scale": 7.5, "scheduler": "dpm++",
+                         "dtype": str(single.dtype), "target": target},
+            "single_template_images_per_s": round(rate["single"], 3),
+            "diverse_images_per_s": round(rate["diverse"], 3),
+            "per_image_calls_images_per_s": round(rate["per_image_calls"], 3),
+            "ratio": round(rate["diverse"] / rate["single"], 3),  # diverse / single: 1 = prompt diversity is free
+            "ratio_per_image_calls": round(rate["per_image_calls"] / rate["single"], 3)}
 
 
 # -- (b)/(e) training ---------------------------------------------------------------------------
@@ -197,11 +242,26 @@ def simulation(rounds: int, clients: int) -> dict:
     return out
 
 
+def prompt_costs(args, device: torch.device, work: Path, folder: Path | None = None) -> dict:
+    """(f) on the model of this run: SD v1-5's architecture at 256 px (--sd15) or the tiny one at 32 px."""
+    from tiny_sd import build_sd15_random_folder, build_tiny_sd_folder
+
+    if args.sd15:
+        folder = folder or build_sd15_random_folder(work / "sd15")
+        return {"prompt_cost_sd15_256px_25steps": prompt_cost(folder, device, resolution=256, steps=25, batch=32,
+                                                              images=64, target=32, repeats=args.repeats,
+                                                              per_image_images=16)}
+    folder = folder or build_tiny_sd_folder(work / "tiny")
+    return {"prompt_cost_tiny_sd_32px_10steps": prompt_cost(folder, device, resolution=32, steps=10, batch=16, images=32,
+                                                            target=32, repeats=args.repeats, per_image_images=32)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--sd15", action="store_true", help="SD v1-5 architecture (random weights) instead of the tiny model")
     parser.add_argument("--simulation", action="store_true", help="also time GenFL vs FedAvg rounds (needs flwr)")
+    parser.add_argument("--prompt-cost-only", action="store_true", help="time only (f), the cost of prompt diversity")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--clients", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
@@ -216,16 +276,20 @@ def main() -> None:
               "python": platform.python_version(), "threads": torch.get_num_threads(), "figures": {}}
     figures = result["figures"]
     work = Path(tempfile.mkdtemp(prefix="genfl-sd-"))
-    if args.sd15:
+    if args.prompt_cost_only:
+        figures.update(prompt_costs(args, device, work))
+    elif args.sd15:
         from tiny_sd import build_sd15_random_folder
 
         folder = build_sd15_random_folder(work / "sd15")
+        figures.update(prompt_costs(args, device, work, folder))
         for resolution in (512, 256):
             figures[f"generation_sd15_{resolution}px_25steps"] = generation(
                 folder, device, resolution=resolution, steps=25, batch=32, images=64, target=32, repeats=args.repeats)
             print(json.dumps(figures[f"generation_sd15_{resolution}px_25steps"]), flush=True)
-        sd = TextToImageGenerator(model=str(folder), class_names=CIFAR10_CLASS_NAMES, prompt_template="a photo of a {name}",
-                                  negative_prompt=None, guidance_scale=7.5, num_inference_steps=25, scheduler="dpm++",
+        sd = TextToImageGenerator(model=str(folder), class_names=CIFAR10_CLASS_NAMES, prompt_templates=["a photo of a {name}"],
+                                  class_descriptions=None, negative_prompt=None, guidance_scale=7.5,
+                                  guidance_scale_range=None, num_inference_steps=25, scheduler="dpm++",
                                   generation_resolution=256, target_size=32, target_channels=3, batch_size=32,
                                   device=str(device), local_files_only=True, safety_checker=False)
         figures["cache_sd15_256px"] = cache(sd, {0: 32, 1: 32}, device)
@@ -237,6 +301,7 @@ def main() -> None:
         folder = build_tiny_sd_folder(work / "tiny")
         figures["generation_tiny_sd_32px_10steps"] = generation(folder, device, resolution=32, steps=10, batch=16, images=32,
                                                                 target=32, repeats=args.repeats)
+        figures.update(prompt_costs(args, device, work, folder))
         from omegaconf import OmegaConf
 
         from generation.class_conditional import ClassConditionalGenerator

@@ -15,6 +15,13 @@ reaches ``--target``, averaged over the runs that reach it ("reached" says how m
 under accuracy-vs-round from round 0 to the last (trapezoids) divided by the number of rounds, i.e.
 the accuracy averaged over training (1.0 = perfect from the start); seconds per round = the server's
 wall time from round 0's evaluation to the last round's, divided by the rounds.
+
+Synthetic-data quality (runs that used synthetic images record it in metrics.json's ``synthetic_quality``,
+see generation/quality.py), averaged over the runs that have it, blank for configurations without:
+synthetic agreement = share of synthetic images whose label the final global model predicts; real-vs-
+synthetic AUC = how well a linear probe on the global model's features tells real test images from
+synthetic ones (0.5 = indistinguishable, 1.0 = fully separable); the CSV adds the pixel-statistics AUC.
+The Markdown table shows these columns only when some run has them.
 """
 
 from __future__ import annotations
@@ -41,7 +48,12 @@ SHORT_NAMES = {"strategy.name": "strategy", "partition.alpha": "alpha", "strateg
                "dataset.name": "dataset"}
 ALWAYS = ("strategy.name", "partition.alpha", "strategy.kappa_aug")  # columns even when they do not differ
 STAT_COLUMNS = ("runs", "seeds", "rounds", "final_accuracy_mean", "final_accuracy_std", "best_accuracy_mean",
-                "rounds_to_target_mean", "reached_target", "auc_mean", "seconds_per_round_mean")
+                "rounds_to_target_mean", "reached_target", "auc_mean", "seconds_per_round_mean",
+                "synthetic_agreement_mean", "separability_auc_mean", "pixel_separability_auc_mean")
+QUALITY_KEY = "synthetic_quality"  # generation.quality.METRICS_KEY (not imported: it would load torch)
+# metrics.json's synthetic_quality entry -> the summary's column (mean over the runs that have it).
+QUALITY_COLUMNS = {"agreement": "synthetic_agreement_mean", "separability_auc": "separability_auc_mean",
+                   "pixel_separability_auc": "pixel_separability_auc_mean"}
 
 
 @dataclass
@@ -49,6 +61,7 @@ class Run:
     path: Path
     config: dict  # flattened: "partition.alpha" -> 0.1
     rounds: list[dict]
+    quality: dict = field(default_factory=dict)  # metrics.json's synthetic_quality ({} without one)
 
     @property
     def curve(self) -> tuple[np.ndarray, np.ndarray]:
@@ -93,7 +106,8 @@ def _read_run(path: Path) -> tuple[Run | None, str | None]:
     if status != "completed":
         why = data.get("error") or ("stopped or still running" if status == "running" else "no error recorded")
         return None, f"{status} after {max((r.get('round', 0) for r in rounds), default=0)} round(s): {why}"
-    run = Run(path.parent, flatten(config), rounds)
+    quality = data.get(QUALITY_KEY)
+    run = Run(path.parent, flatten(config), rounds, quality if isinstance(quality, dict) else {})
     if len(run.curve[0]) < 2:
         return None, "completed but has fewer than two evaluated rounds"
     return run, None
@@ -196,7 +210,13 @@ def summarize(configuration: Configuration, target: float) -> dict:
         "reached_target": f"{len(reached)}/{len(per_run)}",
         "auc_mean": _mean([s["auc"] for s in per_run]),
         "seconds_per_round_mean": _mean([s["seconds_per_round"] for s in per_run]),
+        **{column: _mean([_number(run.quality.get(key)) for run in configuration.runs])
+           for key, column in QUALITY_COLUMNS.items()},
     }
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def mean_curve(configuration: Configuration) -> dict:
@@ -256,6 +276,10 @@ def write_tables(summary: dict, problems: list[str], out: Path) -> None:
             writer.writerow([_setting(row.get(c)) if c in summary["columns"] else _cell(row.get(c), 6) for c in columns])
     head = [*summary["columns"], "runs", "final accuracy", "best", f"rounds to {summary['target_accuracy']:g}",
             "AUC", "s/round"]
+    quality = any(row.get(c) is not None for row in summary["configurations"]
+                  for c in ("synthetic_agreement_mean", "separability_auc_mean"))
+    if quality:
+        head += ["synthetic agreement", "real-vs-synthetic AUC"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in summary["configurations"]:
         final = _cell(row["final_accuracy_mean"], 3)
@@ -266,6 +290,8 @@ def write_tables(summary: dict, problems: list[str], out: Path) -> None:
         cells = [_setting(row.get(c)) for c in summary["columns"]]
         cells += [str(row["runs"]), final, _cell(row["best_accuracy_mean"], 3), to_target,
                   _cell(row["auc_mean"], 3), _cell(row["seconds_per_round_mean"], 1)]
+        if quality:
+            cells += [_cell(row.get("synthetic_agreement_mean"), 3), _cell(row.get("separability_auc_mean"), 3)]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     if problems:

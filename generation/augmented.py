@@ -3,22 +3,42 @@
 Plain PyTorch behind a NumPy-state interface, so the strategy can call it without importing torch
 or diffusers. Synthetic images are produced once (plan -> generator -> cache) before round 1; the
 strategy may call `train` from a background thread while the clients train.
+
+Two optional refinements (issue 16), both off by default (then training is bit for bit as before):
+``filter`` (`generation.filtering`) leaves out the synthetic images the current global model is
+least sure belong to their class; ``class_weights`` (round-aware augmentation) re-weights the class
+mix the augmented model samples in one round, e.g. toward what that round's clients lack.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from generation.base import ImageGenerator
 from generation.cache import cache_key, generate_cached
+from generation.filtering import FilterSettings, per_class, score_confidence, select
 from generation.planning import plan_generation, requested_images
 from torchcore.data import Split
 from torchcore.train import TrainSettings, evaluate, load_numpy_state, state_to_numpy, train
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The latest filtering decision over ``trainer.synthetic`` (CPU tensors, in the set's order)."""
+
+    round: int  # the round whose global model scored the images
+    confidence: torch.Tensor  # float32 (N,): that model's softmax probability of each image's own class
+    kept: torch.Tensor  # bool (N,): the images the augmented model trains on until the next rescoring
 
 
 class AugmentedModelTrainer:
@@ -27,6 +47,9 @@ class AugmentedModelTrainer:
     ``make_generator`` is called only if images are actually needed (so FedAvg never loads a model).
     ``overlap``: `start` trains in a background thread, beside the clients; otherwise when the
     strategy asks for the result (after the clients replied). Same seeds, same model either way.
+    ``filter``: confidence filtering of the synthetic set (None or mode "none": every image is used).
+    Rounds are trained one at a time (one worker thread, or the caller's); the filter's selection is
+    replaced, never changed in place, so `selection`/`kept_mask` can be read from another thread.
     """
 
     def __init__(
@@ -45,6 +68,7 @@ class AugmentedModelTrainer:
         seed: int,
         cache_dir: str | None,
         overlap: bool,
+        filter: FilterSettings | None = None,
     ):
         self.make_generator = make_generator
         self.model = model
@@ -56,6 +80,9 @@ class AugmentedModelTrainer:
         self.seed = seed
         self.cache_dir = cache_dir
         self.synthetic: Split | None = None
+        self.filter = filter if filter is not None and filter.active else None
+        self.num_classes = _num_classes(model)
+        self._selection: Selection | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="augmented-model") if overlap else None
 
     def prepare(self, global_histogram: Sequence[int], plan: dict[int, int] | None = None) -> dict:
@@ -73,6 +100,7 @@ class AugmentedModelTrainer:
         # Kept on the training device (uint8: 3 KB per 32x32 RGB image), not copied batch by batch.
         on_gpu = self.device.type == "cuda"
         self.synthetic = Split(images.to(self.device), labels.to(self.device)) if on_gpu else Split(images, labels)
+        self._selection = None  # scores belong to one synthetic set
         return {
             "plan": plan,
             "images_requested": requested,
@@ -83,33 +111,136 @@ class AugmentedModelTrainer:
             "generation_seconds": round(time.perf_counter() - started, 2),
         }
 
-    def start(self, global_state: dict[str, np.ndarray], server_round: int) -> Future:
-        """This round's augmented-model training, as a future of `train`'s result."""
+    @property
+    def selection(self) -> Selection | None:
+        """The latest filtering decision (None until a round filtered)."""
+        return self._selection
+
+    @property
+    def kept_mask(self) -> torch.Tensor | None:
+        """bool (N,) over ``synthetic``: the images the latest filtered round trained on (None: no filtering yet)."""
+        selection = self._selection
+        return None if selection is None else selection.kept
+
+    def start(self, global_state: dict[str, np.ndarray], server_round: int,
+              class_weights: Sequence[float] | None = None) -> Future:
+        """This round's augmented-model training, as a future of `train`'s result.
+
+        Bad ``class_weights`` raise ValueError here, in the caller's thread."""
+        class_weights = self._checked_weights(class_weights)
         if self._pool is not None:
-            return self._pool.submit(self.train, global_state, server_round)
-        return _Deferred(lambda: self.train(global_state, server_round))
+            return self._pool.submit(self.train, global_state, server_round, class_weights)
+        return _Deferred(lambda: self.train(global_state, server_round, class_weights))
 
     def close(self) -> None:
         """Wait for training still running and stop the thread (a failed run must not leave it behind)."""
         if self._pool is not None:
             self._pool.shutdown(wait=True)
 
-    def train(self, global_state: dict[str, np.ndarray], server_round: int) -> tuple[dict[str, np.ndarray], dict]:
-        """w_aug: the global model after ``settings.epochs`` on the synthetic set, plus its test metrics."""
+    def train(self, global_state: dict[str, np.ndarray], server_round: int,
+              class_weights: Sequence[float] | None = None) -> tuple[dict[str, np.ndarray], dict]:
+        """w_aug: the global model after ``settings.epochs`` on the synthetic set, plus its test metrics.
+
+        With a filter, the images are first scored by the global model as given (before training) on
+        the rounds `FilterSettings.rescores` names, and the augmented model trains on the kept ones.
+        ``class_weights`` (one non-negative weight per class, positive sum): each epoch draws as many
+        samples as the (kept) set holds, image i with probability proportional to
+        ``class_weights[label_i] / count[label_i]``, so class c makes up a share ``class_weights[c]``
+        (normalised over the classes the set holds) of what is trained on; seeded like the shuffle.
+        """
         if self.synthetic is None or len(self.synthetic) < 2:
             raise RuntimeError("the augmented model has no synthetic data: prepare() produced fewer than 2 images")
+        class_weights = self._checked_weights(class_weights)
         load_numpy_state(self.model, global_state)
         started = time.perf_counter()
-        loss = train(self.model, self.synthetic, self.settings, self.device, seed=self.seed * 7_919 + server_round)
+        data, metrics = self.synthetic, {}
+        if self.filter is not None:
+            data, metrics = self._filtered(server_round)
+        sample_weights = None
+        if class_weights is not None:
+            sample_weights, effective = _sample_weights(data.labels, class_weights)
+            metrics["augmented_class_weights"] = [round(w, 4) for w in effective]
+        seed = self.seed * 7_919 + server_round
+        if sample_weights is None:  # exactly the call (and numbers) of a run without the option
+            loss = train(self.model, data, self.settings, self.device, seed=seed)
+        else:
+            loss = train(self.model, data, self.settings, self.device, seed=seed, sample_weights=sample_weights)
         seconds = time.perf_counter() - started
         test_loss, test_accuracy = evaluate(self.model, self.test, self.device, self.eval_batch_size, self.settings.fast_cuda)
         metrics = {
             "augmented_train_loss": loss,
             "augmented_test_accuracy": test_accuracy,
             "augmented_train_seconds": round(seconds, 2),
-            "images_used": len(self.synthetic) * self.settings.epochs,
+            "images_used": len(data) * self.settings.epochs,
+            **metrics,
         }
         return state_to_numpy(self.model), metrics
+
+    def _filtered(self, server_round: int) -> tuple[Split, dict]:
+        """This round's training set and the filter's metrics (the model holds the global state)."""
+        labels = self.synthetic.labels
+        scored = False
+        if not self.filter.filters(server_round):
+            kept = torch.ones(len(labels), dtype=torch.bool)
+        else:
+            selection = self._selection
+            if selection is None or self.filter.rescores(server_round):
+                confidence = score_confidence(self.model, self.synthetic, self.device, self.eval_batch_size)
+                kept = select(confidence, labels, keep_ratio=self.filter.keep_ratio, threshold=self.filter.threshold)
+                selection = Selection(server_round, confidence, kept)
+                self._selection = selection  # one assignment: readers see the old or the new decision
+                scored = True
+            kept = selection.kept
+        report = per_class(labels, kept, scored)
+        metrics = {
+            "synthetic_scored": len(labels) if scored else 0,
+            "synthetic_kept": int(kept.sum()),
+            "synthetic_dropped": int((~kept).sum()),
+            "synthetic_filter": report,
+        }
+        if bool(kept.all()):
+            return self.synthetic, metrics  # the very same set: no copy, same numbers as unfiltered
+        index = kept.nonzero().squeeze(1).to(labels.device)
+        return Split(self.synthetic.images[index], labels[index]), metrics
+
+    def _checked_weights(self, class_weights: Sequence[float] | None) -> list[float] | None:
+        """``class_weights`` as floats, or ValueError (one line) when they are not a usable weighting."""
+        if class_weights is None:
+            return None
+        try:
+            weights = [float(w) for w in class_weights]
+        except (TypeError, ValueError):
+            raise ValueError(f"class_weights: need a sequence of numbers, got {class_weights!r}") from None
+        if self.num_classes is not None and len(weights) != self.num_classes:
+            raise ValueError(f"class_weights: need {self.num_classes} weights (one per class), got {len(weights)}")
+        if not all(math.isfinite(w) and w >= 0 for w in weights) or not sum(weights) > 0:
+            raise ValueError(f"class_weights: need finite weights >= 0 with a positive sum, got {weights}")
+        return weights
+
+
+def _num_classes(model: torch.nn.Module) -> int | None:
+    """The classifier's output size (the last Linear layer), or None when the model has none."""
+    linear = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    return linear[-1].out_features if linear else None
+
+
+def _sample_weights(labels: torch.Tensor, class_weights: list[float]) -> tuple[torch.Tensor, list[float]]:
+    """Per-image sampling weights (float64, CPU) that give class c the share ``class_weights[c]``, and
+    the class shares actually used: weights of classes the set does not hold are dropped and the rest
+    renormalised. If no weight falls on a class the set holds, the set's own mix is used (a warning)."""
+    labels = labels.detach().cpu()
+    size = max(len(class_weights), int(labels.max()) + 1)
+    counts = torch.bincount(labels, minlength=size).double()
+    weights = torch.zeros(size, dtype=torch.float64)
+    weights[: len(class_weights)] = torch.tensor(class_weights, dtype=torch.float64)
+    weights[counts == 0] = 0.0
+    if not weights.sum() > 0:
+        logger.warning("class_weights %s put no weight on the classes of the synthetic set %s; using its own mix",
+                       class_weights, counts.nonzero().squeeze(1).tolist())
+        weights = counts.clone()
+    weights /= weights.sum()
+    per_image = weights[labels] / counts[labels]
+    return per_image, weights[: len(class_weights)].tolist()
 
 
 class _Deferred(Future):

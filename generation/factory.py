@@ -37,6 +37,17 @@ def _class_names_problem(generator_cfg: Mapping, dataset_cfg: Mapping) -> str | 
     return None
 
 
+def _text_to_image_fit(generator_cfg: Mapping, dataset_cfg: Mapping) -> str | None:
+    """Class names for every class, and prompt settings that work (checked without torch or a model)."""
+    from generation.prompts import prompt_problem, resolve_class_names
+
+    problem = _class_names_problem(generator_cfg, dataset_cfg)
+    if problem:
+        return problem
+    names = resolve_class_names(generator_cfg.get("class_names"), BUILTIN_CLASS_NAMES.get(dataset_cfg["name"], ()))
+    return prompt_problem(generator_cfg, names)
+
+
 def _class_conditional_fit(generator_cfg: Mapping, dataset_cfg: Mapping) -> str | None:
     return _digits_problem("generator=class_conditional makes", dataset_cfg, "use generator=stable_diffusion")
 
@@ -62,7 +73,7 @@ class Backend:
 
 BACKENDS = {
     "class_conditional": Backend("generation.class_conditional:ClassConditionalGenerator", _class_conditional_fit),
-    "stable_diffusion": Backend("generation.text_to_image:TextToImageGenerator", _class_names_problem),
+    "stable_diffusion": Backend("generation.text_to_image:TextToImageGenerator", _text_to_image_fit),
     "corpus": Backend("generation.corpus:CorpusGenerator", _corpus_fit),
 }
 

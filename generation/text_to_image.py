@@ -1,4 +1,12 @@
-"""Stable Diffusion text-to-image backend: one prompt per class, images resized to the data set's format."""
+"""Stable Diffusion text-to-image backend: prompts per class, images resized to the data set's format.
+
+Each image of a class gets one of the class's prompts (`generation.prompts.class_prompt_sets`: every
+template, with each description where a template says ``{description}``) and, with
+``guidance_scale_range``, its own guidance scale drawn uniformly from the range. Both are drawn from
+(seed, class, image index) alone, like the image's noise (`image_seed`), so an image never depends on
+the batch size or on the rest of the plan. The defaults (one template, a fixed scale) make the very
+images, and the very cache key, of the single-prompt generator this backend was before.
+"""
 
 from __future__ import annotations
 
@@ -22,16 +30,26 @@ from diffusers import (
 
 from generation.base import backend_settings, checked_plan
 from generation.cache import runtime_fingerprint
-from generation.prompts import builtin_class_names, class_prompts, resolve_class_names
+from generation.prompts import (
+    builtin_class_names,
+    checked_guidance_range,
+    class_prompt_sets,
+    load_class_descriptions,
+    resolve_class_names,
+)
 
 logger = logging.getLogger(__name__)
 
 BACKEND = "stable_diffusion"
 SETTINGS = (  # conf/generator/stable_diffusion.yaml, less `backend`
-    "model", "class_names", "prompt_template", "negative_prompt", "guidance_scale", "num_inference_steps",
-    "scheduler", "generation_resolution", "batch_size", "device", "local_files_only", "safety_checker",
-    "revision", "compile_unet",
+    "model", "class_names", "prompt_templates", "class_descriptions", "negative_prompt", "guidance_scale",
+    "guidance_scale_range", "num_inference_steps", "scheduler", "generation_resolution", "batch_size", "device",
+    "local_files_only", "safety_checker", "revision", "compile_unet",
 )
+
+# How an image's prompt and guidance scale are drawn (`TextToImageGenerator.image_conditions`): named in
+# the cache key whenever there is a choice, so that changing the scheme cannot reuse old images.
+PER_IMAGE_DRAW = "v1: prompt (blake2b(seed:class) + index) mod n; guidance low + (high-low) * blake2b(seed:class:index)"
 
 SCHEDULERS = {
     "dpm++": DPMSolverMultistepScheduler,
@@ -74,15 +92,50 @@ def image_seed(seed: int, class_id: int, index: int) -> int:
     return int.from_bytes(digest, "little") >> 1  # torch seeds must fit in int64
 
 
+def _hash64(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
+
+
+class PerImageGuidance(float):
+    """One guidance scale per image for a single pipeline call (diffusers takes one ``guidance_scale``).
+
+    Its float value is the largest scale, which turns classifier-free guidance on; diffusers'
+    ``noise_uncond + guidance_scale * (noise_text - noise_uncond)`` then lands in ``__mul__``, which
+    scales each image's row by its own value in float32, as a Python float scale is applied. ``uses``
+    counts those products, so that the caller can check diffusers guided this way at every step (a
+    version that applies the scale otherwise would silently use the largest scale for every image).
+    """
+
+    def __new__(cls, scales: Sequence[float]):
+        guidance = super().__new__(cls, max(scales))
+        guidance.scales = torch.tensor([float(s) for s in scales], dtype=torch.float32)
+        guidance.uses = 0
+        guidance._on_device = guidance.scales
+        return guidance
+
+    def __mul__(self, other):
+        if isinstance(other, torch.Tensor) and other.dim() > 0 and other.shape[0] == len(self.scales):
+            self.uses += 1
+            if self._on_device.device != other.device:  # copied once per call, not at every step
+                self._on_device = self.scales.to(other.device)
+            scales = self._on_device.view(-1, *[1] * (other.dim() - 1))
+            return (other.float() * scales).to(other.dtype)
+        return float(self) * other
+
+
 def _looks_like_path(model: str) -> bool:
     """True for things only a file system path can be (a hub id is ``name`` or ``owner/name``)."""
     return os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1 or "\\" in model
 
 
 class TextToImageGenerator:
-    """Generates class images with a Stable Diffusion pipeline from one text prompt per class.
+    """Generates class images with a Stable Diffusion pipeline from text prompts per class.
 
     Every argument is required: the defaults live in ``conf/generator/stable_diffusion.yaml``.
+    ``prompt_templates`` hold ``{name}`` and/or ``{description}``; ``class_descriptions`` is None, a
+    JSON/YAML file or a mapping ``{class name: [description, ...]}`` (`generation.prompts`).
+    ``guidance_scale_range`` None uses ``guidance_scale`` for every image; ``[low, high]`` (1 <= low
+    <= high) draws each image's scale uniformly from it and ignores ``guidance_scale``.
     The pipeline loads on the first ``generate`` or ``load`` (constructing is cheap), in float16 on CUDA and
     float32 elsewhere. After each ``generate``, ``last_dropped`` counts the images discarded as
     unusable (black or flagged by the safety checker) and ``last_shortfall`` maps each class that
@@ -94,9 +147,11 @@ class TextToImageGenerator:
         *,
         model: str,
         class_names: Sequence[str],
-        prompt_template: str,
+        prompt_templates: Sequence[str],
+        class_descriptions: str | Path | Mapping | None,
         negative_prompt: str | None,
         guidance_scale: float,
+        guidance_scale_range: Sequence[float] | None,
         num_inference_steps: int,
         scheduler: str,
         generation_resolution: int,
@@ -122,10 +177,16 @@ class TextToImageGenerator:
                             ("num_inference_steps", num_inference_steps)]:
             if value < 1:
                 raise ValueError(f"{name} must be at least 1, got {value}.")
+        if negative_prompt is not None and not isinstance(negative_prompt, str):
+            raise ValueError(f"negative_prompt must be a string or null, got {negative_prompt!r}.")
         self.model = model
-        self.prompts = class_prompts(prompt_template, class_names)
+        # Per class, its prompts; each image gets one (`image_conditions`).
+        self.prompts = class_prompt_sets(prompt_templates, class_names,
+                                         load_class_descriptions(class_descriptions, class_names))
         self.negative_prompt = negative_prompt
         self.guidance_scale = float(guidance_scale)
+        self.guidance_scale_range = checked_guidance_range(guidance_scale_range)
+        self._batched_guidance = True  # False once diffusers is seen not to apply PerImageGuidance
         self.num_inference_steps = int(num_inference_steps)
         self.scheduler = scheduler
         self.generation_resolution = int(generation_resolution)
@@ -162,15 +223,39 @@ class TextToImageGenerator:
         The weights are identified by content, not by name, and without loading them or asking the
         network (`weights_identity`): a folder by a hash of its files, a Hub id by its pinned commit or
         the commit the local Hub cache has for its revision, which is then the commit that loads.
+        The prompts and the guidance are written as the single-prompt generator wrote them (a prompt per
+        class, one scale) unless there is a per-image choice, which then names its scheme (PER_IMAGE_DRAW).
         """
-        return {
+        single_prompts = all(len(own) == 1 for own in self.prompts)
+        fingerprint = {
             "backend": BACKEND, "weights": self._weights()[0], "scheduler": self.scheduler,
             "num_inference_steps": self.num_inference_steps, "guidance_scale": self.guidance_scale,
-            "prompts": list(self.prompts), "negative_prompt": self.negative_prompt,
+            "prompts": [own[0] for own in self.prompts] if single_prompts else [list(own) for own in self.prompts],
+            "negative_prompt": self.negative_prompt,
             "generation_resolution": self.generation_resolution, "target_size": self.target_size,
             "target_channels": self.target_channels, "safety_checker": self.safety_checker,
             "black_threshold": BLACK_THRESHOLD, **runtime_fingerprint(self.device, self.dtype),
         }
+        if self.guidance_scale_range is not None:
+            del fingerprint["guidance_scale"]  # unused: each image draws its own
+            fingerprint["guidance_scale_range"] = list(self.guidance_scale_range)
+        if not single_prompts or self.guidance_scale_range is not None:
+            fingerprint["per_image_draw"] = PER_IMAGE_DRAW
+        return fingerprint
+
+    def image_conditions(self, seed: int, class_id: int, index: int) -> tuple[str, float]:
+        """The prompt and guidance scale of the ``index``-th candidate image of ``class_id``.
+
+        Consecutive images of a class take its prompts in turn from a start drawn from (seed, class):
+        every prompt is used equally often (within one), and another seed starts elsewhere. The scale
+        is drawn uniformly from ``guidance_scale_range`` by a hash of (seed, class, index).
+        """
+        own = self.prompts[class_id]
+        prompt = own[(_hash64(f"prompt:{seed}:{class_id}") + index) % len(own)] if len(own) > 1 else own[0]
+        if self.guidance_scale_range is None:
+            return prompt, self.guidance_scale
+        low, high = self.guidance_scale_range
+        return prompt, low + (high - low) * (_hash64(f"guidance:{seed}:{class_id}:{index}") / 2**64)
 
     def generate(self, plan: Mapping[int, int], *, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``plan[c]`` images of each class ``c`` (fewer if too many come out unusable), classes ascending.
@@ -207,23 +292,51 @@ class TextToImageGenerator:
         return torch.stack(images), torch.tensor(labels, dtype=torch.int64)
 
     def _generate_batch(self, batch: list[tuple[int, int]], seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Images at the target format for the (class, candidate index) pairs, and which are usable."""
+        """Images at the target format for the (class, candidate index) pairs, and which are usable.
+
+        Images with different guidance scales share one pipeline call through `PerImageGuidance`; if
+        this diffusers does not apply it at every step, the batch is made again one call per image
+        (and so are later ones), which costs the batching but gives the same images.
+        """
         pipe = self.load()
+        prompts, scales = zip(*(self.image_conditions(seed, c, i) for c, i in batch))
+        images = None
+        if len(set(scales)) == 1:
+            images, flagged = self._call(pipe, batch, prompts, scales[0], seed)
+        elif self._batched_guidance:
+            guidance = PerImageGuidance(scales)
+            images, flagged = self._call(pipe, batch, prompts, guidance, seed)
+            steps = len(pipe.scheduler.timesteps)
+            if guidance.uses != steps:
+                logger.warning("This diffusers version does not apply per-image guidance scales through "
+                               "guidance_scale * (text - uncond) (%d of %d steps did): generating one image per "
+                               "call from now on, which is slower", guidance.uses, steps)
+                self._batched_guidance = False
+                images = None
+        if images is None:  # one call per image, each with its own scale
+            parts = [self._call(pipe, [pair], [prompt], scale, seed) for pair, prompt, scale in zip(batch, prompts, scales)]
+            images = torch.cat([part[0] for part in parts])
+            flagged = None if parts[0][1] is None else [f for part in parts for f in part[1]]
+        usable = ~unusable_images(images).cpu()
+        if flagged is not None:
+            usable &= ~torch.tensor(flagged, dtype=torch.bool)
+        return self._to_target_format(images).cpu(), usable
+
+    def _call(self, pipe, batch: Sequence[tuple[int, int]], prompts: Sequence[str], guidance: float,
+              seed: int) -> tuple[torch.Tensor, list[bool] | None]:
+        """One pipeline call: images (N, 3, H, W) still on the device, and the safety checker's flags."""
         # CPU generators give the same initial noise on every device.
         generators = [torch.Generator().manual_seed(image_seed(seed, c, i)) for c, i in batch]
         negative = None if self.negative_prompt is None else [self.negative_prompt] * len(batch)
         with torch.inference_mode():
             output = pipe(
-                prompt=[self.prompts[c] for c, _ in batch], negative_prompt=negative,
+                prompt=list(prompts), negative_prompt=negative,
                 height=self.generation_resolution, width=self.generation_resolution,
-                num_inference_steps=self.num_inference_steps, guidance_scale=self.guidance_scale,
+                num_inference_steps=self.num_inference_steps, guidance_scale=guidance,
                 generator=generators, output_type="pt",
             )
-        images = output.images.float()  # still on the device: resize there, copy only 32x32 pixels back
-        usable = ~unusable_images(images).cpu()
-        if output.nsfw_content_detected is not None:
-            usable &= ~torch.tensor(output.nsfw_content_detected, dtype=torch.bool)
-        return self._to_target_format(images).cpu(), usable
+        # still on the device: resize there, copy only 32x32 pixels back
+        return output.images.float(), output.nsfw_content_detected
 
     def _to_target_format(self, images: torch.Tensor) -> torch.Tensor:
         """Downsample with antialiasing (plain bilinear would alias at 512 -> 32) and convert channels."""

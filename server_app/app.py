@@ -16,9 +16,9 @@ from client_app.contract import ClientConfig
 from generation.augmented import AugmentedModelTrainer
 from generation.factory import build_generator
 from server_app import checkpoint
-from server_app.config import adaptive_kappa, load_config, overrides_from_run_config, run_directory, to_yaml
+from server_app.config import adaptive_kappa, filter_settings, load_config, overrides_from_run_config, run_directory, to_yaml
 from server_app.nodes import WatchedGrid, wait_for_federation
-from server_app.results import RunReport
+from server_app.results import SYNTHETIC_SAMPLES, RunReport
 from strategy.bases import build_base
 from strategy.genfl import GenFL
 from strategy.replies import Reliability
@@ -88,6 +88,7 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
         adaptive=adaptive_kappa(cfg),
         bn_stats=cfg.mix.bn_stats,
         bn_fraction=cfg.mix.bn_fraction,
+        round_aware_floor=cfg.augmented.round_aware_floor if cfg.augmented.round_aware else None,
     )
     initial = ArrayRecord(model.state_dict())
     if resumed:
@@ -125,6 +126,8 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
     report.set("global_label_histogram", strategy.global_histogram)
     report.set("generation", dict(strategy.generation_stats))
     report.set("nodes", strategy.ledger.rows())
+    if augmenter is not None and augmenter.synthetic is not None and len(augmenter.synthetic):
+        _quality_report(cfg, report, model, augmenter, test, device)  # model holds the final global model
     ledger, least = strategy.ledger, cfg.reliability.min_contributing_nodes
     log(WARNING if ledger.contributors() < len(ledger.nodes) else INFO, "nodes: %s", ledger.summary())
     if least is not None and st.kappa_aug < 1 and ledger.contributors() < least:
@@ -133,6 +136,28 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
     if strategy.generation_stats.get("images_requested", 0) > sum(strategy.generation_stats.get("plan", {}).values()):
         log(WARNING, "generation.budget=%s scaled the plan down from %d to %d images", cfg.generation.budget,
             strategy.generation_stats["images_requested"], sum(strategy.generation_stats["plan"].values()))
+
+
+def _quality_report(cfg: DictConfig, report: RunReport, model: torch.nn.Module, augmenter: AugmentedModelTrainer,
+                    test: Split, device: torch.device) -> None:
+    """How the synthetic set relates to the real data (generation/quality.py) and the picture of it."""
+    from generation.quality import METRICS_KEY, save_sample_grid, synthetic_quality
+    from torchcore.classes import BUILTIN_CLASS_NAMES
+
+    kept, ds = augmenter.kept_mask, cfg.dataset
+    started = time.monotonic()
+    try:
+        scores = synthetic_quality(model, augmenter.synthetic, test, device, seed=cfg.seed, num_classes=ds.num_classes,
+                                   kept_mask=kept)
+        save_sample_grid(report.run_dir / SYNTHETIC_SAMPLES, augmenter.synthetic, ds.num_classes, kept_mask=kept,
+                         class_names=BUILTIN_CLASS_NAMES.get(ds.name))
+    except Exception as err:  # a finished run must not fail over its report, but it says so
+        log(WARNING, "synthetic-data quality report failed: %s: %s", type(err).__name__, err)
+        scores = {"error": f"{type(err).__name__}: {err}"}
+    scores["seconds"] = round(time.monotonic() - started, 2)
+    report.set(METRICS_KEY, scores)
+    log(INFO, "synthetic data: label agreement with the final model %s, real-vs-synthetic separability (AUC) %s; "
+        "samples in %s", scores.get("agreement"), scores.get("separability_auc"), SYNTHETIC_SAMPLES)
 
 
 def base_strategy(cfg: DictConfig, num_nodes: int):
@@ -190,4 +215,5 @@ def _augmenter(cfg: DictConfig, model: torch.nn.Module, device: torch.device, te
         seed=cfg.seed,
         cache_dir=cfg.generation.cache_dir,
         overlap=cfg.server.overlap,
+        filter=filter_settings(cfg),
     )

@@ -156,6 +156,10 @@ def _validate_genfl(cfg: DictConfig) -> None:
     _check(isinstance(aug.epochs, int) and aug.epochs >= 1, "augmented.epochs", "must be an integer >= 1", aug.epochs)
     _check(isinstance(aug.batch_size, int) and aug.batch_size >= 2, "augmented.batch_size", "must be an integer >= 2", aug.batch_size)
     _check(_number(aug.lr) and aug.lr > 0, "augmented.lr", "must be > 0", aug.lr)
+    _check(isinstance(aug.round_aware, bool), "augmented.round_aware", "must be true or false", aug.round_aware)
+    _check(_number(aug.round_aware_floor) and 0 <= aug.round_aware_floor <= 1, "augmented.round_aware_floor",
+           "must be in [0, 1]", aug.round_aware_floor)
+    filter_settings(cfg)
     if st.kappa_aug + st.kappa_aug_final > 0:  # the generator is used: the registry says whether it serves the data set
         problem = fit_problem(cfg.generator, cfg.dataset)
         if problem:
@@ -183,6 +187,16 @@ def _validate_mix(cfg: DictConfig) -> None:
             adaptive_kappa(cfg)
         except KappaError as err:
             raise ConfigError(str(err)) from err
+
+
+def filter_settings(cfg: DictConfig):
+    """The synthetic-set filter of ``cfg.augmented.filter`` (generation/filtering.py), validated."""
+    from generation.filtering import FilterSettings
+
+    try:
+        return FilterSettings(**OmegaConf.to_container(cfg.augmented.filter, resolve=True))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(str(err)) from err
 
 
 def adaptive_kappa(cfg: DictConfig):

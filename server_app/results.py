@@ -15,6 +15,7 @@ from pathlib import Path
 METRICS = "metrics.json"  # the resolved config, the run id, the status and one row per round
 METRICS_CSV = "metrics.csv"
 ACCURACY_PLOT = "accuracy.png"
+SYNTHETIC_SAMPLES = "synthetic_samples.png"  # generated images per class (dropped ones marked), end of run
 SUPERLINK_LOG = "superlink.log"  # genfl-run's private SuperLink
 RUN_CONFIG = "run_config.toml"  # the overrides a run was started with (genfl-run --resume reads them)
 FLWR_HOME = "flwr-home"  # genfl-run's private Flower home
@@ -23,7 +24,7 @@ JOB_RECORD = "genfl_job.json"  # a sweep job's overrides, exit code and status
 ERROR_FILE = "error.txt"  # the traceback of the exception that failed a sweep job
 MANIFEST = "sweep.json"  # in a sweep folder: the jobs of its last invocation
 # What one attempt of a run leaves in its folder.
-RUN_FILES = (METRICS, METRICS_CSV, ACCURACY_PLOT, SUPERLINK_LOG, RUN_CONFIG, FLWR_HOME, CHECKPOINT_DIR, JOB_RECORD, ERROR_FILE)
+RUN_FILES = (METRICS, METRICS_CSV, ACCURACY_PLOT, SYNTHETIC_SAMPLES, SUPERLINK_LOG, RUN_CONFIG, FLWR_HOME, CHECKPOINT_DIR, JOB_RECORD, ERROR_FILE)
 
 # Config keys (prefixes of flattened keys) that say where or how fast a run ran, not what it computes:
 # a report pools runs that differ only in these (and the seed); a resumed run may change them.

@@ -34,6 +34,7 @@ from strategy.grids import OrderedGrid
 from strategy.guard import update_problem
 from strategy.histograms import Survey, survey
 from strategy.kappa import AdaptiveKappa, KappaSchedule
+from strategy.round_aware import lack_weights
 from strategy.ledger import Ledger
 from strategy.replies import (Reliability, bn_reply_problem, cap_weight, changed, evaluate_reply_problem, screen,
                               sender, train_reply_problem, weigh)
@@ -51,7 +52,8 @@ class Augmenter(Protocol):
 
     def prepare(self, global_histogram: Sequence[int], plan: dict[int, int] | None = None) -> dict: ...
 
-    def start(self, global_state: dict[str, np.ndarray], server_round: int) -> Future: ...
+    def start(self, global_state: dict[str, np.ndarray], server_round: int,
+              class_weights: Sequence[float] | None = None) -> Future: ...
 
     def close(self) -> None: ...
 
@@ -70,13 +72,14 @@ class GenFL(Strategy):
     def __init__(self, base: Strategy, *, num_classes: int, kappa: KappaSchedule, augmenter: Augmenter | None,
                  histogram_timeout: float, histogram_config: ConfigRecord | None = None, seed: int,
                  reliability: Reliability, first_round: int = 1, adaptive: AdaptiveKappa | None = None,
-                 bn_stats: str = "mixed", bn_fraction: float = 1.0):
+                 bn_stats: str = "mixed", bn_fraction: float = 1.0, round_aware_floor: float | None = None):
         if kappa.uses_synthetic_data and augmenter is None:
             raise ValueError("kappa_aug > 0 needs an augmenter (the server's synthetic-data trainer)")
         self.base, self.num_classes, self.kappa, self.augmenter = base, num_classes, kappa, augmenter
         self.histogram_timeout, self.histogram_config = histogram_timeout, histogram_config
         self.seed, self.reliability, self.offset = seed, reliability, first_round - 1
         self.adaptive, self.bn_stats, self.bn_fraction = adaptive, bn_stats, bn_fraction
+        self.round_aware_floor = round_aware_floor  # None: the augmented model sees the synthetic set's own mix
         keys = innermost(base)
         self.weighted_by_key, self.configrecord_key = keys.weighted_by_key, keys.configrecord_key
         self.cooldown = Cooldown(reliability.straggler_cooldown_rounds, kappa.num_rounds)
@@ -163,8 +166,6 @@ class GenFL(Strategy):
         self._grid, self._config = grid, config
         kappa_fl, kappa_aug = self._kappas(server_round)
         self.round_stats[server_round] = RoundStats(server_round, kappa_fl=kappa_fl, kappa_aug=kappa_aug)
-        if kappa_aug > 0 or self.adaptive is not None:  # adaptive: kappa_aug 0 now may rise again
-            self._augmented = self.augmenter.start({k: v.copy() for k, v in self._current.items()}, server_round)
         self._sent = []
         if kappa_fl > 0:
             if isinstance(innermost(self.base), FedAvgM):
@@ -178,7 +179,18 @@ class GenFL(Strategy):
             finally:
                 random.setstate(state)
             self._sent = self._with_histograms(server_round, grid, config)
+        if kappa_aug > 0 or self.adaptive is not None:  # adaptive: kappa_aug 0 now may rise again
+            self._augmented = self.augmenter.start({k: v.copy() for k, v in self._current.items()}, server_round,
+                                                   class_weights=self._class_weights())
         return self._sent
+
+    def _class_weights(self) -> list[float] | None:
+        """Round-aware augmentation (the paper's mechanism 3): weight the classes this round's training
+        nodes lack, from their validated label histograms (strategy/round_aware.py)."""
+        if self.round_aware_floor is None or not self._sent:
+            return None
+        round_histogram = np.sum([self.survey.histograms[m.metadata.dst_node_id] for m in self._sent], axis=0)
+        return lack_weights(round_histogram.tolist(), floor=self.round_aware_floor)
 
     def _kappas(self, server_round: int) -> tuple[float, float]:
         if self.adaptive is not None:

@@ -69,6 +69,28 @@ def test_genfl_simulation_trains_writes_results_and_mixes_in_the_augmented_model
 
 
 @pytest.mark.slow
+def test_adaptive_kappa_and_reestimated_batchnorm_statistics_in_a_real_simulation(runs):
+    """Issue 16 items 1-2 through real ClientApps: every node scores the candidate mixes on its data,
+    kappa_aug moves by the logged evidence, the nodes re-estimate the BatchNorm statistics."""
+    proc, run_dir = runs("adaptive", *GENFL_A, "mix.kappa_policy=adaptive", "mix.bn_stats=reestimate",
+                         "mix.probe_fraction=1.0", "mix.bn_fraction=1.0")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = metrics(run_dir)["rounds"][1:]
+    assert rows[0]["kappa_aug"] == 0.3
+    for row, following in zip(rows, rows[1:] + [None]):
+        assert row["probe_nodes"] == 3 and row["bn_nodes"] == 3 and row["clients_evaluated"] == 3
+        probe = {float(k): v for k, v in row["kappa_probe"].items()}
+        assert sorted(probe) == [0.0, 0.1, 0.2, 0.3, 0.5] and all(v > 0 for v in probe.values())
+        best = min(probe, key=lambda k: (probe[k], k))
+        assert row["kappa_best"] == best
+        assert row["kappa_next"] == pytest.approx(min(max(row["kappa_aug"] + 0.5 * (best - row["kappa_aug"]), 0.0), 0.5))
+        if following:
+            assert following["kappa_aug"] == pytest.approx(row["kappa_next"])
+    assert rows[-1]["test_accuracy"] > 0.3
+    assert_nothing_left_running(run_dir)
+
+
+@pytest.mark.slow
 def test_the_same_command_gives_the_same_numbers(runs):
     (_, a), (proc, b) = runs("A", *GENFL_A), runs("B", *GENFL_A)
     assert proc.returncode == 0, proc.stdout[-3000:]

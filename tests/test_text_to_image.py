@@ -44,8 +44,9 @@ def tiny_sd(tmp_path_factory) -> Path:
 def make_generator(model, **overrides) -> TextToImageGenerator:
     """A generator small enough for CPU tests: 16 px, 2 steps."""
     settings = dict(
-        model=str(model), class_names=CIFAR10_CLASS_NAMES, prompt_template="a photo of a {name}",
-        negative_prompt="blurry", guidance_scale=7.5, num_inference_steps=2, scheduler="dpm++",
+        model=str(model), class_names=CIFAR10_CLASS_NAMES, prompt_templates=["a photo of a {name}"],
+        class_descriptions=None, negative_prompt="blurry", guidance_scale=7.5, guidance_scale_range=None,
+        num_inference_steps=2, scheduler="dpm++",
         generation_resolution=16, target_size=8, target_channels=3, batch_size=4, device="cpu",
         local_files_only=True, safety_checker=False,
     )
@@ -124,6 +125,146 @@ def test_every_scheduler_loads_and_generates(tiny_sd, scheduler):
 def test_per_image_seeds_differ_across_seed_class_and_index():
     seeds = {image_seed(s, c, i) for s in range(3) for c in range(3) for i in range(3)}
     assert len(seeds) == 27 and all(0 <= s < 2**63 for s in seeds)
+
+
+# --- several prompts per class, a guidance scale per image ------------------------------------------
+
+TEMPLATES = ["a photo of a {name}", "a blurry photo of a {name}", "a close-up photo of a {name}"]
+
+
+@pytest.fixture
+def pipeline_calls(monkeypatch):
+    """The prompts and guidance scales of every real pipeline call (observed only: the call runs)."""
+    from diffusers import StableDiffusionPipeline
+
+    calls, call = [], StableDiffusionPipeline.__call__
+
+    def observed(pipe, *args, **kwargs):
+        scale = kwargs["guidance_scale"]
+        calls.append((list(kwargs["prompt"]), scale.scales.tolist() if hasattr(scale, "scales") else [scale]))
+        return call(pipe, *args, **kwargs)
+
+    monkeypatch.setattr(StableDiffusionPipeline, "__call__", observed)
+    return calls
+
+
+def reference_image(generator, class_id, index, seed, prompt, guidance):
+    """The image a bare pipeline call makes from this prompt, guidance scale and image seed."""
+    pipe = generator.load()
+    with torch.inference_mode():
+        output = pipe(prompt=[prompt], negative_prompt=[generator.negative_prompt], height=16, width=16,
+                      num_inference_steps=2, guidance_scale=float(guidance), output_type="pt",
+                      generator=[torch.Generator().manual_seed(image_seed(seed, class_id, index))])
+    return generator._to_target_format(output.images.float())[0]
+
+
+def test_several_templates_take_turns_within_a_class_reproducibly(tiny_sd, generator, pipeline_calls):
+    several = make_generator(tiny_sd, prompt_templates=TEMPLATES)
+    assert several.prompts[3] == ("a photo of a cat", "a blurry photo of a cat", "a close-up photo of a cat")
+    images, labels = several.generate({3: 6}, seed=4)
+    used = [prompt for prompts, _ in pipeline_calls for prompt in prompts]
+    assert sorted(used) == sorted(several.prompts[3] * 2)  # each prompt equally often
+    assert used == [several.image_conditions(4, 3, i)[0] for i in range(6)]
+    again, _ = several.generate({3: 6}, seed=4)
+    assert torch.equal(images, again) and labels.tolist() == [3] * 6
+    starts = {several.image_conditions(seed, 3, 0)[0] for seed in range(20)}
+    assert len(starts) == 3  # another seed starts the turn elsewhere
+    # An image is its prompt and its noise: where the plain template was drawn, the plain generator's image.
+    plain, _ = generator.generate({3: 6}, seed=4)
+    same = torch.tensor([prompt == "a photo of a cat" for prompt in used])
+    torch.testing.assert_close(images[same], plain[same], rtol=0, atol=1e-5)
+    assert (images[~same] - plain[~same]).abs().amax() > 1e-3
+
+
+def test_guidance_range_draws_a_scale_per_image_within_it(tiny_sd, pipeline_calls):
+    ranged = make_generator(tiny_sd, guidance_scale_range=[1, 5], prompt_templates=TEMPLATES)
+    images, _ = ranged.generate({2: 5}, seed=0)
+    (prompts, scales), second = pipeline_calls  # batch_size 4: one call of 4 images and one of 1
+    scales += second[1]
+    assert all(1 <= s <= 5 for s in scales) and len(set(scales)) == 5
+    assert scales == pytest.approx([ranged.image_conditions(0, 2, i)[1] for i in range(5)], rel=1e-6)  # float32
+    # One batched call gives each image the image a call with its own scale alone gives.
+    for i in range(5):
+        prompt, scale = ranged.image_conditions(0, 2, i)
+        torch.testing.assert_close(images[i], reference_image(ranged, 2, i, 0, prompt, scale), rtol=0, atol=1e-5)
+    again, _ = make_generator(tiny_sd, guidance_scale_range=[1, 5], prompt_templates=TEMPLATES).generate({2: 5}, seed=0)
+    assert torch.equal(images, again)
+    assert [ranged.image_conditions(1, 2, i)[1] for i in range(5)] != scales  # another seed, other scales
+
+
+def test_per_image_choices_do_not_depend_on_batch_size_or_plan(tiny_sd):
+    settings = dict(prompt_templates=TEMPLATES, guidance_scale_range=[1.5, 4])
+    mixed, labels = make_generator(tiny_sd, **settings).generate({0: 1, 3: 5}, seed=2)
+    alone, _ = make_generator(tiny_sd, batch_size=1, **settings).generate({3: 5}, seed=2)
+    torch.testing.assert_close(alone, mixed[labels == 3], rtol=0, atol=1e-5)
+
+
+def test_a_diffusers_that_ignores_per_image_scales_gets_one_call_per_image(tiny_sd, monkeypatch, caplog):
+    from generation.text_to_image import PerImageGuidance
+
+    ranged = make_generator(tiny_sd, guidance_scale_range=[1, 5])
+    monkeypatch.setattr(PerImageGuidance, "__mul__", lambda self, other: float(self) * other)  # as a plain float
+    images, _ = ranged.generate({1: 3}, seed=0)
+    assert "does not apply per-image guidance scales" in caplog.text and not ranged._batched_guidance
+    for i in range(3):
+        prompt, scale = ranged.image_conditions(0, 1, i)
+        torch.testing.assert_close(images[i], reference_image(ranged, 1, i, 0, prompt, scale), rtol=0, atol=1e-5)
+
+
+def test_descriptions_file_fills_the_prompts_from_the_config(tiny_sd, tmp_path, pipeline_calls):
+    descriptions = {name: [f"{name} in the snow", f"{name} at night"] for name in CIFAR10_CLASS_NAMES}
+    (tmp_path / "descriptions.json").write_text(json.dumps(descriptions))
+    config = {**yaml.safe_load(CONFIG_FILE.read_text()), "model": str(tiny_sd), "local_files_only": True,
+              "device": "cpu", "num_inference_steps": 2, "generation_resolution": 16,
+              "prompt_templates": ["a photo of a {name}", "a photo of a {name}, {description}"],
+              "class_descriptions": str(tmp_path / "descriptions.json"), "guidance_scale_range": [1, 5]}
+    generator = TextToImageGenerator.from_config(config, CIFAR10)
+    assert generator.prompts[5] == ("a photo of a dog", "a photo of a dog, dog in the snow", "a photo of a dog, dog at night")
+    images, _ = generator.generate({5: 3}, seed=1)
+    assert sorted(pipeline_calls[0][0]) == sorted(generator.prompts[5]) and images.shape == (3, 3, 32, 32)
+
+
+def test_every_prompt_and_guidance_setting_is_in_the_cache_key(tiny_sd, tmp_path):
+    base = make_generator(tiny_sd).fingerprint()
+    assert "guidance_scale_range" not in base and "per_image_draw" not in base  # the key of the single prompt
+    path = tmp_path / "descriptions.yaml"
+    path.write_text("\n".join(f"{name}: [at night]" for name in CIFAR10_CLASS_NAMES))
+    described = dict(prompt_templates=["a photo of a {name}, {description}"], class_descriptions=str(path))
+    keys = [base]
+    for change in [dict(prompt_templates=TEMPLATES), dict(prompt_templates=TEMPLATES[::-1]), described,
+                   dict(guidance_scale_range=[1, 5]), dict(guidance_scale_range=[1, 4]), dict(negative_prompt="text")]:
+        keys.append(make_generator(tiny_sd, **change).fingerprint())
+    path.write_text("\n".join(f"{name}: [at dawn]" for name in CIFAR10_CLASS_NAMES))  # other descriptions
+    keys.append(make_generator(tiny_sd, **described).fingerprint())
+    assert len({json.dumps(key, sort_keys=True) for key in keys}) == len(keys)
+    copy = tmp_path / "elsewhere.yaml"
+    copy.write_text(path.read_text())  # the same descriptions elsewhere: the same images
+    assert make_generator(tiny_sd, **{**described, "class_descriptions": str(copy)}).fingerprint() == keys[-1]
+    # with a range, the fixed scale makes no image
+    ranged = make_generator(tiny_sd, guidance_scale_range=[1, 5]).fingerprint()
+    assert make_generator(tiny_sd, guidance_scale_range=[1, 5], guidance_scale=2.0).fingerprint() == ranged
+
+
+@pytest.mark.parametrize("bad", [[5, 1], [0, 5], [0.5, 2], [1], "1-5", "15", [1, float("inf")]])
+def test_bad_guidance_range_is_one_actionable_error(tiny_sd, bad):
+    with pytest.raises(ValueError, match="guidance_scale_range must be null or \\[low, high\\] with 1 <= low <= high"):
+        make_generator(tiny_sd, guidance_scale_range=bad)
+
+
+def test_bad_prompt_settings_in_the_config_are_named(tmp_path):
+    config = yaml.safe_load(CONFIG_FILE.read_text())
+    with pytest.raises(ValueError, match="Unknown generator setting\\(s\\) prompt_template; valid: .*prompt_templates"):
+        TextToImageGenerator.from_config({**config, "prompt_template": "a photo of a {name}"}, CIFAR10)
+    with pytest.raises(ValueError, match="must contain '\\{name\\}'"):
+        TextToImageGenerator.from_config({**config, "prompt_templates": ["a photo"]}, CIFAR10)
+    with pytest.raises(ValueError, match="missing.json' does not exist"):
+        TextToImageGenerator.from_config({**config, "class_descriptions": str(tmp_path / "missing.json"),
+                                          "prompt_templates": ["{description}"]}, CIFAR10)
+    with pytest.raises(ValueError, match="unknown class\\(es\\) 'sofa'"):
+        TextToImageGenerator.from_config({**config, "class_descriptions": {"sofa": "red"},
+                                          "prompt_templates": ["{description}"]}, CIFAR10)
+    with pytest.raises(ValueError, match="negative_prompt must be a string or null"):
+        TextToImageGenerator.from_config({**config, "negative_prompt": ["blurry"]}, CIFAR10)
 
 
 # --- settings and errors ---------------------------------------------------------------------------

@@ -91,10 +91,11 @@ def combine_bn_statistics(reports: Sequence[tuple[dict[str, np.ndarray], float]]
         if key.endswith("running_mean"):
             var_key = key[: -len("running_mean")] + "running_var"
             means = [np.asarray(s[key], dtype=np.float64) for s, _ in reports]
-            variances = [np.asarray(s[var_key], dtype=np.float64) for s, _ in reports]
             weights = [n / total for _, n in reports]
             mean = sum(w * m for w, m in zip(weights, means))
-            second = sum(w * (v + m * m) for w, v, m in zip(weights, variances, means))
             out[key] = mean.astype(reports[0][0][key].dtype)
-            out[var_key] = np.maximum(second - mean * mean, 0.0).astype(reports[0][0][var_key].dtype)
+            if var_key in reports[0][0]:
+                variances = [np.asarray(s[var_key], dtype=np.float64) for s, _ in reports]
+                second = sum(w * (v + m * m) for w, v, m in zip(weights, variances, means))
+                out[var_key] = np.maximum(second - mean * mean, 0.0).astype(reports[0][0][var_key].dtype)
     return out

@@ -75,12 +75,21 @@ def batch_bounds(n: int, batch_size: int) -> list[tuple[int, int]]:
     return [(a, b) for a, b in bounds if b - a >= 2]  # BatchNorm cannot train on a single sample
 
 
-def train(model: nn.Module, data: Split, settings: TrainSettings, device: torch.device, seed: int) -> float:
+def train(model: nn.Module, data: Split, settings: TrainSettings, device: torch.device, seed: int,
+          sample_weights: torch.Tensor | None = None) -> float:
     """SGD over ``data`` for ``settings.epochs``; returns the mean training loss. ``seed`` fixes the order.
+
+    ``sample_weights`` (one non-negative number per sample): each epoch draws ``len(data)`` samples
+    with replacement, with probability proportional to the weight, instead of a permutation (same
+    steps per epoch, same seeded generator). ``None`` is the plain shuffled pass, bit for bit.
 
     The CPU path is plain fp32. On CUDA (``settings.fast_cuda``) it runs channels_last under bf16
     autocast, the layout and precision the tensor cores want (see bench/throughput.py).
     """
+    if sample_weights is not None:
+        sample_weights = torch.as_tensor(sample_weights, dtype=torch.float64).cpu()
+        if sample_weights.shape != (len(data),) or not bool((sample_weights >= 0).all()) or not sample_weights.sum() > 0:
+            raise ValueError(f"sample_weights: need {len(data)} non-negative weights with a positive sum")
     fast = _fast(device, settings.fast_cuda)
     model.to(device).train()
     if fast:
@@ -97,7 +106,11 @@ def train(model: nn.Module, data: Split, settings: TrainSettings, device: torch.
     losses, sizes = [], []
     budget = settings.max_steps if settings.max_steps is not None else float("inf")
     for _ in range(settings.epochs):
-        order = torch.randperm(len(data), generator=generator).to(data.labels.device)  # one copy per epoch
+        if sample_weights is None:
+            order = torch.randperm(len(data), generator=generator)
+        else:
+            order = torch.multinomial(sample_weights, len(data), replacement=True, generator=generator)
+        order = order.to(data.labels.device)  # one copy per epoch
         for start, end in batch_bounds(len(order), settings.batch_size):
             if len(losses) >= budget:
                 break

@@ -1,0 +1,330 @@
+"""Adaptive kappa and BatchNorm statistics under Eq. (1) (issue 16 items 1 and 2).
+
+The policy and the arithmetic by hand; the strategy through `GenFL.start` on the in-memory Grid with
+nodes that score the candidate mixes with the very function the ClientApp uses (torchcore.mixing);
+the ClientApp's probe and BatchNorm handlers with real models and data (tests/test_client_app.py
+style); the real simulation is in tests/test_end_to_end.py (slow).
+"""
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+
+from conf_defaults import reliability
+from local_grid import LocalGrid
+from strategy.genfl import GenFL
+from strategy.kappa import AdaptiveKappa, KappaError, KappaSchedule
+from test_genfl_strategy import FixedAugmenter, _numpy, _record, _state
+from torchcore.mixing import combine_bn_statistics, eq1
+
+
+# -- the policy ----------------------------------------------------------------------------------
+def test_kappa_moves_a_step_toward_the_best_candidate_and_stays_in_bounds():
+    policy = AdaptiveKappa(current=0.3, candidates=(0.0, 0.1, 0.3, 0.5), step=0.5, low=0.0, high=0.4)
+    assert policy.choose({0.0: 1.0, 0.1: 0.5, 0.3: 0.9, 0.5: 2.0}) == 0.1
+    assert policy.current == pytest.approx(0.2)
+    assert policy.choose({0.0: 0.1, 0.1: 0.5, 0.2: 0.9, 0.3: 0.9, 0.5: 2.0}) == 0.0
+    assert policy.current == pytest.approx(0.1)
+    policy.choose({0.0: 9.0, 0.1: 5.0, 0.3: 1.0, 0.5: 0.0})  # best 0.5: halfway is 0.3
+    policy.choose({0.0: 9.0, 0.1: 5.0, 0.3: 1.0, 0.5: 0.0})  # halfway to 0.5 is 0.4 = high
+    policy.choose({0.0: 9.0, 0.1: 5.0, 0.3: 1.0, 0.5: 0.0})
+    assert policy.current == pytest.approx(0.4)
+    assert policy.choose({0.0: 1.0, 0.1: 1.0, 0.3: 1.0, 0.5: 1.0}) == 0.0  # a tie goes to the smaller share
+    assert policy.candidates_with() == [0.0, 0.1, 0.2, 0.3, 0.5]  # the current kappa is always scored too
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(candidates=(0.1, 0.3)), "must contain 0.0"),
+    (dict(candidates=()), "non-empty"),
+    (dict(candidates=(0.0, 1.5)), "in [0, 1]"),
+    (dict(step=0.0), "mix.step"),
+    (dict(high=1.0), "high < 1"),
+    (dict(low=0.4), "must lie in"),
+])
+def test_bad_policy_settings_are_named(kwargs, message):
+    settings = dict(current=0.3, candidates=(0.0, 0.3), step=0.5, low=0.0, high=0.5) | kwargs
+    with pytest.raises(KappaError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        AdaptiveKappa(**settings)
+
+
+# -- the arithmetic --------------------------------------------------------------------------------
+def test_eq1_takes_batchnorm_statistics_from_the_clients_unless_mixed():
+    client, augmented = _state([1.0, 1.0], [2.0, 2.0], 3), _state([3.0, 5.0], [10.0, 10.0], 8)
+    mixed = eq1(client, augmented, 0.25, "mixed")
+    np.testing.assert_allclose(mixed["w"], [1.5, 2.0])
+    np.testing.assert_allclose(mixed["bn.running_mean"], [4.0, 4.0])
+    for mode in ("clients", "reestimate"):
+        out = eq1(client, augmented, 0.25, mode)
+        np.testing.assert_allclose(out["w"], [1.5, 2.0])
+        np.testing.assert_array_equal(out["bn.running_mean"], client["bn.running_mean"])
+        assert out["bn.num_batches_tracked"] == 3
+    with pytest.raises(ValueError, match="bn_stats must be one of"):
+        eq1(client, augmented, 0.25, "bogus")
+
+
+def test_combined_statistics_are_those_of_the_union_of_the_nodes_data():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1.0, 2.0, (50, 3)), rng.normal(-2.0, 0.5, (150, 3))
+    report = lambda x: ({"l.running_mean": x.mean(0).astype(np.float32), "l.running_var": x.var(0).astype(np.float32)}, len(x))
+    combined = combine_bn_statistics([report(a), report(b)])
+    union = np.concatenate([a, b])
+    np.testing.assert_allclose(combined["l.running_mean"], union.mean(0), rtol=1e-5)
+    np.testing.assert_allclose(combined["l.running_var"], union.var(0), rtol=1e-5)
+    assert combined["l.running_var"].dtype == np.float32
+
+
+def test_bn_statistics_of_a_real_resnet_are_its_first_layers_batch_statistics_and_leave_the_model_alone():
+    from torchcore.bn import bn_statistics
+    from torchcore.data import Split
+    from torchcore.model import seeded_model
+
+    model = seeded_model(0, num_classes=10, in_channels=1, mean=[0.3], std=[0.38])
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    images = torch.randint(0, 256, (40, 1, 8, 8), dtype=torch.uint8)
+    stats = bn_statistics(model, Split(images, torch.zeros(40, dtype=torch.long)), torch.device("cpu"), batch_size=64)
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # buffers restored
+    name = next(k for k in stats if k.endswith("running_mean")).rsplit(".", 1)[0]
+    layer = dict(model.named_modules())[name]
+    captured = {}
+    hook = layer.register_forward_pre_hook(lambda m, inputs: captured.setdefault("x", inputs[0].detach().clone()))
+    model.train()
+    with torch.no_grad():
+        model(images.float() / 255)
+    hook.remove()
+    x = captured["x"].transpose(0, 1).reshape(layer.num_features, -1)
+    np.testing.assert_allclose(stats[f"{name}.running_mean"], x.mean(1).numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(stats[f"{name}.running_var"], x.var(1, unbiased=True).numpy(), rtol=1e-4, atol=1e-5)
+    assert list(stats) == [k for k in model.state_dict() if k.endswith(("running_mean", "running_var"))]
+
+
+# -- the strategy ------------------------------------------------------------------------------------
+TARGET = np.array([3.0, 5.0], np.float32)  # the "real data" optimum the nodes' loss measures distance to
+
+
+def scoring_node(histogram, partition, update, loss_of=lambda w: float(np.sum((w - TARGET) ** 2)), probe_reply=None):
+    """A node that trains with ``update`` and scores mixes as the ClientApp does (torchcore.mixing.eq1)."""
+    def handle(msg):
+        kind = msg.metadata.message_type
+        if kind == "query.label_histogram":
+            return Message(RecordDict({"h": MetricRecord({"label-histogram": histogram, "partition-id": partition})}), reply_to=msg)
+        if kind == "train":
+            state = update(_numpy(msg.content["arrays"]))
+            return Message(RecordDict({"arrays": _record(state), "metrics": MetricRecord({"num-examples": sum(histogram)})}),
+                           reply_to=msg)
+        if kind == "evaluate":
+            g = _numpy(msg.content["arrays"])
+            metrics = {"eval-loss": loss_of(g["w"]), "eval-acc": 0.5, "num-examples": sum(histogram)}
+            if "genfl-probe" in msg.content:
+                probe = msg.content["genfl-probe"]
+                client, augmented = _numpy(msg.content["genfl-client-part"]), _numpy(msg.content["genfl-augmented"])
+                mixes = [eq1(client, augmented, k, probe["bn-stats"]) for k in probe["candidates"]]
+                metrics["mix-loss"] = [loss_of(m["w"]) for m in mixes]
+                metrics["mix-acc"] = [0.5 for _ in mixes]
+                if probe_reply:
+                    metrics.update(probe_reply)
+            return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+        if kind == "query.bn_statistics":
+            stats = {"bn.running_mean": np.array([float(partition), 1.0], np.float32)}
+            return Message(RecordDict({"bn-statistics": ArrayRecord({k: _array(v) for k, v in stats.items()}),
+                                      "metrics": MetricRecord({"num-examples": sum(histogram)})}), reply_to=msg)
+        raise AssertionError(kind)
+    return handle
+
+
+def _array(v):
+    from flwr.app import Array
+    return Array(np.asarray(v))
+
+
+def adaptive_genfl(augmenter, rounds, bn_stats="mixed", kappa_aug=0.3, high=0.5):
+    base = FedAvg(fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
+    return GenFL(base, num_classes=3, kappa=KappaSchedule(kappa_aug, "constant", kappa_aug, rounds), augmenter=augmenter,
+                 histogram_timeout=1, seed=0, reliability=reliability(max_relative_update=1e9, claim_slack=0),
+                 adaptive=AdaptiveKappa(kappa_aug, (0.0, 0.1, 0.2, 0.3, 0.5), 0.5, 0.0, high), bn_stats=bn_stats)
+
+
+def _start(strategy, grid, rounds):
+    return strategy.start(grid, _record(_state([0, 0])), num_rounds=rounds, timeout=1, train_config=ConfigRecord(),
+                          evaluate_config=ConfigRecord())
+
+
+def test_a_harmful_augmented_model_is_turned_down_toward_fedavg():
+    grid = LocalGrid({i: scoring_node([5, 5, 5], i, lambda g: _state(TARGET)) for i in range(3)})  # clients reach the optimum
+    strategy = adaptive_genfl(FixedAugmenter(_state([-20.0, 40.0])), rounds=4)  # far from it
+    _start(strategy, grid, 4)
+    rows = [strategy.round_stats[r] for r in (1, 2, 3, 4)]
+    assert [r.kappa_aug for r in rows] == [0.3, 0.15, 0.075, 0.0375]
+    assert all(r.kappa_best == 0.0 and r.probe_nodes == 3 for r in rows)
+    assert rows[0].kappa_probe["0"] == pytest.approx(0.0) and rows[0].kappa_probe["0.5"] > rows[0].kappa_probe["0.1"]
+    assert rows[-1].kappa_next == pytest.approx(0.01875)
+
+
+def test_a_helpful_augmented_model_is_turned_up_to_the_bound():
+    # Clients do not move the model; the augmented model sits at the optimum: the best mix leans on it.
+    grid = LocalGrid({i: scoring_node([5, 5, 5], i, lambda g: _state([0.0, 0.0])) for i in range(3)})
+    strategy = adaptive_genfl(FixedAugmenter(_state(TARGET)), rounds=3, high=0.4)
+    _start(strategy, grid, 3)
+    assert [strategy.round_stats[r].kappa_aug for r in (1, 2, 3)] == [0.3, 0.4, 0.4]
+    assert strategy.round_stats[1].kappa_best == 0.5
+
+
+def test_the_augmented_model_keeps_training_at_kappa_zero_so_the_policy_can_turn_it_up_again():
+    grid = LocalGrid({i: scoring_node([5, 5, 5], i, lambda g: _state(TARGET)) for i in range(2)})
+    augmenter = FixedAugmenter(_state([-20.0, 40.0]))
+    strategy = adaptive_genfl(augmenter, rounds=3, kappa_aug=0.0)
+    _start(strategy, grid, 3)
+    assert [r for r, _ in augmenter.trained_from] == [1, 2, 3]
+    assert all(strategy.round_stats[r].kappa_probe is not None for r in (1, 2, 3))
+
+
+def test_a_probe_reply_with_the_wrong_number_of_scores_is_excluded_from_the_evidence():
+    grid = LocalGrid({0: scoring_node([5, 5, 5], 0, lambda g: _state(TARGET)),
+                      1: scoring_node([5, 5, 5], 1, lambda g: _state(TARGET), probe_reply={"mix-loss": [0.0], "mix-acc": [0.0]})})
+    strategy = adaptive_genfl(FixedAugmenter(_state([-20.0, 40.0])), rounds=1)
+    _start(strategy, grid, 1)
+    stats = strategy.round_stats[1]
+    assert (stats.probe_nodes, stats.clients_evaluate_excluded) == (1, 1)
+
+
+def test_the_policy_state_is_checkpointed():
+    grid = LocalGrid({i: scoring_node([5, 5, 5], i, lambda g: _state(TARGET)) for i in range(2)})
+    strategy = adaptive_genfl(FixedAugmenter(_state([-20.0, 40.0])), rounds=2)
+    _start(strategy, grid, 2)
+    resumed = adaptive_genfl(FixedAugmenter(_state([-20.0, 40.0])), rounds=4)
+    resumed.load_state_dict(strategy.state_dict())
+    assert resumed.adaptive.current == strategy.adaptive.current == pytest.approx(0.075)
+
+
+@pytest.mark.parametrize("mode, expected_mean", [
+    ("mixed", 0.7 * np.array([0.0, 0.0]) + 0.3 * np.array([8.0, 8.0])),
+    ("clients", np.array([0.0, 0.0])),
+    # nodes 0, 1, 2 report means (0, 1), (1, 1), (2, 1) for 15 samples each: the union's mean
+    ("reestimate", np.array([1.0, 1.0])),
+])
+def test_batchnorm_statistics_follow_the_configured_mode(mode, expected_mean):
+    grid = LocalGrid({i: scoring_node([5, 5, 5], i, lambda g: _state(TARGET)) for i in range(3)})
+    strategy = GenFL(FedAvg(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1), num_classes=3,
+                     kappa=KappaSchedule(0.3, "constant", 0.3, 1), augmenter=FixedAugmenter(_state([0, 0], [8.0, 8.0])),
+                     histogram_timeout=1, seed=0, reliability=reliability(max_relative_update=1e9, claim_slack=0),
+                     bn_stats=mode)
+    out = _numpy(_start(strategy, grid, 1).arrays)
+    np.testing.assert_allclose(out["bn.running_mean"], expected_mean, rtol=1e-6)
+    np.testing.assert_allclose(out["w"], 0.7 * TARGET, rtol=1e-6)
+    assert strategy.round_stats[1].bn_nodes == (3 if mode == "reestimate" else None)
+
+
+def test_malformed_batchnorm_statistics_are_excluded_and_the_clients_kept_when_none_is_usable():
+    def bad(msg):
+        if msg.metadata.message_type == "query.bn_statistics":
+            stats = {"bn.running_mean": np.array([np.nan, 1.0], np.float32)}
+            return Message(RecordDict({"bn-statistics": ArrayRecord({k: _array(v) for k, v in stats.items()}),
+                                      "metrics": MetricRecord({"num-examples": 15})}), reply_to=msg)
+        return scoring_node([5, 5, 5], 0, lambda g: _state(TARGET, [4.0, 4.0]))(msg)
+
+    strategy = GenFL(FedAvg(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1), num_classes=3,
+                     kappa=KappaSchedule(0.3, "constant", 0.3, 1), augmenter=FixedAugmenter(_state([0, 0], [8.0, 8.0])),
+                     histogram_timeout=1, seed=0, reliability=reliability(max_relative_update=1e9, claim_slack=0),
+                     bn_stats="reestimate")
+    out = _numpy(_start(strategy, LocalGrid({0: bad}), 1).arrays)
+    np.testing.assert_allclose(out["bn.running_mean"], [4.0, 4.0])
+    assert strategy.round_stats[1].bn_nodes == 0
+
+
+# -- the ClientApp's handlers, real models and data ------------------------------------------------
+def test_the_clientapp_scores_every_candidate_mix_on_its_own_data():
+    from client_app.app import app
+    from server_app.app import client_config
+    from server_app.config import load_config
+    from test_client_app import _context, _message
+    from torchcore.data import load_splits
+    from torchcore.model import seeded_model
+    from torchcore.partition import client_partition
+    from torchcore.train import evaluate, load_numpy_state, state_to_numpy
+    from client_app.contract import ClientConfig
+
+    cfg = load_config(["federation.num_clients=4"])
+    ds = cfg.dataset
+    spec = dict(num_classes=ds.num_classes, in_channels=ds.channels, mean=list(ds.mean), std=list(ds.std))
+    client, augmented = state_to_numpy(seeded_model(1, **spec)), state_to_numpy(seeded_model(2, **spec))
+    config = client_config(cfg)
+    content = RecordDict({"arrays": ArrayRecord({k: _array(v) for k, v in client.items()}), "config": config,
+                          "genfl-client-part": ArrayRecord({k: _array(v) for k, v in client.items()}),
+                          "genfl-augmented": ArrayRecord({k: _array(v) for k, v in augmented.items()}),
+                          "genfl-probe": ConfigRecord({"candidates": [0.0, 0.5], "bn-stats": "clients"})})
+    metrics = app(_message("evaluate", content), _context()).content["metrics"]
+    data = client_partition(ClientConfig.from_record(config).data_spec(), 2, 4)
+    model = seeded_model(0, **spec)
+    expected = []
+    for k in (0.0, 0.5):
+        load_numpy_state(model, eq1(client, augmented, k, "clients"))
+        expected.append(evaluate(model, data, torch.device("cpu"), 512, True)[0])
+    assert metrics["mix-loss"] == pytest.approx(expected)
+    assert metrics["mix-loss"][0] == pytest.approx(metrics["eval-loss"])  # kappa 0 is the client part itself
+    assert len(metrics["mix-acc"]) == 2 and load_splits(ds)  # noqa: the data set loaded
+
+
+def test_the_clientapp_reports_batchnorm_statistics_of_the_received_model():
+    from client_app.app import app
+    from server_app.app import client_config
+    from server_app.config import load_config
+    from test_client_app import _context, _message
+    from torchcore.model import seeded_model
+    from torchcore.train import state_to_numpy
+
+    cfg = load_config(["federation.num_clients=4"])
+    ds = cfg.dataset
+    state = state_to_numpy(seeded_model(1, num_classes=ds.num_classes, in_channels=ds.channels, mean=list(ds.mean),
+                                        std=list(ds.std)))
+    reply = app(_message("query.bn_statistics", RecordDict({"arrays": ArrayRecord({k: _array(v) for k, v in state.items()}),
+                                                           "config": client_config(cfg)})), _context())
+    record = reply.content["bn-statistics"]
+    assert list(record.keys()) == [k for k in state if k.endswith(("running_mean", "running_var"))]
+    means = dict(zip(record.keys(), record.to_numpy_ndarrays()))
+    assert all(np.isfinite(v).all() for v in means.values())
+    assert not np.allclose(means[next(iter(means))], state[next(iter(means))])  # recomputed, not echoed
+    assert reply.content["metrics"]["num-examples"] > 0
+
+
+# -- config ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("overrides, message", [
+    (["mix.kappa_policy=bogus"], "mix.kappa_policy: must be one of constant, adaptive"),
+    (["mix.bn_stats=bogus"], "mix.bn_stats: must be one of mixed, clients, reestimate"),
+    (["mix.kappa_policy=adaptive", "strategy=fedavg"], "use it with strategy=genfl"),
+    (["mix.kappa_policy=adaptive", "mix.candidates=[0.1,0.3]"], "must contain 0.0"),
+    (["mix.kappa_policy=adaptive", "strategy.kappa_schedule=linear"], "must be constant under mix.kappa_policy=adaptive"),
+    (["mix.bn_stats=reestimate", "model.norm=group"], "reestimate needs BatchNorm"),
+    (["mix.probe_fraction=0"], "mix.probe_fraction: must be in (0, 1]"),
+])
+def test_bad_mix_settings_are_one_line_config_errors(make_config, overrides, message):
+    from server_app.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        make_config(*overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+# -- round-aware augmentation (item 4) -------------------------------------------------------------------
+def test_round_aware_weights_follow_the_classes_this_rounds_nodes_lack():
+    from strategy.round_aware import lack_weights
+
+    grid = LocalGrid({0: scoring_node([10, 0, 0], 0, lambda g: _state(TARGET)),
+                      1: scoring_node([0, 10, 0], 1, lambda g: _state(TARGET)),
+                      2: scoring_node([0, 0, 10], 2, lambda g: _state(TARGET)),
+                      3: scoring_node([0, 10, 0], 3, lambda g: _state(TARGET))})
+    augmenter = FixedAugmenter(_state([0, 0]))
+    base = FedAvg(fraction_train=0.5, fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1)
+    strategy = GenFL(base, num_classes=3, kappa=KappaSchedule(0.3, "constant", 0.3, 3), augmenter=augmenter,
+                     histogram_timeout=1, seed=0, reliability=reliability(max_relative_update=1e9, claim_slack=0),
+                     round_aware_floor=0.25)
+    _start(strategy, grid, 3)
+    histograms = {0: [10, 0, 0], 1: [0, 10, 0], 2: [0, 0, 10], 3: [0, 10, 0]}
+    sent = [m.metadata.dst_node_id for m in grid.sent if m.metadata.message_type == "train"]
+    trained = [sent[0:2], sent[2:4], sent[4:6]]  # two of the four nodes per round
+    for weights, nodes in zip(augmenter.class_weights, trained):
+        expected = lack_weights(np.sum([histograms[n] for n in nodes], axis=0).tolist(), floor=0.25)
+        assert weights == pytest.approx(expected)
+        lacking = [c for c in range(3) if all(histograms[n][c] == 0 for n in nodes)]
+        assert all(weights[c] > 1 / 3 for c in lacking)
+    assert len({tuple(w) for w in augmenter.class_weights}) > 1  # a different sample, other weights
