@@ -22,16 +22,22 @@ sys.path.insert(0, str(REPO))
 import convergence  # noqa: E402  (bench/convergence.py: the same runner, the same folders)
 
 FEDAVG = ("main", ["strategy=fedavg", "partition.alpha=0.1"])
+FONTS, DIGITS = "robust_fonts", "robust_digits"
+ADAPTIVE, CONSTANT = "mix.kappa_policy=adaptive", "mix.kappa_policy=constant"
 PLANS = {
-    # Screen: each mechanism alone on seed 0 (the mechanisms of later commits join as they land).
+    # Screen: each mechanism alone on seed 0 with the shifted generator, against constant kappa (the
+    # control_fonts piece's genfl run) and FedAvg; round-aware augmentation at 10 of 40 clients.
     "screen": [
-        ("robust_fonts", ["mix.kappa_policy=adaptive", "mix.bn_stats=clients", "seed=0"]),
-        ("robust_fonts", ["mix.kappa_policy=adaptive", "mix.bn_stats=mixed", "seed=0"]),
-        ("robust_fonts", ["mix.kappa_policy=constant", "mix.bn_stats=clients", "seed=0"]),
+        (FONTS, [ADAPTIVE, "mix.bn_stats=clients", "seed=0"]),
+        (FONTS, [CONSTANT, "mix.bn_stats=clients", "seed=0"]),
+        (FONTS, [ADAPTIVE, "mix.bn_stats=mixed", "seed=0"]),
         (FEDAVG[0], FEDAVG[1] + ["seed=0"]),
-        ("robust_fonts", ["mix.kappa_policy=constant", "mix.bn_stats=reestimate", "seed=0"]),
-        ("robust_fonts", ["mix.kappa_policy=constant", "mix.bn_stats=mixed", "seed=0"]),
-        ("robust_fonts", ["mix.kappa_policy=adaptive", "mix.bn_stats=reestimate", "seed=0"]),
+        (FONTS, [CONSTANT, "mix.bn_stats=reestimate", "seed=0"]),
+        (FONTS, [CONSTANT, "mix.bn_stats=mixed", "augmented.filter.mode=confidence", "seed=0"]),
+        ("participation", ["seed=0"]),
+        ("robust_participation", ["seed=0"]),
+        (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=0"]),
+        (FONTS, [ADAPTIVE, "mix.bn_stats=reestimate", "seed=0"]),
     ],
 }
 
