@@ -13,8 +13,13 @@ time; re-running skips completed jobs and continues a stopped one from its check
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import platform
 import sys
 from pathlib import Path
+
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -24,30 +29,164 @@ import convergence  # noqa: E402  (bench/convergence.py: the same runner, the sa
 FEDAVG = ("main", ["strategy=fedavg", "partition.alpha=0.1"])
 FONTS, DIGITS = "robust_fonts", "robust_digits"
 ADAPTIVE, CONSTANT = "mix.kappa_policy=adaptive", "mix.kappa_policy=constant"
+PROBE = "mix.probe_fraction=0.5"  # the policy with the burden of proof (mix.evidence_z), half the nodes scoring
 PLANS = {
     # Screen: each mechanism alone on seed 0 with the shifted generator, against constant kappa (the
     # control_fonts piece's genfl run) and FedAvg; round-aware augmentation at 10 of 40 clients.
     "screen": [
-        (FONTS, [ADAPTIVE, "mix.bn_stats=clients", "seed=0"]),
+        (FONTS, [ADAPTIVE, "mix.bn_stats=clients", "seed=0"]),  # the first policy: plain mean, 5 nodes (kept for the record)
         (FONTS, [CONSTANT, "mix.bn_stats=clients", "seed=0"]),
-        (FONTS, [ADAPTIVE, "mix.bn_stats=mixed", "seed=0"]),
+        (FONTS, [ADAPTIVE, "mix.bn_stats=clients", PROBE, "seed=0"]),
         (FEDAVG[0], FEDAVG[1] + ["seed=0"]),
         (FONTS, [CONSTANT, "mix.bn_stats=reestimate", "seed=0"]),
         (FONTS, [CONSTANT, "mix.bn_stats=mixed", "augmented.filter.mode=confidence", "seed=0"]),
         ("participation", ["seed=0"]),
         ("robust_participation", ["seed=0"]),
         (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=0"]),
-        (FONTS, [ADAPTIVE, "mix.bn_stats=reestimate", "seed=0"]),
+        (FONTS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, "seed=0"]),
+        (FONTS, [ADAPTIVE, "mix.bn_stats=reestimate", PROBE, "seed=0"]),
     ],
 }
 
 
+PIECES = ("robust_fonts", "robust_digits", "robust_participation", "main", "participation")
+# What names an arm (besides its piece); the seed is what varies within an arm.
+ARM = {"strategy": "strategy.name", "generator": "generator.corpus", "clients": "federation.num_clients",
+       "fraction_train": "federation.fraction_train", "kappa_policy": "mix.kappa_policy", "bn_stats": "mix.bn_stats",
+       "filter": "augmented.filter.mode", "round_aware": "augmented.round_aware",
+       "probe_fraction": "mix.probe_fraction", "evidence_z": "mix.evidence_z"}
+FROM_ROUND = 5  # "never more than 0.02 below FedAvg at any round from round 5 on"
+
+
+def _arm(run) -> dict:
+    arm = {name: run.config.get(key) for name, key in ARM.items()}
+    if arm["strategy"] == "fedavg":  # no synthetic data: the mix settings mean nothing
+        arm.update(generator=None, kappa_policy=None, bn_stats=None, filter=None, round_aware=None)
+    if arm["kappa_policy"] != "adaptive":
+        arm.update(probe_fraction=None, evidence_z=None)
+    elif arm["evidence_z"] is None:  # the first policy (before the burden of proof)
+        arm["evidence_z"] = 0.0
+    return arm
+
+
+def _series(run, column: str) -> list:
+    return [r.get(column) for r in run.rounds if r["round"] >= 1]
+
+
+def report(root: Path, out: Path) -> int:
+    """robustness.json (every run's per-round curve, kappa and cost; each arm against FedAvg of the same
+    seed and federation), robustness.md (the table) and robustness_<setting>.png."""
+    from cli.report import read_runs
+
+    runs, problems = [], []
+    for piece in PIECES:
+        found, piece_problems = read_runs([root / piece]) if (root / piece).exists() else ([], [f"{piece}: not run"])
+        runs += [r for r in found if r.config["partition.alpha"] == 0.1 and r.config["num_rounds"] == 30]
+        problems += piece_problems
+    fedavg = {(r.config["seed"], r.config["federation.num_clients"]): r for r in runs if r.config["strategy.name"] == "fedavg"}
+    arms: dict[str, dict] = {}
+    for run in runs:
+        arm = _arm(run)
+        label = ", ".join(f"{k}={v}" for k, v in arm.items() if v is not None)
+        entry = arms.setdefault(label, {**arm, "label": label, "runs": []})
+        rounds, accuracy = run.curve
+        baseline = fedavg.get((run.config["seed"], run.config["federation.num_clients"]))
+        versus = None
+        if baseline is not None and arm["strategy"] != "fedavg":
+            base = dict(zip(*baseline.curve))
+            gaps = [a - base[r] for r, a in zip(rounds, accuracy) if r >= FROM_ROUND and r in base]
+            versus = {"final_minus_fedavg": round(float(accuracy[-1] - baseline.curve[1][-1]), 4),
+                      f"worst_gap_from_round_{FROM_ROUND}": round(float(min(gaps)), 4) if gaps else None}
+        seconds = [s for s in _series(run, "round_seconds") if isinstance(s, (int, float))]
+        entry["runs"].append({
+            "seed": run.config["seed"], "path": str(run.path.relative_to(root)),
+            "final_accuracy": round(float(accuracy[-1]), 4), "best_accuracy": round(float(accuracy.max()), 4),
+            "rounds_to_0.9": next((int(r) for r, a in zip(rounds, accuracy) if a >= 0.9), None),
+            "accuracy_by_round": [round(float(a), 4) for a in accuracy],
+            "kappa_aug_by_round": _series(run, "kappa_aug"),
+            "seconds_per_round": round(float(np.mean(seconds)), 2) if seconds else None,
+            "vs_fedavg_same_seed": versus,
+            "synthetic_quality": {k: run.quality.get(k) for k in ("agreement", "separability_auc")} if run.quality else None,
+        })
+    for entry in arms.values():
+        entry["runs"].sort(key=lambda r: r["seed"])
+        finals = [r["final_accuracy"] for r in entry["runs"]]
+        entry["final_accuracy_mean"] = round(float(np.mean(finals)), 4)
+        entry["final_accuracy_std"] = round(float(np.std(finals, ddof=1)), 4) if len(finals) > 1 else None
+        versus = [r["vs_fedavg_same_seed"] for r in entry["runs"] if r["vs_fedavg_same_seed"]]
+        entry["at_or_above_fedavg_every_seed"] = all(v["final_minus_fedavg"] >= 0 for v in versus) if versus else None
+        gaps = [v[f"worst_gap_from_round_{FROM_ROUND}"] for v in versus if v[f"worst_gap_from_round_{FROM_ROUND}"] is not None]
+        entry[f"worst_gap_from_round_{FROM_ROUND}"] = min(gaps) if gaps else None
+    ordered = sorted(arms.values(), key=lambda a: (str(a["generator"]), a["clients"], a["label"]))
+    out.mkdir(parents=True, exist_ok=True)
+    result = {"what": "Issue 16: GenFL vs FedAvg whatever the generator (bench/robustness.py): digits, 30 rounds, alpha 0.1",
+              "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
+              "from_round": FROM_ROUND, "arms": ordered, "not_included": problems}
+    (out / "robustness.json").write_text(json.dumps(result, indent=1) + "\n")
+    lines = ["| arm | seeds | final accuracy | per seed | final - FedAvg (same seed) | worst gap to FedAvg, round >= 5 "
+             "| rounds to 0.9 | s/round |", "|---|---|---|---|---|---|---|---|"]
+    for a in ordered:
+        runs_ = a["runs"]
+        versus = [r["vs_fedavg_same_seed"] for r in runs_]
+        lines.append("| " + " | ".join([
+            a["label"], ",".join(str(r["seed"]) for r in runs_),
+            f"{a['final_accuracy_mean']:.3f}" + (f" ± {a['final_accuracy_std']:.3f}" if a["final_accuracy_std"] else ""),
+            " ".join(f"{r['final_accuracy']:.3f}" for r in runs_),
+            " ".join(f"{v['final_minus_fedavg']:+.3f}" if v else "-" for v in versus),
+            f"{a[f'worst_gap_from_round_{FROM_ROUND}']:+.3f}" if a[f"worst_gap_from_round_{FROM_ROUND}"] is not None else "-",
+            " ".join(str(r["rounds_to_0.9"]) if r["rounds_to_0.9"] else "never" for r in runs_),
+            " ".join(f"{r['seconds_per_round']:.1f}" for r in runs_ if r["seconds_per_round"]) or "-",
+        ]) + " |")
+    (out / "robustness.md").write_text("\n".join(lines) + "\n\n" + "".join(f"- not included: {p}\n" for p in problems))
+    _plot(ordered, out)
+    print((out / "robustness.md").read_text())
+    return 0
+
+
+def _plot(arms: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = {"fonts (shifted) generator, 20 clients": lambda a: a["clients"] == 20 and a["generator"] in (None, "fonts"),
+                "in-distribution generator, 20 clients": lambda a: a["clients"] == 20 and a["generator"] in (None, "digits-public"),
+                "10 of 40 clients per round": lambda a: a["clients"] == 40}
+    for title, chosen in settings.items():
+        shown = [a for a in arms if chosen(a)]
+        if len(shown) < 2:
+            continue
+        fig, ax = plt.subplots(figsize=(8, 5))
+        for i, arm in enumerate(shown):
+            color = "black" if arm["strategy"] == "fedavg" else f"C{i}"
+            for j, run in enumerate(arm["runs"]):  # every seed's curve, not only the mean
+                ax.plot(range(len(run["accuracy_by_round"])), run["accuracy_by_round"], color=color,
+                        lw=1.2, alpha=0.85, ls=("-", "--", ":")[j % 3],
+                        label=f"{arm['label'].replace('strategy=', '')} (seed {run['seed']})")
+        ax.set_xlabel("round")
+        ax.set_ylabel("test accuracy")
+        ax.set_ylim(0, 1)
+        ax.grid(alpha=0.3)
+        ax.set_title(f"GenFL vs FedAvg, digits alpha 0.1: {title}")
+        ax.legend(fontsize=6, loc="lower right")
+        fig.tight_layout()
+        name = "fonts" if "fonts" in title else "digits" if "in-distribution" in title else "participation"
+        fig.savefig(out / f"robustness_{name}.png", dpi=110)
+        plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/robustness.py", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=("run",))
-    parser.add_argument("plan", choices=sorted(PLANS))
+    parser.add_argument("action", choices=("run", "report"))
+    parser.add_argument("plan", nargs="?", choices=sorted(PLANS))
+    parser.add_argument("--root", type=Path, default=convergence.ROOT, help="sweep folders (default outputs/convergence)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="results folder")
     args = parser.parse_args(argv)
-    return convergence.run(PLANS[args.plan], convergence.ROOT)
+    if args.action == "report":
+        return report(args.root, args.out)
+    if args.plan is None:
+        parser.error("run needs a plan: " + ", ".join(sorted(PLANS)))
+    return convergence.run(PLANS[args.plan], args.root)
 
 
 if __name__ == "__main__":

@@ -208,10 +208,10 @@ def adaptive_kappa(cfg: DictConfig):
         return None
     if not isinstance(m.candidates, (list, ListConfig)) or not all(_number(c) for c in m.candidates):
         raise ConfigError(f"mix.candidates: must be a list of numbers in [0, 1] (got {m.candidates!r})")
-    for key in ("step", "low", "high"):
+    for key in ("step", "low", "high", "evidence_z"):
         _check(_number(m[key]), f"mix.{key}", "must be a number", m[key])
     return AdaptiveKappa(current=float(cfg.strategy.kappa_aug), candidates=tuple(m.candidates), step=float(m.step),
-                         low=float(m.low), high=float(m.high))
+                         low=float(m.low), high=float(m.high), evidence_z=float(m.evidence_z))
 
 
 def _validate_reliability(cfg: DictConfig) -> None:

@@ -395,11 +395,11 @@ class GenFL(Strategy):
                 self.adaptive.current)
             return
         scores = [next(iter(r.content.metric_records.values())) for r in usable]
-        weights = np.array([float(m[self.weighted_by_key]) for m in scores])
-        losses = np.array([m[MIX_LOSS] for m in scores], dtype=np.float64)
-        federated = weights @ losses / weights.sum()
-        best = self.adaptive.choose(dict(zip(self._probe, federated.tolist())))
+        federated, errors = self.adaptive.federated([m[MIX_LOSS] for m in scores],
+                                                    [float(m[self.weighted_by_key]) for m in scores])
+        best = self.adaptive.choose(dict(zip(self._probe, federated)), dict(zip(self._probe, errors)))
         stats.update(kappa_probe={f"{k:g}": round(float(v), 5) for k, v in zip(self._probe, federated)},
+                     kappa_probe_error={f"{k:g}": round(float(v), 5) for k, v in zip(self._probe, errors)},
                      kappa_best=best, kappa_next=self.adaptive.current, probe_nodes=len(usable))
         log(INFO, "round %d: adaptive kappa: federated loss by kappa_aug %s -> kappa_aug %s next round", server_round,
             stats.kappa_probe, self.adaptive.current)

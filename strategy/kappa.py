@@ -8,7 +8,10 @@ e.g. to lean on synthetic data early and on real client data late.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+import numpy as np
 
 SCHEDULES = ("constant", "linear", "cosine")
 
@@ -70,6 +73,12 @@ class AdaptiveKappa:
     toward the candidate with the lowest federated loss, within [``low``, ``high``]. A generator that
     stops helping the clients' data is thus turned down (kappa 0 = FedAvg is always a candidate),
     one that helps is kept; the server itself never sees real data.
+
+    The burden of proof is on the synthetic data: a mix counts as better than the client aggregate
+    (kappa 0) only if its loss is lower by more than ``evidence_z`` standard errors of the nodes'
+    paired differences. Under label skew the few nodes scoring a round disagree widely (a node whose
+    classes the aggregate gets wrong likes any mix, others do not), so a plain mean follows whichever
+    nodes were drawn; with ``evidence_z = 0`` it is the plain lowest mean.
     """
 
     current: float  # kappa_aug of the next round
@@ -77,6 +86,7 @@ class AdaptiveKappa:
     step: float
     low: float
     high: float
+    evidence_z: float = 1.0
 
     def __post_init__(self):
         self.candidates = tuple(float(c) for c in self.candidates)
@@ -90,6 +100,8 @@ class AdaptiveKappa:
         if not 0.0 <= self.low <= self.high < 1.0:
             raise KappaError(f"mix.low and mix.high must satisfy 0 <= low <= high < 1 (kappa_fl > 0: the probe needs "
                              f"the clients' models) (got {self.low}, {self.high})")
+        if not (isinstance(self.evidence_z, (int, float)) and 0 <= self.evidence_z < math.inf):
+            raise KappaError(f"mix.evidence_z must be a number >= 0 (got {self.evidence_z!r})")
         if not self.low <= self.current <= self.high:
             raise KappaError(f"the starting strategy.kappa_aug={self.current} must lie in [mix.low, mix.high] = "
                              f"[{self.low}, {self.high}]")
@@ -98,9 +110,25 @@ class AdaptiveKappa:
         """What nodes score this round: the candidates and the current kappa_aug, ascending."""
         return sorted(set(self.candidates) | {round(self.current, 6)})
 
-    def choose(self, losses: dict[float, float]) -> float:
-        """Move toward the candidate with the lowest loss (ties: the smaller kappa_aug); returns it."""
-        best = min(losses, key=lambda k: (losses[k], k))
+    def federated(self, scores: Sequence[Sequence[float]], weights: Sequence[float]) -> tuple[list[float], list[float]]:
+        """(weighted mean loss per candidate, standard error of its paired difference to kappa 0), from
+        one row of losses per node (in `candidates_with` order) and the nodes' sample counts."""
+        losses, w = np.asarray(scores, dtype=np.float64), np.asarray(weights, dtype=np.float64)
+        w = w / w.sum()
+        means = w @ losses
+        diffs = losses - losses[:, [self.candidates_with().index(0.0)]]
+        spread = np.sqrt(np.maximum(w @ (diffs - w @ diffs) ** 2, 0.0))
+        n_eff = 1.0 / np.sum(w**2)  # effective number of nodes under unequal weights
+        errors = spread / np.sqrt(max(n_eff - 1.0, 1.0))
+        return means.tolist(), errors.tolist()
+
+    def choose(self, losses: dict[float, float], errors: dict[float, float] | None = None) -> float:
+        """Move toward the best candidate; returns it. Best: the lowest loss among kappa 0 and the mixes
+        whose advantage over kappa 0 exceeds ``evidence_z`` standard errors (ties: the smaller kappa)."""
+        base = losses[0.0]
+        errors = errors or {}
+        eligible = [k for k in losses if k == 0.0 or losses[k] + self.evidence_z * errors.get(k, 0.0) < base]
+        best = min(eligible, key=lambda k: (losses[k], k))
         moved = self.current + self.step * (best - self.current)
         self.current = round(min(max(moved, self.low), self.high), 6)
         return best

@@ -27,7 +27,8 @@ class RoundStats:
     round_failure: str | None = None  # why it was rejected
     # adaptive kappa (strategy.kappa_policy=adaptive): the clients' evidence, scored in this round's evaluation
     kappa_probe: dict | None = None  # candidate kappa_aug -> federated loss of that mix on the clients' real data
-    kappa_best: float | None = None  # the candidate with the lowest federated loss
+    kappa_probe_error: dict | None = None  # candidate -> standard error of its loss difference to kappa 0 across nodes
+    kappa_best: float | None = None  # the chosen candidate: lowest loss among those that beat kappa 0 by mix.evidence_z errors
     kappa_next: float | None = None  # kappa_aug for the next round (moved toward kappa_best, bounded)
     probe_nodes: int | None = None  # nodes whose scores were used
     # BatchNorm running statistics re-estimated on the clients (model.bn_stats=reestimate)

@@ -35,6 +35,23 @@ def test_kappa_moves_a_step_toward_the_best_candidate_and_stays_in_bounds():
     assert policy.candidates_with() == [0.0, 0.1, 0.2, 0.3, 0.5]  # the current kappa is always scored too
 
 
+def test_a_mix_must_beat_the_client_aggregate_by_more_than_the_nodes_disagreement():
+    policy = AdaptiveKappa(current=0.2, candidates=(0.0, 0.2), step=1.0, low=0.0, high=0.5, evidence_z=1.0)
+    # Node 1's classes are badly served by the aggregate, node 2's are not: the mean favours 0.2, the nodes disagree.
+    means, errors = policy.federated([[3.0, 1.0], [0.2, 0.9]], [10, 10])
+    assert means == pytest.approx([1.6, 0.95])
+    assert errors[0] == 0.0 and errors[1] == pytest.approx(1.35)  # |(-2.0) - 0.7| / 2 spread, 2 nodes
+    assert policy.choose(dict(zip((0.0, 0.2), means)), dict(zip((0.0, 0.2), errors))) == 0.0
+    assert policy.current == 0.0
+    # Every node agrees the mix helps: it is chosen.
+    means, errors = policy.federated([[3.0, 1.0], [0.9, 0.2], [1.0, 0.5]], [10, 10, 10])
+    assert policy.choose(dict(zip((0.0, 0.2), means)), dict(zip((0.0, 0.2), errors))) == 0.2
+    # Without the burden of proof the plain mean decides.
+    lenient = AdaptiveKappa(current=0.2, candidates=(0.0, 0.2), step=1.0, low=0.0, high=0.5, evidence_z=0.0)
+    means, errors = lenient.federated([[3.0, 1.0], [0.2, 0.9]], [10, 10])
+    assert lenient.choose(dict(zip((0.0, 0.2), means)), dict(zip((0.0, 0.2), errors))) == 0.2
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(candidates=(0.1, 0.3)), "must contain 0.0"),
     (dict(candidates=()), "non-empty"),
@@ -42,6 +59,7 @@ def test_kappa_moves_a_step_toward_the_best_candidate_and_stays_in_bounds():
     (dict(step=0.0), "mix.step"),
     (dict(high=1.0), "high < 1"),
     (dict(low=0.4), "must lie in"),
+    (dict(evidence_z=-1.0), "evidence_z"),
 ])
 def test_bad_policy_settings_are_named(kwargs, message):
     settings = dict(current=0.3, candidates=(0.0, 0.3), step=0.5, low=0.0, high=0.5) | kwargs
