@@ -29,6 +29,7 @@ import convergence  # noqa: E402  (bench/convergence.py: the same runner, the sa
 FEDAVG = ("main", ["strategy=fedavg", "partition.alpha=0.1"])
 FONTS, DIGITS = "robust_fonts", "robust_digits"
 ADAPTIVE, CONSTANT = "mix.kappa_policy=adaptive", "mix.kappa_policy=constant"
+FROZEN = "augmented.freeze_bn=true"  # the augmented model trains under the global model's BatchNorm statistics
 PROBE = "mix.probe_fraction=0.5"  # the policy with the burden of proof (mix.evidence_z), half the nodes scoring
 PLANS = {
     # Screen: each mechanism alone on seed 0 with the shifted generator, against constant kappa (the
@@ -37,6 +38,7 @@ PLANS = {
         (FONTS, [ADAPTIVE, "mix.bn_stats=clients", "seed=0"]),  # the first policy: plain mean, 5 nodes (kept for the record)
         (FONTS, [CONSTANT, "mix.bn_stats=clients", "seed=0"]),
         (FONTS, [ADAPTIVE, "mix.bn_stats=clients", PROBE, "seed=0"]),
+        (FONTS, [CONSTANT, "mix.bn_stats=clients", FROZEN, "seed=0"]),
         (FEDAVG[0], FEDAVG[1] + ["seed=0"]),
         (FONTS, [CONSTANT, "mix.bn_stats=reestimate", "seed=0"]),
         (FONTS, [CONSTANT, "mix.bn_stats=mixed", "augmented.filter.mode=confidence", "seed=0"]),
@@ -54,14 +56,14 @@ PIECES = ("robust_fonts", "robust_digits", "robust_participation", "main", "part
 ARM = {"strategy": "strategy.name", "generator": "generator.corpus", "clients": "federation.num_clients",
        "fraction_train": "federation.fraction_train", "kappa_policy": "mix.kappa_policy", "bn_stats": "mix.bn_stats",
        "filter": "augmented.filter.mode", "round_aware": "augmented.round_aware",
-       "probe_fraction": "mix.probe_fraction", "evidence_z": "mix.evidence_z"}
+       "probe_fraction": "mix.probe_fraction", "evidence_z": "mix.evidence_z", "freeze_bn": "augmented.freeze_bn"}
 FROM_ROUND = 5  # "never more than 0.02 below FedAvg at any round from round 5 on"
 
 
 def _arm(run) -> dict:
     arm = {name: run.config.get(key) for name, key in ARM.items()}
     if arm["strategy"] == "fedavg":  # no synthetic data: the mix settings mean nothing
-        arm.update(generator=None, kappa_policy=None, bn_stats=None, filter=None, round_aware=None)
+        arm.update(generator=None, kappa_policy=None, bn_stats=None, filter=None, round_aware=None, freeze_bn=None)
     if arm["kappa_policy"] != "adaptive":
         arm.update(probe_fraction=None, evidence_z=None)
     elif arm["evidence_z"] is None:  # the first policy (before the burden of proof)

@@ -346,3 +346,21 @@ def test_round_aware_weights_follow_the_classes_this_rounds_nodes_lack():
         lacking = [c for c in range(3) if all(histograms[n][c] == 0 for n in nodes)]
         assert all(weights[c] > 1 / 3 for c in lacking)
     assert len({tuple(w) for w in augmenter.class_weights}) > 1  # a different sample, other weights
+
+
+def test_a_frozen_batchnorm_trains_the_weights_and_keeps_the_received_statistics():
+    from torchcore.data import Split
+    from torchcore.model import seeded_model
+    from torchcore.train import TrainSettings, state_to_numpy, train
+
+    data = Split(torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8), torch.randint(0, 10, (32,)))
+    settings = dict(epochs=1, batch_size=16, lr=0.05, momentum=0.0, weight_decay=0.0, augment=False, proximal_mu=0.0,
+                    max_steps=None, fast_cuda=False)
+    for freeze in (True, False):
+        model = seeded_model(0, num_classes=10, in_channels=1, mean=[0.3], std=[0.38])
+        before = state_to_numpy(model)
+        train(model, data, TrainSettings(**settings, freeze_bn=freeze), torch.device("cpu"), seed=0)
+        after = state_to_numpy(model)
+        buffers = [k for k in before if k.endswith(("running_mean", "running_var"))]
+        assert any(not np.array_equal(before[k], after[k]) for k in before if k.endswith("conv1.weight"))
+        assert all(np.array_equal(before[k], after[k]) for k in buffers) == freeze

@@ -28,6 +28,9 @@ class TrainSettings:
     proximal_mu: float  # FedProx: (mu / 2) * ||w - w_global||^2 added to the loss
     max_steps: int | None  # stop after this many optimiser steps (None: every batch of every epoch)
     fast_cuda: bool  # on CUDA: data moved once, channels_last, bf16 autocast (no effect on CPU)
+    # BatchNorm in eval mode while training: normalise with the received running statistics and keep
+    # them (the server's augmented model: synthetic batches must not re-define what "normal" is)
+    freeze_bn: bool = False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -92,6 +95,10 @@ def train(model: nn.Module, data: Split, settings: TrainSettings, device: torch.
             raise ValueError(f"sample_weights: need {len(data)} non-negative weights with a positive sum")
     fast = _fast(device, settings.fast_cuda)
     model.to(device).train()
+    if settings.freeze_bn:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
     if fast:
         model.to(memory_format=torch.channels_last)
     data = _on_device(data, device, fast)
