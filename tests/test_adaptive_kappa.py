@@ -364,3 +364,15 @@ def test_a_frozen_batchnorm_trains_the_weights_and_keeps_the_received_statistics
         buffers = [k for k in before if k.endswith(("running_mean", "running_var"))]
         assert any(not np.array_equal(before[k], after[k]) for k in before if k.endswith("conv1.weight"))
         assert all(np.array_equal(before[k], after[k]) for k in buffers) == freeze
+
+
+def test_one_lying_node_cannot_push_kappa_up_past_the_burden_of_proof():
+    # Three honest nodes: the augmented model hurts. A fourth claims every mix is far better than kappa 0.
+    nodes = {i: scoring_node([5, 5, 5], i, lambda g: _state(TARGET)) for i in range(3)}
+    nodes[3] = scoring_node([5, 5, 5], 3, lambda g: _state(TARGET),
+                            probe_reply={"mix-loss": [100.0, 0.0, 0.0, 0.0, 0.0], "mix-acc": [0.0] * 5})
+    strategy = adaptive_genfl(FixedAugmenter(_state([-20.0, 40.0])), rounds=2)
+    strategy.adaptive.evidence_z = 1.0
+    _start(strategy, LocalGrid(nodes), 2)
+    assert strategy.round_stats[1].kappa_best == 0.0 and strategy.round_stats[1].probe_nodes == 4
+    assert strategy.round_stats[2].kappa_aug == pytest.approx(0.15)  # still turned down
