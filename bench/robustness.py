@@ -39,6 +39,8 @@ PLANS = {
         (FONTS, [CONSTANT, "mix.bn_stats=clients", "seed=0"]),
         (FONTS, [ADAPTIVE, "mix.bn_stats=clients", PROBE, "seed=0"]),
         (FONTS, [CONSTANT, "mix.bn_stats=clients", FROZEN, "seed=0"]),
+        (FONTS, [CONSTANT, "mix.bn_stats=mixed", FROZEN, "seed=0"]),
+        (FONTS, [ADAPTIVE, "mix.bn_stats=mixed", FROZEN, PROBE, "seed=0"]),
         (FEDAVG[0], FEDAVG[1] + ["seed=0"]),
         (FONTS, [CONSTANT, "mix.bn_stats=reestimate", "seed=0"]),
         (FONTS, [CONSTANT, "mix.bn_stats=mixed", "augmented.filter.mode=confidence", "seed=0"]),
