@@ -360,8 +360,9 @@ class GenFL(Strategy):
         if self._parts is not None and self._sent_evaluate:
             client_part, augmented = self._parts
             self._probe = self.adaptive.candidates_with()
-            # Re-estimated statistics exist only for the chosen mix: candidates use the clients' (the start point).
-            bn = "clients" if self.bn_stats == "reestimate" else self.bn_stats
+            # Re-estimated statistics exist only for the chosen mix: candidates mix the statistics like the
+            # weights (the clients' alone do not fit mixed weights: the first screen runs scored every mix far worse).
+            bn = "mixed" if self.bn_stats == "reestimate" else self.bn_stats
             records = {CLIENT_PART: ArrayRecord({k: Array(v) for k, v in client_part.items()}),
                        AUGMENTED: ArrayRecord({k: Array(v) for k, v in augmented.items()}),
                        PROBE: ConfigRecord({PROBE_CANDIDATES: self._probe, PROBE_BN_STATS: bn})}
