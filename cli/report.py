@@ -36,7 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from server_app.results import FLWR_HOME, JOB_RECORD, MANIFEST, METRICS, CorruptFileError, flatten, read_json, result_neutral
+from server_app.results import (JOB_RECORD, MANIFEST, METRICS, CorruptFileError, flatten, read_json, result_neutral,
+                                results_files)
 
 
 # Order in which keys are tried for naming configurations; any other differing key follows.
@@ -84,7 +85,7 @@ def read_runs(paths: list[Path]) -> tuple[list[Run], list[str]]:
         if not root.exists():
             problems.append(f"{root}: no such file or folder")
             continue
-        files = [root] if root.is_file() else sorted(p for p in root.rglob(METRICS) if FLWR_HOME not in p.parts)
+        files = [root] if root.is_file() else results_files(root, METRICS)
         for path in files:
             seen.add(path.parent.resolve())
             run, problem = _read_run(path)
@@ -117,7 +118,7 @@ def _missing_runs(root: Path, seen: set) -> list[str]:
     """Sweep jobs that have a folder but no metrics.json, jobs of a sweep's manifest with no folder, and
     corrupt records or manifests (named, since they hide which jobs are missing)."""
     problems, recorded, corrupt = [], set(), False
-    for record_path in sorted(root.rglob(JOB_RECORD)):
+    for record_path in results_files(root, JOB_RECORD):
         try:
             record = read_json(record_path)
         except CorruptFileError as err:
@@ -129,7 +130,7 @@ def _missing_runs(root: Path, seen: set) -> list[str]:
             problems.append(f"{record_path.parent}: no metrics.json (job {record.get('status', 'unknown')}: "
                             f"{record.get('error') or 'no error recorded'})")
     not_run = "has no readable record (not run, or its record is corrupt)" if corrupt else "has not run (no folder)"
-    for manifest in sorted(root.rglob(MANIFEST)):
+    for manifest in results_files(root, MANIFEST):
         try:
             jobs = read_json(manifest).get("jobs", [])
         except CorruptFileError as err:

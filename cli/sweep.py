@@ -14,7 +14,13 @@ folder, ``<hydra.sweep.dir>/<its overrides>/``. Around that:
   stopped mid-run continues from its last per-round checkpoint, so re-running the command with the
   same ``hydra.sweep.dir`` resumes a stopped or preempted sweep;
 - a job whose folder holds a corrupt ``genfl_job.json`` or ``metrics.json`` fails, naming the file,
-  and its folder is left as it is.
+  and its folder is left as it is;
+- each job starts with a line ``job k of N [overrides]: running`` (or ``continuing from its checkpoint``,
+  ``already complete, skipped``) with the sweep's skipped and continued counts so far and, with the
+  basic launcher, the ETA from the jobs run so far;
+- with experiment tracking (``tracking=mlflow|tensorboard|wandb``) the sweep is one MLflow experiment /
+  W&B group (``tracking.group``, the sweep folder's name) with one tracked run per job, in a store in
+  the sweep folder (``tracking.root``); a continued job logs into its earlier tracked run.
 """
 
 from __future__ import annotations
@@ -42,12 +48,16 @@ from omegaconf import DictConfig, OmegaConf
 from cli.flwr_runs import quoted
 from cli.run import run
 from conf import CONF_DIR
+from generation.progress import duration
+from server_app import tracking
 from server_app.checkpoint import checkpoint_path
 from server_app.config import ConfigError, load_config
-from server_app.results import ERROR_FILE, JOB_RECORD, MANIFEST, METRICS, RUN_FILES, CorruptFileError, read_json
+from server_app.results import (ERROR_FILE, JOB_RECORD, MANIFEST, METRICS, RUN_FILES, CorruptFileError, read_json,
+                                results_files)
 
 log = logging.getLogger("genfl-sweep")
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
 @dataclass
 class _Invocation:
@@ -100,7 +110,10 @@ def config_errors(jobs: list[list[str]]) -> list[str]:
             continue
         try:
             with _outside_hydra():
-                load_config(job)
+                cfg = load_config(job)
+            problem = tracking.problem(OmegaConf.to_container(cfg, resolve=True))
+            if problem:
+                raise ConfigError(problem)
         except ConfigError as err:
             errors.append(f"job [{' '.join(job)}]: {err}")
             continue
@@ -152,11 +165,70 @@ def _check_distinct_folders(jobs: list[list[str]], config: DictConfig) -> None:
 
 # -- one job ---------------------------------------------------------------------------------------
 
-def run_job(overrides: list[str], job_dir: Path) -> int:
+@dataclass
+class Position:
+    """Where a job stands in its sweep: its number (1-based) of ``total`` (None: not known up front),
+    the sweep folder, this invocation's stamp (sweep.json's ``started``) and whether jobs run one at a time."""
+
+    number: int
+    total: int | None
+    sweep_dir: Path
+    invocation: str | None
+    sequential: bool
+
+    def tracking_overrides(self, overrides: list[str]) -> list[str]:
+        """A sweep is one tracked experiment/group, its store in the sweep folder (unless set)."""
+        given = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
+        extra = []
+        if "tracking.group" not in given:
+            extra.append(f"tracking.group={quoted(sweep_name(self.sweep_dir))}")
+        if "tracking.root" not in given and "tracking.uri" not in given:
+            extra.append(f"tracking.root={quoted(self.sweep_dir)}")
+        return extra
+
+    def line(self, overrides: list[str], doing: str) -> str:
+        """``job 3 of 6 [seed=1 strategy=fedavg]: running (so far: 1 skipped, 0 continued; ETA ...)``; the
+        counts include this job, the ETA covers it and the jobs after it."""
+        records = _invocation_records(self.sweep_dir, self.invocation)
+        skipped = sum(bool(r.get("skipped")) for r in records)
+        continued = sum(bool(r.get("resumed")) and not r.get("skipped") for r in records)
+        seconds = [r["seconds"] for r in records if not r.get("skipped") and r.get("seconds")]
+        text = f"job {self.number} of {self.total or '?'} [{' '.join(overrides)}]: {doing} " \
+               f"(so far: {skipped} skipped, {continued} continued"
+        left = (self.total - self.number + 1) if self.total else None
+        if self.sequential and seconds and left:
+            text += f"; ETA {duration(sum(seconds) / len(seconds) * left)} for {left} job(s) at " \
+                    f"{duration(sum(seconds) / len(seconds))} each"
+        return text + ")"
+
+
+def sweep_name(sweep_dir: Path) -> str:
+    """The sweep's name in a tracker: its folder, relative to the current one when below it."""
+    try:
+        return str(sweep_dir.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(sweep_dir.resolve())
+
+
+def _invocation_records(sweep_dir: Path, invocation: str | None) -> list[dict]:
+    """The job records this invocation of the sweep wrote so far (job folders are the sweep folder's children)."""
+    records = []
+    for path in sweep_dir.glob(f"*/{JOB_RECORD}"):
+        try:
+            record = read_json(path)
+        except CorruptFileError:
+            continue
+        if invocation is not None and record.get("invocation") == invocation:
+            records.append(record)
+    return records
+
+
+def run_job(overrides: list[str], job_dir: Path, position: Position | None = None) -> int:
     """One genfl-run in ``job_dir``, unless a completed run of the same overrides is already there.
 
     An earlier attempt of the same job that was stopped mid-run is continued from its checkpoint
     (genfl-run's ``output.resume``); anything else an earlier attempt left is cleared first.
+    ``position`` (from Hydra, in a sweep) adds the "job k of N" line and the sweep's tracking settings.
     """
     try:
         previous = read_json(job_dir / JOB_RECORD)
@@ -164,8 +236,11 @@ def run_job(overrides: list[str], job_dir: Path) -> int:
         resume = not complete and should_resume(job_dir, overrides)
     except CorruptFileError as err:
         return _refuse_job(overrides, job_dir, err)
+    invocation = {"invocation": position.invocation} if position is not None and position.invocation else {}
     if complete:
-        _write_json(job_dir / JOB_RECORD, {**previous, "skipped": True})
+        _write_json(job_dir / JOB_RECORD, {**previous, "skipped": True, **invocation})
+        if position is not None:
+            log.info("%s", position.line(overrides, "already complete, skipped"))
         log.info("skipped (already complete): %s", job_dir)
         return 0
     if not resume:
@@ -173,13 +248,17 @@ def run_job(overrides: list[str], job_dir: Path) -> int:
             path = job_dir / name
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     record = {"overrides": overrides, "status": "running", "started": datetime.now().isoformat(timespec="seconds"),
-              "skipped": False, "resumed": resume}
+              "skipped": False, "resumed": resume, **invocation}
     _write_json(job_dir / JOB_RECORD, record)
+    if position is not None:  # counts include this job
+        log.info("%s", position.line(overrides, "continuing from its checkpoint" if resume else "running"))
     started = time.monotonic()
+    extra = position.tracking_overrides(overrides) if position is not None else []
 
     try:
         with _outside_hydra():
-            code = run([*overrides, f"output.dir={quoted(job_dir)}", *(["output.resume=true"] if resume else [])])
+            code = run([*overrides, *extra, f"output.dir={quoted(job_dir)}",
+                        *(["output.resume=true"] if resume else [])])
         error = None
     except Exception as err:  # the sweep goes on; the record says what happened, error.txt where
         (job_dir / ERROR_FILE).write_text(traceback.format_exc())
@@ -228,7 +307,21 @@ def is_complete(job_dir: Path, overrides: list[str]) -> bool:
 @hydra.main(config_path=str(CONF_DIR), config_name="sweep", version_base="1.3")
 def _job(cfg: DictConfig) -> int:
     hydra_cfg = HydraConfig.get()
-    return run_job(list(hydra_cfg.overrides.task), Path(hydra_cfg.runtime.output_dir))
+    return run_job(list(hydra_cfg.overrides.task), Path(hydra_cfg.runtime.output_dir), _position(hydra_cfg))
+
+
+def _position(hydra_cfg) -> Position:
+    """This job's place in the sweep: Hydra's job number, the job list of sweep.json (written by the
+    callback before any job starts, so it also serves launchers that run jobs in other processes)."""
+    sweep_dir = Path(hydra_cfg.sweep.dir).resolve()
+    try:
+        manifest = read_json(sweep_dir / MANIFEST)
+    except CorruptFileError:
+        manifest = {}
+    jobs = manifest.get("jobs") or []
+    launcher = str(hydra_cfg.launcher.get("_target_", ""))
+    return Position(number=int(hydra_cfg.job.get("num") or 0) + 1, total=len(jobs) or None, sweep_dir=sweep_dir,
+                    invocation=manifest.get("started"), sequential=launcher == BASIC_LAUNCHER)
 
 
 # -- the command -------------------------------------------------------------------------------------
@@ -261,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
 def summarize(sweep_dir: Path, jobs: list[list[str]]) -> int:
     """Print what every job of this invocation did; 1 if any failed or left no record."""
     records, corrupt = {}, []
-    for path in sweep_dir.rglob(JOB_RECORD):
+    for path in results_files(sweep_dir, JOB_RECORD):  # not the copies a tracker keeps
         try:
             record = read_json(path)
         except CorruptFileError as err:

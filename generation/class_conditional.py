@@ -35,6 +35,7 @@ from generation.pretrain import (
     save_weights,
     training_scheduler,
 )
+from generation.progress import Progress
 from torchcore.train import resolve_device
 
 logger = logging.getLogger(__name__)
@@ -215,11 +216,15 @@ class ClassConditionalGenerator:
         self._load()
         self._unet.to(self.device)
         images, labels = [], []
-        for class_index, count in counts.items():
-            noise = torch.randn((count, *IMAGE_SHAPE), generator=torch.Generator().manual_seed(_class_seed(seed, class_index)))
-            for chunk in noise.split(self.batch_size):
-                images.append(self._denoise(chunk.to(self.device), class_index).cpu())
-            labels.append(torch.full((count,), class_index, dtype=torch.int64))
+        # A bar per class and overall on a terminal (images/s, ETA), else a line a minute (generation/progress.py)
+        with Progress(sum(counts.values()), "generation", "image", inner="class") as progress:
+            for class_index, count in counts.items():
+                noise = torch.randn((count, *IMAGE_SHAPE), generator=torch.Generator().manual_seed(_class_seed(seed, class_index)))
+                progress.start_part(f"class {class_index}", count)
+                for chunk in noise.split(self.batch_size):
+                    images.append(self._denoise(chunk.to(self.device), class_index).cpu())
+                    progress.update(len(chunk))
+                labels.append(torch.full((count,), class_index, dtype=torch.int64))
         if not images:
             return torch.zeros((0, *IMAGE_SHAPE), dtype=torch.float32), torch.zeros(0, dtype=torch.int64)
         return torch.cat(images), torch.cat(labels)

@@ -33,12 +33,12 @@ from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
 from PIL import Image
-from tqdm.auto import tqdm
 
 from conf import CONF_DIR
 from generation.cache import file_sha256
 from generation.corpora import build_corpus
 from generation.factory import build_generator
+from generation.progress import Progress
 from torchcore.digits import digits_split_indices, load_digits_arrays
 
 logger = logging.getLogger(__name__)
@@ -206,9 +206,10 @@ def _train(
     null_class = architecture.num_classes
     batches = torch.Generator(device="cpu").manual_seed(pretraining.seed)
 
-    bar = tqdm(range(pretraining.steps), desc="pretrain generator", disable=not progress, unit="step")
+    # A bar on a terminal (steps/s, ETA, loss), else a line a minute (generation/progress.py)
+    bar = Progress(pretraining.steps, "pretrain generator", "step", enabled=progress)
     running_loss = None
-    for step in bar:
+    for step in range(pretraining.steps):
         index = torch.randint(len(data), (pretraining.batch_size,), generator=batches).to(device)
         clean, classes = data[index], targets[index]
         noise = torch.randn(clean.shape, generator=batches).to(device)
@@ -225,7 +226,9 @@ def _train(
         ema.step(unet.parameters())
         running_loss = loss.item() if running_loss is None else 0.98 * running_loss + 0.02 * loss.item()
         if step % 50 == 0 or step == pretraining.steps - 1:
-            bar.set_postfix(loss=f"{running_loss:.4f}")
+            bar.set_postfix(f"loss {running_loss:.4f}, {pretraining.batch_size} images/step")
+        bar.update(1)
+    bar.close()
     ema.copy_to(unet.parameters())
     return unet.eval().requires_grad_(False)
 

@@ -30,6 +30,7 @@ from diffusers import (
 
 from generation.base import backend_settings, checked_plan
 from generation.cache import runtime_fingerprint
+from generation.progress import Progress
 from generation.prompts import (
     builtin_class_names,
     checked_guidance_range,
@@ -266,19 +267,25 @@ class TextToImageGenerator:
         counts = checked_plan(plan, len(self.prompts))
         kept: dict[int, list[torch.Tensor]] = {c: [] for c in counts}
         dropped = 0
-        for class_id, count in counts.items():
-            next_index = 0  # replacements continue the class's candidate sequence
-            for _ in range(1 + MAX_REPLACEMENT_ROUNDS):
-                missing = count - len(kept[class_id])
-                if missing == 0:
-                    break
-                indices = list(range(next_index, next_index + missing))
-                next_index += missing
-                for start in range(0, len(indices), self.batch_size):
-                    batch = [(class_id, i) for i in indices[start:start + self.batch_size]]
-                    images, usable = self._generate_batch(batch, seed)
-                    kept[class_id] += [image for image, ok in zip(images, usable.tolist()) if ok]
-                    dropped += len(batch) - int(usable.sum())
+        # A bar per class and overall on a terminal (kept images/s, ETA), else a line a minute (generation/progress.py)
+        with Progress(sum(counts.values()), "generation", "image", inner="class") as progress:
+            for class_id, count in counts.items():
+                progress.start_part(f"class {class_id}", count)
+                next_index = 0  # replacements continue the class's candidate sequence
+                for _ in range(1 + MAX_REPLACEMENT_ROUNDS):
+                    missing = count - len(kept[class_id])
+                    if missing == 0:
+                        break
+                    indices = list(range(next_index, next_index + missing))
+                    next_index += missing
+                    for start in range(0, len(indices), self.batch_size):
+                        batch = [(class_id, i) for i in indices[start:start + self.batch_size]]
+                        images, usable = self._generate_batch(batch, seed)
+                        kept[class_id] += [image for image, ok in zip(images, usable.tolist()) if ok]
+                        dropped += len(batch) - int(usable.sum())
+                        progress.update(int(usable.sum()))
+                        if dropped:
+                            progress.set_postfix(f"{dropped} dropped")
         self.last_dropped = dropped
         self.last_shortfall = {c: counts[c] - len(kept[c]) for c in counts if len(kept[c]) < counts[c]}
         if dropped:

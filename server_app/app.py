@@ -13,12 +13,13 @@ from flwr.serverapp import Grid, ServerApp
 from omegaconf import DictConfig, OmegaConf
 
 from client_app.contract import ClientConfig
+from generation import progress
 from generation.augmented import AugmentedModelTrainer
 from generation.factory import build_generator
-from server_app import checkpoint
+from server_app import checkpoint, tracking
 from server_app.config import adaptive_kappa, filter_settings, load_config, overrides_from_run_config, run_directory, to_yaml
 from server_app.nodes import WatchedGrid, wait_for_federation
-from server_app.results import SYNTHETIC_SAMPLES, RunReport
+from server_app.results import SYNTHETIC_SAMPLES, RunReport, eta_seconds
 from strategy.bases import build_base
 from strategy.genfl import GenFL
 from strategy.replies import Reliability
@@ -51,7 +52,11 @@ def main(grid: Grid, context: Context) -> None:
     resumed = checkpoint.load(run_dir, config) if cfg.output.resume else None
     report = RunReport(run_dir, config, rounds=resumed["rounds"] if resumed else None, run_id=context.run_id)
     log(INFO, "GenFL config:\n%s", to_yaml(cfg))
+    progress.use_log(lambda line: log(INFO, "%s", line))  # this process's output is `flwr log`: lines, no bars
     try:
+        if (tracker := tracking.build(config, run_dir)) is not None:  # before round 1: a backend that cannot start fails the run
+            report.track(tracker)
+            log(INFO, "tracking: %s", tracker.describe())
         _run(grid, cfg, report, resumed)
     except BaseException as err:
         report.set("error", f"{type(err).__name__}: {err}")
@@ -108,9 +113,10 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
                      round_seconds=round(now - last[0], 2) if server_round else None)
         last[0] = now
         report.add_round(stats.row())
-        log(INFO, "round %d/%d: test accuracy %.4f, test loss %.4f, %s clients trained, %.1fs", server_round,
+        eta = eta_seconds(report.data["rounds"], cfg.num_rounds) if 0 < server_round < cfg.num_rounds else None
+        log(INFO, "round %d/%d: test accuracy %.4f, test loss %.4f, %s clients trained, %.1fs%s", server_round,
             cfg.num_rounds, accuracy, loss, "-" if stats.clients_trained is None else stats.clients_trained,
-            stats.wall_seconds)
+            stats.wall_seconds, "" if eta is None else f", ETA {progress.duration(eta)}")
         report.set("global_label_histogram", strategy.global_histogram)
         report.set("generation", dict(strategy.generation_stats))
         report.set("nodes", strategy.ledger.rows())

@@ -119,6 +119,10 @@ def validate(cfg: DictConfig) -> None:
         _check(_number(ds.public_fraction) and 0 <= ds.public_fraction < 1 - ds.test_fraction, "dataset.public_fraction", "must be in [0, 1 - test_fraction)", ds.public_fraction)
     _validate_genfl(cfg)
     _validate_nodes(cfg)
+    from server_app.tracking import problem  # the tracking backend's settings, without starting it
+
+    if why := problem(OmegaConf.to_container(cfg, resolve=True)):
+        raise ConfigError(why)
 
 
 def _validate_nodes(cfg: DictConfig) -> None:

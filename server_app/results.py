@@ -23,8 +23,16 @@ CHECKPOINT_DIR = "checkpoint"
 JOB_RECORD = "genfl_job.json"  # a sweep job's overrides, exit code and status
 ERROR_FILE = "error.txt"  # the traceback of the exception that failed a sweep job
 MANIFEST = "sweep.json"  # in a sweep folder: the jobs of its last invocation
+TENSORBOARD_DIR = "tensorboard"  # tracking=tensorboard: the run's event files
+WANDB_DIR = "wandb"  # tracking=wandb: the run's offline W&B runs (copies of the results files among them)
+MLFLOW_STORE = "mlflow.db"  # tracking=mlflow: the local store beside the results (a run's or a sweep's folder)
+MLFLOW_ARTIFACTS = "mlartifacts"  # and its artifacts (copies of the results files)
+# Folders whose files are not runs' results, though some have the same names (trackers keep copies):
+# whoever looks for metrics.json or genfl_job.json below a folder skips them (`results_files`).
+NOT_RESULTS = (FLWR_HOME, WANDB_DIR, MLFLOW_ARTIFACTS)
 # What one attempt of a run leaves in its folder.
-RUN_FILES = (METRICS, METRICS_CSV, ACCURACY_PLOT, SYNTHETIC_SAMPLES, SUPERLINK_LOG, RUN_CONFIG, FLWR_HOME, CHECKPOINT_DIR, JOB_RECORD, ERROR_FILE)
+RUN_FILES = (METRICS, METRICS_CSV, ACCURACY_PLOT, SYNTHETIC_SAMPLES, SUPERLINK_LOG, RUN_CONFIG, FLWR_HOME, CHECKPOINT_DIR,
+             JOB_RECORD, ERROR_FILE, TENSORBOARD_DIR, WANDB_DIR)
 
 # Config keys (prefixes of flattened keys) that say where or how fast a run ran, not what it computes:
 # a report pools runs that differ only in these (and the seed); a resumed run may change them.
@@ -32,7 +40,8 @@ RESULT_NEUTRAL_KEYS = ("output.", "generation.cache_dir", "client.device", "serv
                        "dataset.root", "dataset.download", "federation.round_timeout", "federation.node_wait_timeout",
                        "federation.histogram_timeout", "server.eval_batch_size", "client.eval_batch_size",
                        "generator.batch_size", "client.threads", "server.threads", "federation.client_cpus",
-                       "federation.client_gpus", "federation.simulation_cpus", "server.overlap", "checkpoint.")
+                       "federation.client_gpus", "federation.simulation_cpus", "server.overlap", "checkpoint.",
+                       "tracking.")
 # metrics.json columns that measure time (or whether the image cache was warm), not what was learnt.
 TIMING_COLUMNS = ("wall_seconds", "round_seconds", "augmented_train_seconds", "generation_seconds", "images_synthesized")
 
@@ -60,6 +69,12 @@ def read_json(path: Path) -> dict:
     return data
 
 
+def results_files(root: Path, name: str) -> list[Path]:
+    """Every ``name`` file (metrics.json, genfl_job.json, ...) below ``root`` that a run or sweep wrote,
+    sorted: not the copies in Flower's home or in an experiment tracker's folders (`NOT_RESULTS`)."""
+    return sorted(p for p in Path(root).rglob(name) if not set(p.relative_to(root).parts[:-1]) & set(NOT_RESULTS))
+
+
 def flatten(config: dict, prefix: str = "") -> dict:
     """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: how reports and checks name config keys."""
     flat = {}
@@ -75,28 +90,86 @@ def result_neutral(key: str) -> bool:
     return key.startswith(RESULT_NEUTRAL_KEYS)
 
 
+def _previous_tracking(run_dir: Path) -> dict | None:
+    """The ``tracking`` record of the metrics.json an earlier attempt left in ``run_dir`` (None if none
+    or unreadable: the resumed run is then tracked as a new run)."""
+    try:
+        record = read_json(run_dir / METRICS).get("tracking")
+    except CorruptFileError:
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def eta_seconds(rows: list[dict], num_rounds: int) -> float | None:
+    """Seconds until round ``num_rounds`` ends, from the rounds so far: the median of the last (up to)
+    five rounds' times, leaving out round 1 (it also generates the synthetic set) once there are others.
+    None before any timed round, and 0 once the last round is done."""
+    if not rows:
+        return None
+    remaining = num_rounds - rows[-1].get("round", 0)
+    if remaining <= 0:
+        return 0.0
+    timed = [(r["round"], r["round_seconds"]) for r in rows if r.get("round", 0) >= 1 and r.get("round_seconds")]
+    later = [seconds for number, seconds in timed if number > 1]
+    recent = (later or [seconds for _, seconds in timed])[-5:]
+    if not recent:
+        return None
+    recent.sort()
+    middle = len(recent) // 2
+    median = recent[middle] if len(recent) % 2 else (recent[middle - 1] + recent[middle]) / 2
+    return median * remaining
+
+
 class RunReport:
     """``rounds`` continues a resumed run's table (from its checkpoint). ``run_id`` (the Flower run's)
-    ties the file to one run: a reused or resumed folder can hold an older run's metrics.json."""
+    ties the file to one run: a reused or resumed folder can hold an older run's metrics.json.
+
+    `track` attaches an experiment tracker (server_app/tracking.py): from then on every row, the
+    summaries (generation, ...) and the final status and files go to it too; its record (backend,
+    tracked run id, last round logged) is metrics.json's ``tracking``, which a resumed run reads to
+    log into the same tracked run."""
+
+    TRACKED = ("generation", "global_label_histogram", "synthetic_quality", "error")  # summaries a tracker gets
 
     def __init__(self, run_dir: Path, config: dict, rounds: list[dict] | None = None, run_id: int | None = None):
         self.run_dir = run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.tracker = None
+        # A resumed run continues the tracked run of the attempt it resumes: read before metrics.json is rewritten.
+        self.previous_tracking = _previous_tracking(run_dir) if rounds else None
         self.data = {"status": "running", "run_id": run_id, "config": config, "rounds": list(rounds or [])}
         if rounds:
             self.data["resumed_after_round"] = rounds[-1]["round"]
         self._write_json()
 
+    def track(self, tracker) -> None:
+        """Start ``tracker`` on this run and log what the report already holds (a resumed run's rounds
+        that the tracked run lacks). Raises the tracker's error if its backend cannot start; the
+        report is then left untracked."""
+        self.data["tracking"] = tracker.start(self.data, previous=self.previous_tracking)
+        self.tracker = tracker
+        for row in self.data["rounds"]:
+            tracker.log_round(row)
+        for key in self.TRACKED:
+            if key in self.data:
+                tracker.log_summary(key, self.data[key])
+        self._write_json()
+
     def set(self, key: str, value) -> None:
         self.data[key] = value
+        if self.tracker is not None and key in self.TRACKED:
+            self.tracker.log_summary(key, value)
         self._write_json()
 
     def add_round(self, row: dict) -> None:
         self.data["rounds"].append(row)
+        if self.tracker is not None:
+            self.tracker.log_round(row)
         self._write_json()
 
     def finish(self, status: str) -> None:
-        """Write the final status, the CSV table and the accuracy curve."""
+        """Write the final status, the CSV table and the accuracy curve; then end the tracked run
+        with that status and the folder's files."""
         self.data["status"] = status
         self._write_json()
         rows = self.data["rounds"]
@@ -107,6 +180,9 @@ class RunReport:
                 writer.writeheader()
                 writer.writerows(rows)
             self._plot(rows)
+        if self.tracker is not None:
+            self.tracker.finish(status)
+            self._write_json()  # the tracking record's final state
 
     def _plot(self, rows: list[dict]) -> None:
         import matplotlib
