@@ -50,6 +50,23 @@ PLANS = {
         ("robust_participation", ["seed=0"]),
         (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=0"]),
     ],
+    # The chosen configuration (adaptive kappa with the burden of proof, BatchNorm statistics mixed like
+    # the weights) against FedAvg on every seed, then the rest of the screen: in the order they run.
+    "final": [
+        (FEDAVG[0], FEDAVG[1] + ["seed=0"]),
+        (FONTS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, "seed=1"]),
+        (FEDAVG[0], FEDAVG[1] + ["seed=1"]),
+        (FONTS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, "seed=2"]),
+        (FEDAVG[0], FEDAVG[1] + ["seed=2"]),
+        (DIGITS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, "seed=0"]),
+        (FONTS, [CONSTANT, "mix.bn_stats=mixed", "augmented.filter.mode=confidence", "seed=0"]),
+        (FONTS, [CONSTANT, "mix.bn_stats=reestimate", "seed=0"]),
+        ("robust_participation", ["seed=0"]),
+        (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=1"]),
+        (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=2"]),
+        (DIGITS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, "seed=1"]),
+        (DIGITS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, "seed=2"]),
+    ],
 }
 
 
