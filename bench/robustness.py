@@ -76,6 +76,7 @@ ARM = {"strategy": "strategy.name", "generator": "generator.corpus", "clients": 
        "fraction_train": "federation.fraction_train", "kappa_policy": "mix.kappa_policy", "bn_stats": "mix.bn_stats",
        "filter": "augmented.filter.mode", "round_aware": "augmented.round_aware",
        "probe_fraction": "mix.probe_fraction", "evidence_z": "mix.evidence_z", "freeze_bn": "augmented.freeze_bn"}
+DEFAULTS = {("filter", "none"), ("round_aware", False), ("freeze_bn", False), ("fraction_train", 1.0)}  # left out of labels
 FROM_ROUND = 5  # "never more than 0.02 below FedAvg at any round from round 5 on"
 
 
@@ -94,6 +95,48 @@ def _series(run, column: str) -> list:
     return [r.get(column) for r in run.rounds if r["round"] >= 1]
 
 
+def _earlier_arms(fedavg: dict) -> list[dict]:
+    """Arms measured by bench/convergence.py (2026-11-26) at this very setting and not re-run here:
+    constant kappa 0.3 with the fonts generator (seed 0), the in-distribution generator (seeds 0-2:
+    only their mean curve was kept) and the participation piece (seed 0)."""
+    path = REPO / "bench" / "results" / "convergence.json"
+    if not path.exists():
+        return []
+    out = []
+    for arm in json.loads(path.read_text())["arms"]:
+        wanted = (arm["alpha"] == 0.1 and arm["strategy"] in ("genfl", "fedavg") and arm["lr"] == 0.02
+                  and arm["norm"] == "batch" and (arm["strategy"] == "genfl" or arm["clients"] == 40)
+                  and arm.get("kappa_aug") in (0.0, 0.3) and arm["corpus"] in ("fonts", "digits-public"))
+        if not wanted:
+            continue
+        generator = None if arm["strategy"] == "fedavg" else arm["corpus"]
+        fraction = arm.get("fraction_train", 1.0)
+        label = (f"strategy={arm['strategy']}, generator={generator}, clients={arm['clients']}, fraction_train={fraction}, "
+                 "kappa_policy=constant, bn_stats=mixed (convergence.json, 2026-11-26)").replace("generator=None, ", "")
+        label = label.replace(", fraction_train=1.0", "").replace("fedavg, clients=40, fraction_train=0.25, kappa_policy=constant, "
+                                                                   "bn_stats=mixed", "fedavg, clients=40, fraction_train=0.25")
+        curve = [round(a, 4) for a in arm["accuracy_by_round_mean"]]
+        base = fedavg.get((0, arm["clients"])) if arm["seeds"] == [0] else None
+        versus = None
+        if base is not None:
+            gaps = [a - b for r, (a, b) in enumerate(zip(curve, base.curve[1])) if r >= FROM_ROUND]
+            versus = {"final_minus_fedavg": round(curve[-1] - float(base.curve[1][-1]), 4),
+                      f"worst_gap_from_round_{FROM_ROUND}": round(float(min(gaps)), 4)}
+        out.append({"strategy": arm["strategy"], "generator": generator, "clients": arm["clients"], "label": label,
+                    "source": "bench/results/convergence.json",
+                    "runs": [{"seed": ",".join(map(str, arm["seeds"])) if len(arm["seeds"]) > 1 else arm["seeds"][0],
+                              "final_accuracy": round(arm["final_accuracy_mean"], 4),
+                              "best_accuracy": round(arm["best_accuracy_mean"], 4),
+                              "rounds_to_0.9": next((r for r, a in enumerate(curve) if a >= 0.9), None),
+                              "accuracy_by_round": curve, "seconds_per_round": arm["seconds_per_round_mean"],
+                              "vs_fedavg_same_seed": versus, "mean_of_seeds": len(arm["seeds"]) > 1}],
+                    "final_accuracy_mean": round(arm["final_accuracy_mean"], 4),
+                    "final_accuracy_std": round(arm["final_accuracy_std"], 4) if arm["final_accuracy_std"] else None,
+                    "at_or_above_fedavg_every_seed": None if versus is None else versus["final_minus_fedavg"] >= 0,
+                    f"worst_gap_from_round_{FROM_ROUND}": None if versus is None else versus[f"worst_gap_from_round_{FROM_ROUND}"]})
+    return out
+
+
 def report(root: Path, out: Path) -> int:
     """robustness.json (every run's per-round curve, kappa and cost; each arm against FedAvg of the same
     seed and federation), robustness.md (the table) and robustness_<setting>.png."""
@@ -108,7 +151,7 @@ def report(root: Path, out: Path) -> int:
     arms: dict[str, dict] = {}
     for run in runs:
         arm = _arm(run)
-        label = ", ".join(f"{k}={v}" for k, v in arm.items() if v is not None)
+        label = ", ".join(f"{k}={v}" for k, v in arm.items() if v is not None and (k, v) not in DEFAULTS)
         entry = arms.setdefault(label, {**arm, "label": label, "runs": []})
         rounds, accuracy = run.curve
         baseline = fedavg.get((run.config["seed"], run.config["federation.num_clients"]))
@@ -138,6 +181,8 @@ def report(root: Path, out: Path) -> int:
         entry["at_or_above_fedavg_every_seed"] = all(v["final_minus_fedavg"] >= 0 for v in versus) if versus else None
         gaps = [v[f"worst_gap_from_round_{FROM_ROUND}"] for v in versus if v[f"worst_gap_from_round_{FROM_ROUND}"] is not None]
         entry[f"worst_gap_from_round_{FROM_ROUND}"] = min(gaps) if gaps else None
+    for entry in _earlier_arms(fedavg):
+        arms.setdefault(entry["label"], entry)
     ordered = sorted(arms.values(), key=lambda a: (str(a["generator"]), a["clients"], a["label"]))
     out.mkdir(parents=True, exist_ok=True)
     result = {"what": "Issue 16: GenFL vs FedAvg whatever the generator (bench/robustness.py): digits, 30 rounds, alpha 0.1",
