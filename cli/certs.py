@@ -4,6 +4,12 @@
         -> ca.crt (give it to every SuperNode and CLI), ca.key, server.pem, server.key (SuperLink only)
     genfl-certs node-key --out keys --name edge-0
         -> edge-0.key (stays on that edge box), edge-0.pub (registered with `flwr supernode register`)
+    genfl-certs nginx --certs certificates
+        -> certificates/genfl-fleet.conf: the nginx site that puts the SuperLink (on 127.0.0.1:9093) behind a proxy on port 9092 that
+           forwards only the Fleet API to the boxes (template: cli/nginx/genfl-fleet.conf.template)
+
+The server certificate is always also valid for 127.0.0.1 and localhost: the SuperLink's own
+processes (SuperExec, ServerApp), the admin `flwr` CLI and the proxy all reach it there.
 
 Needs only the `cryptography` package (which flwr itself depends on), so it also runs on an edge box as
 `python cli/certs.py node-key ...`. Private keys are written owner-only and never overwritten
@@ -16,6 +22,8 @@ import argparse
 import datetime
 import ipaddress
 import os
+import re
+import shlex
 import sys
 from pathlib import Path
 
@@ -25,6 +33,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 PROG = "genfl-certs"
+# The default layout (docs/deploy.md): boxes dial the proxy's port, the SuperLink listens on loopback only.
+PROXY_PORT = 9092
+SUPERLINK_PORT = 9093
+LOOPBACK_SANS = ("127.0.0.1", "localhost")  # the SuperLink's own processes, the admin CLI and the proxy dial these
+PROXY_MAX_BODY = "16m"  # SuperNodes push weights in chunks of at most 5 MiB; nginx's default limit is 1 MiB
+NGINX_TEMPLATES = Path(__file__).resolve().parent / "nginx"
 
 
 class CertError(ValueError):
@@ -58,6 +72,7 @@ def make_tls(out: Path, sans: list[str], days: int, force: bool = False) -> list
         raise CertError("give at least one --san: the IP address or host name SuperNodes and the flwr CLI use to reach the SuperLink")
     if days < 1:
         raise CertError(f"--days must be >= 1 (got {days})")
+    sans = [*sans, *(name for name in LOOPBACK_SANS if name not in sans)]
     now = datetime.datetime.now(datetime.timezone.utc)
     start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)  # tolerate small clock skew
     ca_key = ec.generate_private_key(ec.SECP384R1())
@@ -115,18 +130,82 @@ def make_node_key(out: Path, name: str, force: bool = False) -> tuple[Path, Path
     return private_path, public_path
 
 
+def _fill(template: str, values: dict[str, str]) -> str:
+    """Replace every {{name}} of ``template``; an unknown or unfilled placeholder is a bug, not output."""
+    names = set(re.findall(r"{{(\w+)}}", template))
+    if names != set(values):
+        raise CertError(f"template placeholders {sorted(names)} do not match the values {sorted(values)}")
+    return re.sub(r"{{(\w+)}}", lambda m: values[m.group(1)], template)
+
+
+def _certificate_names(certs: Path) -> list[str]:
+    """The SANs of ``certs/server.pem``; refuses a folder without the files the proxy needs."""
+    for name in ("ca.crt", "server.pem", "server.key"):
+        if not (certs / name).is_file():
+            raise CertError(f"{certs / name} not found: make the certificates first (genfl-certs tls --out {certs} --san <server address>)")
+    cert = x509.load_pem_x509_certificate((certs / "server.pem").read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    names = [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] + sans.get_values_for_type(x509.DNSName)
+    missing = [name for name in LOOPBACK_SANS if name not in names]
+    if missing:
+        raise CertError(f"{certs / 'server.pem'} is not valid for {', '.join(missing)}, which the proxy and the server's own "
+                        f"processes dial: make it again (genfl-certs tls --out {certs} --san <server address> --force)")
+    return names
+
+
+def render_nginx(certs: Path, out: Path, listen: str = str(PROXY_PORT), superlink_port: int = SUPERLINK_PORT,
+                 standalone: Path | None = None, force: bool = False) -> list[Path]:
+    """The proxy's nginx site for the certificates in ``certs`` (and, with ``standalone``, a complete
+    nginx.conf around it for a private, non-root nginx whose files all live in that folder)."""
+    certs, out = certs.resolve(), out.resolve()
+    if not 1 <= superlink_port <= 65535:
+        raise CertError(f"--superlink-port must be a TCP port (got {superlink_port})")
+    listening = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]:|[\w.-]+:)?(\d{1,5})", listen)
+    if not listening or not 1 <= int(listening.group(2)) <= 65535:
+        raise CertError(f"--listen must be PORT or ADDRESS:PORT (got {listen!r})")
+    names = [name for name in _certificate_names(certs) if name not in LOOPBACK_SANS]
+    command = shlex.join([PROG, "nginx", "--certs", str(certs), "--out", str(out), "--listen", listen,
+                          "--superlink-port", str(superlink_port), *(["--standalone", str(standalone.resolve())] if standalone else [])])
+    files = {out: _fill((NGINX_TEMPLATES / "genfl-fleet.conf.template").read_text(), {
+        "command": command, "listen": listen, "superlink_port": str(superlink_port), "certs": str(certs),
+        "server_names": " ".join(names) or "_", "max_body": PROXY_MAX_BODY,
+    })}
+    if standalone is not None:
+        prefix = standalone.resolve()
+        files[prefix / "nginx.conf"] = _fill((NGINX_TEMPLATES / "standalone.conf.template").read_text(),
+                                             {"command": command, "prefix": str(prefix), "site": str(out)})
+        (prefix / "temp").mkdir(parents=True, exist_ok=True)  # nginx makes its temp folders in it (owned by its workers)
+    for path, text in files.items():
+        if path.exists() and not force:
+            raise CertError(f"{path} exists; pass --force to replace it")
+    for path, text in files.items():
+        _write(path, text.encode(), secret=False, force=True)
+    return list(files)
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description="Certificates and keys for a secure GenFL deployment (docs/deploy.md).")
     commands = parser.add_subparsers(dest="command", required=True)
     tls = commands.add_parser("tls", help="a CA plus the SuperLink's TLS certificate")
     tls.add_argument("--out", type=Path, default=Path("certificates"), help="folder to write into (default: certificates)")
-    tls.add_argument("--san", action="append", default=[], help="an IP address or DNS name that nodes dial (repeat for several)")
+    tls.add_argument("--san", action="append", default=[], help="an IP address or DNS name that nodes dial (repeat for several; 127.0.0.1 and localhost are always added)")
     tls.add_argument("--days", type=int, default=365, help="validity in days (default: 365)")
     tls.add_argument("--force", action="store_true", help="replace existing files")
     node = commands.add_parser("node-key", help="a SuperNode's authentication key pair")
     node.add_argument("--out", type=Path, default=Path("keys"), help="folder to write into (default: keys)")
     node.add_argument("--name", required=True, help="the node's name, e.g. edge-0: writes NAME.key and NAME.pub")
     node.add_argument("--force", action="store_true", help="replace existing files")
+    proxy = commands.add_parser("nginx", help="the nginx site that forwards only the Fleet API to the SuperLink on 127.0.0.1")
+    proxy.add_argument("--certs", type=Path, default=Path("certificates"),
+                       help="the folder `genfl-certs tls` wrote (default: certificates)")
+    proxy.add_argument("--out", type=Path, default=None, help="the site file to write (default: CERTS/genfl-fleet.conf)")
+    proxy.add_argument("--listen", default=str(PROXY_PORT),
+                       help=f"nginx's `listen`: the port the boxes dial, or ADDRESS:PORT (default: {PROXY_PORT} on every address)")
+    proxy.add_argument("--superlink-port", type=int, default=SUPERLINK_PORT,
+                       help=f"the port flower-superlink listens on at 127.0.0.1 (default: {SUPERLINK_PORT})")
+    proxy.add_argument("--standalone", type=Path, default=None, metavar="DIR",
+                       help="also write DIR/nginx.conf: a private nginx (any user) with its pid, logs and temp files in DIR")
+    proxy.add_argument("--force", action="store_true", help="replace existing files")
     return parser
 
 
@@ -135,6 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "tls":
             written = make_tls(args.out, args.san, args.days, args.force)
+        elif args.command == "nginx":
+            written = render_nginx(args.certs, args.out or args.certs / "genfl-fleet.conf", args.listen, args.superlink_port,
+                                   args.standalone, args.force)
         else:
             written = make_node_key(args.out, args.name, args.force)
     except CertError as err:

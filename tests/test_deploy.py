@@ -1,6 +1,8 @@
-"""Deployment end to end on 127.0.0.1 with real processes: a SuperLink with TLS and SuperNode
-authentication, registered SuperNodes (one reading an exported image folder, one with bad data), the
-`genfl-deploy-run` runner, a node killed mid-run, and an unregistered node that tries to join.
+"""Deployment end to end on one machine with real processes, in docs/deploy.md's default layout: a
+SuperLink with TLS and SuperNode authentication on 127.0.0.1, nginx in front of it forwarding only the
+Fleet API to the boxes' address, registered SuperNodes dialing the proxy (one reading an exported image
+folder, one with bad data), the `genfl-deploy-run` runner, a box that tries the Control API through the
+proxy, a node restarted with a new node id, a node killed mid-run, and an unregistered node.
 
 Slow (several minutes: each message starts a fresh ClientApp process, and a killed node is only
 reported after Flower's ~60 s heartbeat timeout), so it is marked `deploy`: `.ci/run` runs it,
@@ -9,15 +11,18 @@ reported after Flower's ~60 s heartbeat timeout), so it is marked `deploy`: `.ci
 
 from __future__ import annotations
 
+import http.client
 import json
 import signal
+import socket
+import ssl
 import subprocess
 import sys
 import time
 
 import pytest
 
-from deployment import REPO, Deployment, stop_tree
+from deployment import BOX_HOST, REPO, Deployment, stop_tree
 
 pytestmark = [pytest.mark.slow, pytest.mark.deploy]
 
@@ -34,6 +39,7 @@ def deployment(tmp_path_factory):
                  "--out", str(root / "data")])
         (root / "bad" / "giraffe").mkdir(parents=True)  # a class this federation does not have
         dep.start_superlink()
+        dep.start_proxy()
         for name in (*NODES, "bad-data", "late"):
             dep.register(name)
         dep.start_supernode("edge-0", f'data-path="{root / "data" / "partition-0"}"')
@@ -80,6 +86,40 @@ def test_an_unregistered_node_is_refused(deployment):
     assert deployment.online_nodes() == 3
 
 
+def test_boxes_reach_the_fleet_api_only_and_the_control_api_is_refused_at_the_proxy(deployment):
+    dep = deployment
+    registered = len(json.loads(dep.run(["flwr", "supernode", "list", "edge", "--format", "json"]).stdout)["nodes"])
+    # A box's flwr CLI (only ca.crt, the boxes' address) can neither register a key, nor list runs, nor
+    # start one: nginx answers 403 for everything outside /v1/fleet/.
+    for args in (["flwr", "supernode", "register", str(dep.keys / "rogue.pub"), "edge"], ["flwr", "ls", "edge"],
+                 ["flwr", "run", str(REPO), "edge"]):
+        proc = dep.box_cli(args)
+        out = proc.stdout + proc.stderr
+        assert proc.returncode != 0, (args, out)
+        assert "403 Forbidden" in out and f"https://{dep.box_address}/v1/control/" in out, (args, out)
+    assert len(json.loads(dep.run(["flwr", "supernode", "list", "edge", "--format", "json"]).stdout)["nodes"]) == registered
+    control = [line for line in dep.proxy_log().splitlines() if "/v1/control/" in line]
+    assert len(control) == 3 and all('" 403 ' in line for line in control), control
+    # Nothing of the Control API reached the SuperLink from the proxy (the admin's calls come from 127.0.0.1 directly).
+    assert "127.0.0.1:0 - \"POST /v1/control/" not in dep.log("superlink")
+    # Dot segments and encodings are resolved before nginx matches the path; other methods, the docs and
+    # the Runtime API are refused too. An unsigned Fleet call gets through to the SuperLink, which refuses it.
+    context = ssl.create_default_context(cafile=str(dep.certs / "ca.crt"))
+    for method, path, status in [("POST", "/v1/fleet/../control/list-runs", 403), ("POST", "/v1/fleet/%2e%2e/control/list-runs", 403),
+                                 ("POST", "/v1/fleet/..%2fcontrol/list-runs", 403), ("GET", "/v1/fleet/get-run", 403),
+                                 ("GET", "/docs", 403), ("POST", "/v1/runtime/pull-task-input", 403),
+                                 ("POST", "/v1/fleet/pull-messages", 401)]:
+        conn = http.client.HTTPSConnection(BOX_HOST, dep.proxy_port, context=context, timeout=30)
+        try:
+            conn.request(method, path, body=b"", headers={"content-type": "application/protobuf"})
+            assert conn.getresponse().status == status, (method, path)
+        finally:
+            conn.close()
+    if BOX_HOST != "127.0.0.1":  # the SuperLink itself is not listening on the boxes' address
+        with socket.socket() as sock:
+            assert sock.connect_ex((BOX_HOST, dep.port)) != 0
+
+
 def test_genfl_run_over_tls_on_registered_nodes_completes_and_skips_a_node_with_bad_data(deployment):
     dep = deployment
     dep.start_supernode("bad-data", f'data-path="{dep.root / "bad"}"')
@@ -120,6 +160,44 @@ def test_genfl_run_over_tls_on_registered_nodes_completes_and_skips_a_node_with_
     assert metrics["generation"]["images_synthesized"] == 100
     assert metrics["rounds"][-1]["test_accuracy"] > 0.2
     assert (dep.root / "run-complete" / "accuracy.png").is_file()
+    assert dep.proxy_faults() == []  # the whole run went through nginx without a fault there
+
+
+def test_a_node_restarted_with_a_new_node_id_contributes_from_its_next_sampled_round(deployment):
+    """edge-2 dies after round 1 and comes back with a new key (a re-imaged box; the admin registers
+    it on the server) and the same data: the new node id is asked for its histogram when first
+    sampled and trains from then on; the dead id is left out after the heartbeat timeout."""
+    dep = deployment
+    old_id = dep.node_ids["edge-2"]
+    dep.make_key("edge-2-new")
+    new_id = dep.register("edge-2-new")
+    restarted = []
+
+    def restart(line: str) -> None:
+        if "round 1/3: test accuracy" in line and not restarted:
+            dep.kill("edge-2")
+            restarted.append(dep.start_supernode("edge-2-new", "partition-id=2 num-partitions=3"))
+
+    try:
+        code, out = _deploy_run(dep, _overrides(dep, "run-restart", "num_rounds=3", "federation.expected_nodes=3"),
+                                on_line=restart)
+    finally:
+        if restarted:  # back to the three boxes the next test expects, edge-2 under its own id again
+            dep.stop("edge-2-new")
+            dep.start_supernode_when_accepted("edge-2", "partition-id=2 num-partitions=3")
+    assert restarted and code == 0, out[-6000:]
+    metrics = json.loads((dep.root / "run-restart" / "metrics.json").read_text())
+    nodes = {n["node_id"]: n for n in metrics["nodes"]}
+    assert nodes[old_id]["rounds_trained"] == 1, nodes
+    new = nodes[new_id]
+    assert new["histogram"] == "ok" and new["partition"] == 2, new
+    rounds = metrics["rounds"][1:]
+    joined_in = [r["round"] for r in rounds if r.get("late_histograms")]
+    assert len(joined_in) == 1 and joined_in[0] in (2, 3), rounds  # sampled (every round: fraction_train=1) from there
+    assert new["rounds_sampled"] == 4 - joined_in[0] and new["rounds_trained"] == new["rounds_sampled"], new
+    assert rounds[-1]["clients_trained"] == 3, rounds  # edge-0, edge-1 and the new id; the dead id left out
+    assert "nodes: 4 of 4 node(s) contributed" in out
+    assert dep.proxy_faults() == []  # every Fleet call of the run went through nginx, none failed there
 
 
 def test_run_goes_on_when_a_node_dies_and_fails_loudly_when_none_are_left(deployment):
