@@ -30,6 +30,7 @@ FEDAVG = ("main", ["strategy=fedavg", "partition.alpha=0.1"])
 FONTS, DIGITS = "robust_fonts", "robust_digits"
 ADAPTIVE, CONSTANT = "mix.kappa_policy=adaptive", "mix.kappa_policy=constant"
 FROZEN = "augmented.freeze_bn=true"  # the augmented model trains under the global model's BatchNorm statistics
+STEPS = "augmented.max_steps=10"  # the augmented model moves as far per round as a client does
 PROBE = "mix.probe_fraction=0.5"  # the policy with the burden of proof (mix.evidence_z), half the nodes scoring
 PLANS = {
     # Screen: each mechanism alone on seed 0 with the shifted generator, against constant kappa (the
@@ -58,15 +59,15 @@ PLANS = {
         (FONTS, [CONSTANT, "mix.bn_stats=mixed", "augmented.filter.mode=confidence", "seed=0"]),
         (FONTS, [CONSTANT, "mix.bn_stats=reestimate", "seed=0"]),
         (FONTS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, "mix.evidence_z=2.0", "seed=0"]),
+        (FONTS, [CONSTANT, "mix.bn_stats=mixed", STEPS, "seed=0"]),
         (FEDAVG[0], FEDAVG[1] + ["seed=1"]),
-        ("robust_participation", ["seed=0"]),
         (DIGITS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, "seed=0"]),
+        ("robust_participation", ["seed=0"]),
+        (FONTS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, STEPS, "seed=0"]),
         (FONTS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, "seed=2"]),
         (FEDAVG[0], FEDAVG[1] + ["seed=2"]),
         (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=1"]),
         (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=2"]),
-        (DIGITS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, "seed=1"]),
-        (DIGITS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, "seed=2"]),
     ],
 }
 
@@ -76,7 +77,8 @@ PIECES = ("robust_fonts", "robust_digits", "robust_participation", "main", "part
 ARM = {"strategy": "strategy.name", "generator": "generator.corpus", "clients": "federation.num_clients",
        "fraction_train": "federation.fraction_train", "kappa_policy": "mix.kappa_policy", "bn_stats": "mix.bn_stats",
        "filter": "augmented.filter.mode", "round_aware": "augmented.round_aware",
-       "probe_fraction": "mix.probe_fraction", "evidence_z": "mix.evidence_z", "freeze_bn": "augmented.freeze_bn"}
+       "probe_fraction": "mix.probe_fraction", "evidence_z": "mix.evidence_z", "freeze_bn": "augmented.freeze_bn",
+       "aug_steps": "augmented.max_steps"}
 DEFAULTS = {("filter", "none"), ("round_aware", False), ("freeze_bn", False), ("fraction_train", 1.0)}  # left out of labels
 FROM_ROUND = 5  # "never more than 0.02 below FedAvg at any round from round 5 on"
 
@@ -84,7 +86,8 @@ FROM_ROUND = 5  # "never more than 0.02 below FedAvg at any round from round 5 o
 def _arm(run) -> dict:
     arm = {name: run.config.get(key) for name, key in ARM.items()}
     if arm["strategy"] == "fedavg":  # no synthetic data: the mix settings mean nothing
-        arm.update(generator=None, kappa_policy=None, bn_stats=None, filter=None, round_aware=None, freeze_bn=None)
+        arm.update(generator=None, kappa_policy=None, bn_stats=None, filter=None, round_aware=None, freeze_bn=None,
+                   aug_steps=None)
     if arm["kappa_policy"] != "adaptive":
         arm.update(probe_fraction=None, evidence_z=None)
     elif arm["evidence_z"] is None:  # the first policy (before the burden of proof)

@@ -210,7 +210,7 @@ def _augmenter(cfg: DictConfig, model: torch.nn.Module, device: torch.device, te
         model=model,
         settings=TrainSettings(epochs=aug.epochs, batch_size=aug.batch_size, lr=aug.lr, momentum=aug.momentum,
                                weight_decay=aug.weight_decay, augment=cfg.dataset.augment, proximal_mu=0.0,
-                               max_steps=None, fast_cuda=cfg.server.fast_cuda, freeze_bn=aug.freeze_bn),
+                               max_steps=aug.max_steps, fast_cuda=cfg.server.fast_cuda, freeze_bn=aug.freeze_bn),
         device=device,
         test=test,
         eval_batch_size=cfg.server.eval_batch_size,

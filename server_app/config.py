@@ -162,6 +162,8 @@ def _validate_genfl(cfg: DictConfig) -> None:
     _check(_number(aug.lr) and aug.lr > 0, "augmented.lr", "must be > 0", aug.lr)
     _check(isinstance(aug.round_aware, bool), "augmented.round_aware", "must be true or false", aug.round_aware)
     _check(isinstance(aug.freeze_bn, bool), "augmented.freeze_bn", "must be true or false", aug.freeze_bn)
+    _check(aug.max_steps is None or (isinstance(aug.max_steps, int) and aug.max_steps >= 1), "augmented.max_steps",
+           "must be null (every batch of every epoch) or an integer >= 1", aug.max_steps)
     _check(_number(aug.round_aware_floor) and 0 <= aug.round_aware_floor <= 1, "augmented.round_aware_floor",
            "must be in [0, 1]", aug.round_aware_floor)
     filter_settings(cfg)
