@@ -314,6 +314,9 @@ def test_the_clientapp_reports_batchnorm_statistics_of_the_received_model():
     (["mix.kappa_policy=adaptive", "strategy.kappa_schedule=linear"], "must be constant under mix.kappa_policy=adaptive"),
     (["mix.bn_stats=reestimate", "model.norm=group"], "reestimate needs BatchNorm"),
     (["mix.probe_fraction=0"], "mix.probe_fraction: must be in (0, 1]"),
+    (["augmented.max_steps=0"], "augmented.max_steps: must be null"),
+    (["augmented.freeze_bn=maybe"], "augmented.freeze_bn: must be true or false"),
+    (["augmented.filter.mode=confidence", "augmented.filter.keep_ratio=1.5"], "augmented.filter.keep_ratio"),
 ])
 def test_bad_mix_settings_are_one_line_config_errors(make_config, overrides, message):
     from server_app.config import ConfigError
