@@ -81,7 +81,10 @@ def test_adaptive_kappa_and_reestimated_batchnorm_statistics_in_a_real_simulatio
         assert row["probe_nodes"] == 3 and row["bn_nodes"] == 3 and row["clients_evaluated"] == 3
         probe = {float(k): v for k, v in row["kappa_probe"].items()}
         assert sorted(probe) == [0.0, 0.1, 0.2, 0.3, 0.5] and all(v > 0 for v in probe.values())
-        best = min(probe, key=lambda k: (probe[k], k))
+        errors = {float(k): v for k, v in row["kappa_probe_error"].items()}
+        # the burden of proof (mix.evidence_z=1): a mix must beat kappa 0 by one standard error
+        eligible = [k for k in probe if k == 0.0 or probe[k] + errors[k] < probe[0.0]]
+        best = min(eligible, key=lambda k: (probe[k], k))
         assert row["kappa_best"] == best
         assert row["kappa_next"] == pytest.approx(min(max(row["kappa_aug"] + 0.5 * (best - row["kappa_aug"]), 0.0), 0.5))
         if following:
