@@ -99,6 +99,17 @@ def _series(run, column: str) -> list:
     return [r.get(column) for r in run.rounds if r["round"] >= 1]
 
 
+def _earlier_fedavg() -> list[tuple[tuple[int, int], dict]]:
+    """((seed, clients), {round: accuracy}) of the earlier benchmark's single-seed FedAvg arms."""
+    path = REPO / "bench" / "results" / "convergence.json"
+    if not path.exists():
+        return []
+    return [((arm["seeds"][0], arm["clients"]), dict(enumerate(arm["accuracy_by_round_mean"])))
+            for arm in json.loads(path.read_text())["arms"]
+            if arm["strategy"] == "fedavg" and arm["seeds"] == [0] and arm["alpha"] == 0.1 and arm["lr"] == 0.02
+            and arm["norm"] == "batch"]
+
+
 def _earlier_arms(fedavg: dict) -> list[dict]:
     """Arms measured by bench/convergence.py (2026-11-26) at this very setting and not re-run here:
     constant kappa 0.3 with the fonts generator (seed 0), the in-distribution generator (seeds 0-2:
@@ -120,11 +131,11 @@ def _earlier_arms(fedavg: dict) -> list[dict]:
         label = label.replace(", fraction_train=1.0", "").replace("fedavg, clients=40, fraction_train=0.25, kappa_policy=constant, "
                                                                    "bn_stats=mixed", "fedavg, clients=40, fraction_train=0.25")
         curve = [round(a, 4) for a in arm["accuracy_by_round_mean"]]
-        base = fedavg.get((0, arm["clients"])) if arm["seeds"] == [0] else None
+        base = fedavg.get((0, arm["clients"])) if arm["seeds"] == [0] and arm["strategy"] != "fedavg" else None
         versus = None
         if base is not None:
-            gaps = [a - b for r, (a, b) in enumerate(zip(curve, base.curve[1])) if r >= FROM_ROUND]
-            versus = {"final_minus_fedavg": round(curve[-1] - float(base.curve[1][-1]), 4),
+            gaps = [a - base[r] for r, a in enumerate(curve) if r >= FROM_ROUND and r in base]
+            versus = {"final_minus_fedavg": round(curve[-1] - float(base[max(base)]), 4),
                       f"worst_gap_from_round_{FROM_ROUND}": round(float(min(gaps)), 4)}
         out.append({"strategy": arm["strategy"], "generator": generator, "clients": arm["clients"], "label": label,
                     "source": "bench/results/convergence.json",
@@ -151,19 +162,21 @@ def report(root: Path, out: Path) -> int:
         found, piece_problems = read_runs([root / piece]) if (root / piece).exists() else ([], [f"{piece}: not run"])
         runs += [r for r in found if r.config["partition.alpha"] == 0.1 and r.config["num_rounds"] == 30]
         problems += piece_problems
-    fedavg = {(r.config["seed"], r.config["federation.num_clients"]): r for r in runs if r.config["strategy.name"] == "fedavg"}
+    fedavg = {(r.config["seed"], r.config["federation.num_clients"]): dict(zip(*r.curve))
+              for r in runs if r.config["strategy.name"] == "fedavg"}
+    for arm in _earlier_fedavg():  # FedAvg curves of the earlier benchmark, where not re-run
+        fedavg.setdefault(arm[0], arm[1])
     arms: dict[str, dict] = {}
     for run in runs:
         arm = _arm(run)
         label = ", ".join(f"{k}={v}" for k, v in arm.items() if v is not None and (k, v) not in DEFAULTS)
         entry = arms.setdefault(label, {**arm, "label": label, "runs": []})
         rounds, accuracy = run.curve
-        baseline = fedavg.get((run.config["seed"], run.config["federation.num_clients"]))
+        base = fedavg.get((run.config["seed"], run.config["federation.num_clients"]))
         versus = None
-        if baseline is not None and arm["strategy"] != "fedavg":
-            base = dict(zip(*baseline.curve))
+        if base is not None and arm["strategy"] != "fedavg":
             gaps = [a - base[r] for r, a in zip(rounds, accuracy) if r >= FROM_ROUND and r in base]
-            versus = {"final_minus_fedavg": round(float(accuracy[-1] - baseline.curve[1][-1]), 4),
+            versus = {"final_minus_fedavg": round(float(accuracy[-1] - base[max(base)]), 4),
                       f"worst_gap_from_round_{FROM_ROUND}": round(float(min(gaps)), 4) if gaps else None}
         seconds = [s for s in _series(run, "round_seconds") if isinstance(s, (int, float))]
         entry["runs"].append({
