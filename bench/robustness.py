@@ -176,12 +176,17 @@ def report(root: Path, out: Path) -> int:
         versus = None
         if base is not None and arm["strategy"] != "fedavg":
             gaps = [a - base[r] for r, a in zip(rounds, accuracy) if r >= FROM_ROUND and r in base]
+            last = sorted(base)[-5:]
             versus = {"final_minus_fedavg": round(float(accuracy[-1] - base[max(base)]), 4),
+                      "last_5_mean_minus_fedavg": round(float(accuracy[-5:].mean() - np.mean([base[r] for r in last])), 4),
+                      "mean_over_rounds_minus_fedavg": round(float(np.mean([a - base[r] for r, a in zip(rounds, accuracy)
+                                                                            if r >= 1 and r in base])), 4),
                       f"worst_gap_from_round_{FROM_ROUND}": round(float(min(gaps)), 4) if gaps else None}
         seconds = [s for s in _series(run, "round_seconds") if isinstance(s, (int, float))]
         entry["runs"].append({
             "seed": run.config["seed"], "path": str(run.path.relative_to(root)),
             "final_accuracy": round(float(accuracy[-1]), 4), "best_accuracy": round(float(accuracy.max()), 4),
+            "last_5_rounds_mean": round(float(accuracy[-5:].mean()), 4),  # less at the mercy of one round's swing
             "rounds_to_0.9": next((int(r) for r, a in zip(rounds, accuracy) if a >= 0.9), None),
             "accuracy_by_round": [round(float(a), 4) for a in accuracy],
             "kappa_aug_by_round": _series(run, "kappa_aug"),
@@ -206,8 +211,9 @@ def report(root: Path, out: Path) -> int:
               "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
               "from_round": FROM_ROUND, "arms": ordered, "not_included": problems}
     (out / "robustness.json").write_text(json.dumps(result, indent=1) + "\n")
-    lines = ["| arm | seeds | final accuracy | per seed | final - FedAvg (same seed) | worst gap to FedAvg, round >= 5 "
-             "| rounds to 0.9 | s/round |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| arm | seeds | final accuracy | per seed | final - FedAvg (same seed) | last 5 rounds' mean - FedAvg's "
+             "| mean over rounds 1-30 - FedAvg's | worst gap to FedAvg, round >= 5 | rounds to 0.9 | s/round |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for a in ordered:
         runs_ = a["runs"]
         versus = [r["vs_fedavg_same_seed"] for r in runs_]
@@ -216,6 +222,9 @@ def report(root: Path, out: Path) -> int:
             f"{a['final_accuracy_mean']:.3f}" + (f" ± {a['final_accuracy_std']:.3f}" if a["final_accuracy_std"] else ""),
             " ".join(f"{r['final_accuracy']:.3f}" for r in runs_),
             " ".join(f"{v['final_minus_fedavg']:+.3f}" if v else "-" for v in versus),
+            " ".join(f"{v['last_5_mean_minus_fedavg']:+.3f}" if v and "last_5_mean_minus_fedavg" in v else "-" for v in versus),
+            " ".join(f"{v['mean_over_rounds_minus_fedavg']:+.3f}" if v and "mean_over_rounds_minus_fedavg" in v else "-"
+                     for v in versus),
             f"{a[f'worst_gap_from_round_{FROM_ROUND}']:+.3f}" if a[f"worst_gap_from_round_{FROM_ROUND}"] is not None else "-",
             " ".join(str(r["rounds_to_0.9"]) if r["rounds_to_0.9"] else "never" for r in runs_),
             " ".join(f"{r['seconds_per_round']:.1f}" for r in runs_ if r["seconds_per_round"]) or "-",
