@@ -137,7 +137,11 @@ def _earlier_arms(fedavg: dict) -> list[dict]:
         versus = None
         if base is not None:
             gaps = [a - base[r] for r, a in enumerate(curve) if r >= FROM_ROUND and r in base]
+            last = sorted(base)[-5:]
             versus = {"final_minus_fedavg": round(curve[-1] - float(base[max(base)]), 4),
+                      "last_5_mean_minus_fedavg": round(float(np.mean(curve[-5:]) - np.mean([base[r] for r in last])), 4),
+                      "mean_over_rounds_minus_fedavg": round(float(np.mean([a - base[r] for r, a in enumerate(curve)
+                                                                            if r >= 1 and r in base])), 4),
                       f"worst_gap_from_round_{FROM_ROUND}": round(float(min(gaps)), 4)}
         out.append({"strategy": arm["strategy"], "generator": generator, "clients": arm["clients"], "label": label,
                     "source": "bench/results/convergence.json",
