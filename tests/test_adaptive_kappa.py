@@ -256,7 +256,6 @@ def test_the_clientapp_scores_every_candidate_mix_on_its_own_data():
     from server_app.app import client_config
     from server_app.config import load_config
     from test_client_app import _context, _message
-    from torchcore.data import load_splits
     from torchcore.model import seeded_model
     from torchcore.partition import client_partition
     from torchcore.train import evaluate, load_numpy_state, state_to_numpy
@@ -280,7 +279,7 @@ def test_the_clientapp_scores_every_candidate_mix_on_its_own_data():
         expected.append(evaluate(model, data, torch.device("cpu"), 512, True)[0])
     assert metrics["mix-loss"] == pytest.approx(expected)
     assert metrics["mix-loss"][0] == pytest.approx(metrics["eval-loss"])  # kappa 0 is the client part itself
-    assert len(metrics["mix-acc"]) == 2 and load_splits(ds)  # noqa: the data set loaded
+    assert len(metrics["mix-acc"]) == 2 and all(0 <= a <= 1 for a in metrics["mix-acc"])
 
 
 def test_the_clientapp_reports_batchnorm_statistics_of_the_received_model():
