@@ -1,7 +1,8 @@
 """Issue 16's benchmark: does GenFL stay at or above FedAvg whatever its generator?
 
     python bench/robustness.py run screen     # every mechanism alone, seed 0, fonts generator (resumable)
-    python bench/robustness.py run final      # the chosen configuration and constant kappa, seeds 0-2, both generators
+    python bench/robustness.py run final      # what this session ran after the screen (in its order)
+    python bench/robustness.py run next       # the best combination on every seed and both generators
     python bench/robustness.py report         # bench/results/robustness.json/.md and the plots
 
 Setting: bench/convergence.py's (digits, 20 clients, alpha 0.1, 30 rounds, ResNet-18 with BatchNorm),
@@ -70,6 +71,19 @@ PLANS = {
         (FEDAVG[0], FEDAVG[1] + ["seed=2"]),
         (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=1"]),
         (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=2"]),
+    ],
+    # Where the next session starts: the combination that did best on seed 0, on every seed and with
+    # the in-distribution generator, against FedAvg and constant kappa of the same seeds.
+    "next": [
+        (FONTS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, STEPS, "augmented.filter.mode=confidence", "seed=1"]),
+        (FONTS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, STEPS, "augmented.filter.mode=confidence", "seed=2"]),
+        (FEDAVG[0], FEDAVG[1] + ["seed=2"]),
+        (DIGITS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, STEPS, "augmented.filter.mode=confidence", "seed=0"]),
+        (DIGITS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, STEPS, "augmented.filter.mode=confidence", "seed=1"]),
+        (DIGITS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, STEPS, "augmented.filter.mode=confidence", "seed=2"]),
+        (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=1"]),
+        (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=2"]),
+        ("robust_participation", ["seed=0"]),
     ],
 }
 
