@@ -202,15 +202,22 @@ def test_tensorboard_event_files_in_the_run_folder_hold_the_same_curves(make_con
     assert json.loads((run_dir / METRICS).read_text())["tracking"]["dir"] == str(folder)
 
 
-def test_a_resumed_run_continues_its_tensorboard_curves_without_repeats(make_config, tmp_path):
-    run_dir = tmp_path / "run"
-    config = _config(make_config, "tensorboard", run_dir)
+def _killed_after_round_2_then_resumed(config: dict, run_dir: Path, kill) -> None:
+    """A run that logged rounds 0-2 and was killed (``kill(tracker)``: what its files amount to),
+    then resumed from its round-1 checkpoint: rounds 2 onward are logged again by the resumed run."""
     first = RunReport(run_dir, config, run_id=1)
     first.track(tracking.build(config, run_dir))
     for row in ROWS[:3]:
         first.add_round(_clean(row))
-    first.tracker.writer.close()  # the killed process's events reached the disk
+    kill(first.tracker)
     _run(config, run_dir, rows=ROWS[2:], previous_rows=[_clean(r) for r in ROWS[:2]])
+
+
+def test_a_resumed_run_continues_its_tensorboard_curves_without_repeats(make_config, tmp_path):
+    run_dir = tmp_path / "run"
+    # the killed process's events reached the disk
+    _killed_after_round_2_then_resumed(_config(make_config, "tensorboard", run_dir), run_dir,
+                                       lambda tracker: tracker.writer.close())
     assert _tensorboard_curves(run_dir / "tensorboard") == _approx(_expected_curves(run_dir))
 
 
@@ -289,13 +296,9 @@ def test_the_wandb_offline_run_holds_every_round_and_the_results_files(make_conf
 
 def test_a_resumed_run_is_the_same_wandb_run(make_config, tmp_path, wandb_home):
     run_dir = tmp_path / "run"
-    config = _config(make_config, "wandb", run_dir)
-    first = RunReport(run_dir, config, run_id=1)
-    first.track(tracking.build(config, run_dir))
-    for row in ROWS[:3]:
-        first.add_round(_clean(row))
-    first.tracker.run.finish(exit_code=1)  # what a killed process's run file amounts to
-    _run(config, run_dir, rows=ROWS[2:], previous_rows=[_clean(r) for r in ROWS[:2]])
+    # what a killed process's run file amounts to
+    _killed_after_round_2_then_resumed(_config(make_config, "wandb", run_dir), run_dir,
+                                       lambda tracker: tracker.run.finish(exit_code=1))
     records, curves = _wandb_run(run_dir)
     assert curves == _expected_curves(run_dir)
     assert len({r.run.run_id for r in records if r.WhichOneof("record_type") == "run"}) == 1
