@@ -14,7 +14,8 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client_app.contract import (AUGMENTED, BN_QUERY, BN_RECORD, CLIENT_PART, EVAL_ACC, EVAL_LOSS, MIX_ACC, MIX_LOSS,
-                                 PROBE, PROBE_BN_STATS, PROBE_CANDIDATES, PROXIMAL_MU, SERVER_ROUND, ClientConfig)
+                                 PROBE, PROBE_BN_STATS, PROBE_CANDIDATES, PROBE_QUERY, PROXIMAL_MU, SERVER_ROUND,
+                                 ClientConfig)
 from client_app.mods import dp_clipping_mod, time_budget_mod
 from torchcore.classes import class_names
 from torchcore.data import Split
@@ -111,25 +112,40 @@ def evaluate_locally(msg: Message, context: Context) -> Message:
     also of every candidate mix of the round's client aggregate and augmented model."""
     config, data, _ = _local_data(msg, context)
     model = _model(config, msg.content["arrays"])
-    device = resolve_device(config.client_device)
-
-    def score() -> tuple[float, float]:
-        return evaluate(model, data, device, config.client_eval_batch_size, config.client_fast_cuda)
-
-    loss, accuracy = score()
+    loss, accuracy = _score(model, data, config)
     metrics = MetricRecord({EVAL_LOSS: loss, EVAL_ACC: accuracy, "num-examples": len(data)})
     if PROBE in msg.content:
-        probe = msg.content[PROBE]
-        client_part = _numpy(msg.content[CLIENT_PART])
-        augmented = _numpy(msg.content[AUGMENTED])
-        losses, accuracies = [], []
-        for kappa_aug in probe[PROBE_CANDIDATES]:
-            load_numpy_state(model, eq1(client_part, augmented, float(kappa_aug), str(probe[PROBE_BN_STATS])))
-            loss, accuracy = score()
-            losses.append(loss)
-            accuracies.append(accuracy)
-        metrics[MIX_LOSS], metrics[MIX_ACC] = losses, accuracies
+        metrics[MIX_LOSS], metrics[MIX_ACC] = _score_mixes(model, data, config, msg.content)
     return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@app.query(PROBE_QUERY)
+def score_candidate_mixes(msg: Message, context: Context) -> Message:
+    """Loss and accuracy of every candidate mix on this node's data (mix.choose=this_round)."""
+    config, data, _ = _local_data(msg, context)
+    model = _model(config, msg.content[CLIENT_PART])
+    losses, accuracies = _score_mixes(model, data, config, msg.content)
+    metrics = MetricRecord({MIX_LOSS: losses, MIX_ACC: accuracies, "num-examples": len(data)})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+def _score(model: torch.nn.Module, data: Split, config: ClientConfig) -> tuple[float, float]:
+    return evaluate(model, data, resolve_device(config.client_device), config.client_eval_batch_size,
+                    config.client_fast_cuda)
+
+
+def _score_mixes(model: torch.nn.Module, data: Split, config: ClientConfig,
+                 content: RecordDict) -> tuple[list[float], list[float]]:
+    """(losses, accuracies) of Eq. (1) at each candidate kappa_aug, in the probe's order."""
+    probe = content[PROBE]
+    client_part, augmented = _numpy(content[CLIENT_PART]), _numpy(content[AUGMENTED])
+    losses, accuracies = [], []
+    for kappa_aug in probe[PROBE_CANDIDATES]:
+        load_numpy_state(model, eq1(client_part, augmented, float(kappa_aug), str(probe[PROBE_BN_STATS])))
+        loss, accuracy = _score(model, data, config)
+        losses.append(loss)
+        accuracies.append(accuracy)
+    return losses, accuracies
 
 
 @app.query(BN_QUERY)

@@ -121,6 +121,9 @@ PROBE_BN_STATS = "bn-stats"  # how the mix forms BatchNorm statistics (torchcore
 CLIENT_PART = "genfl-client-part"  # ArrayRecord: the base strategy's aggregate of the client models
 AUGMENTED = "genfl-augmented"  # ArrayRecord: the server's augmented model
 MIX_LOSS, MIX_ACC = "mix-loss", "mix-acc"  # MetricRecord keys of the reply (lists)
+# mix.choose=this_round: the same records (and the run's config) travel as a query of their own, before
+# the round's model is formed; the reply is the MetricRecord alone (MIX_LOSS, MIX_ACC, num-examples).
+PROBE_QUERY = "kappa_probe"  # the ClientApp's @app.query name; message type "query.kappa_probe"
 EVAL_LOSS, EVAL_ACC = "eval-loss", "eval-acc"  # every evaluation reply: the global model on the node's data
 # BatchNorm re-estimation (mix.bn_stats=reestimate): the node runs the new global model over its data
 # and replies with its per-channel running means and variances (ArrayRecord BN_RECORD) and sample count.

@@ -17,7 +17,8 @@ from generation import progress
 from generation.augmented import AugmentedModelTrainer
 from generation.factory import build_generator
 from server_app import checkpoint, tracking
-from server_app.config import adaptive_kappa, filter_settings, load_config, overrides_from_run_config, run_directory, to_yaml
+from server_app.config import (adaptive_kappa, class_names, filter_settings, load_config, overrides_from_run_config,
+                               run_directory, to_yaml)
 from server_app.nodes import WatchedGrid, wait_for_federation
 from server_app.results import SYNTHETIC_SAMPLES, RunReport, eta_seconds
 from strategy.bases import build_base
@@ -93,6 +94,8 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
         adaptive=adaptive_kappa(cfg),
         bn_stats=cfg.mix.bn_stats,
         bn_fraction=cfg.mix.bn_fraction,
+        choose=cfg.mix.choose,
+        probe_fraction=cfg.mix.probe_fraction,
         round_aware_floor=cfg.augmented.round_aware_floor if cfg.augmented.round_aware else None,
     )
     initial = ArrayRecord(model.state_dict())
@@ -170,7 +173,7 @@ def base_strategy(cfg: DictConfig, num_nodes: int):
     """The configured Flower strategy for the client part of Eq. (1), DP-wrapped if asked."""
     fed = cfg.federation
     fraction_evaluate = fed.fraction_evaluate
-    if cfg.mix.kappa_policy == "adaptive":  # the probe rides on the evaluation step
+    if cfg.mix.kappa_policy == "adaptive" and cfg.mix.choose == "next_round":  # the probe rides on the evaluation step
         fraction_evaluate = max(fraction_evaluate, cfg.mix.probe_fraction)
     sampling = dict(fraction_train=fed.fraction_train, fraction_evaluate=fraction_evaluate,
                     min_train_nodes=fed.min_train_nodes, min_evaluate_nodes=fed.min_evaluate_nodes,
@@ -222,4 +225,5 @@ def _augmenter(cfg: DictConfig, model: torch.nn.Module, device: torch.device, te
         cache_dir=cfg.generation.cache_dir,
         overlap=cfg.server.overlap,
         filter=filter_settings(cfg),
+        class_names=class_names(cfg),
     )

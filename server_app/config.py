@@ -175,7 +175,7 @@ def _validate_genfl(cfg: DictConfig) -> None:
 
 
 def _validate_mix(cfg: DictConfig) -> None:
-    from strategy.kappa import POLICIES, KappaError
+    from strategy.kappa import CHOOSE, POLICIES, KappaError
     from torchcore.mixing import BN_MODES
 
     m, st = cfg.mix, cfg.strategy
@@ -183,6 +183,7 @@ def _validate_mix(cfg: DictConfig) -> None:
     _check(m.bn_stats in BN_MODES, "mix.bn_stats", f"must be one of {', '.join(BN_MODES)}", m.bn_stats)
     _check(m.bn_stats != "reestimate" or cfg.model.norm == "batch", "mix.bn_stats",
            "reestimate needs BatchNorm (model.norm=batch); GroupNorm has no running statistics", m.bn_stats)
+    _check(m.choose in CHOOSE, "mix.choose", f"must be one of {', '.join(CHOOSE)}", m.choose)
     for key in ("probe_fraction", "bn_fraction"):
         _check(_number(m[key]) and 0 < m[key] <= 1, f"mix.{key}", "must be in (0, 1]", m[key])
     if m.kappa_policy == "adaptive":
@@ -197,13 +198,28 @@ def _validate_mix(cfg: DictConfig) -> None:
 
 
 def filter_settings(cfg: DictConfig):
-    """The synthetic-set filter of ``cfg.augmented.filter`` (generation/filtering.py), validated."""
+    """The synthetic-set filter of ``cfg.augmented.filter`` (generation/filtering.py), validated; for mode=clip
+    also that transformers and the CLIP model are there (generation/clip_filter.py)."""
     from generation.filtering import FilterSettings
 
     try:
-        return FilterSettings(**OmegaConf.to_container(cfg.augmented.filter, resolve=True))
+        settings = FilterSettings(**OmegaConf.to_container(cfg.augmented.filter, resolve=True))
     except (TypeError, ValueError) as err:
         raise ConfigError(str(err)) from err
+    if settings.mode == "clip":
+        from generation.clip_filter import clip_problem
+
+        if why := clip_problem(settings.clip_model):
+            raise ConfigError(why)
+    return settings
+
+
+def class_names(cfg: DictConfig) -> tuple[str, ...]:
+    """CLIP's class names: those Stable Diffusion prompted with (``generator.class_names``), else the data set's."""
+    from torchcore.classes import class_names as builtin
+
+    names = cfg.generator.get("class_names") if cfg.generator.backend == "stable_diffusion" else None
+    return tuple(str(n) for n in names) if names else builtin(cfg.dataset.name)
 
 
 def adaptive_kappa(cfg: DictConfig):

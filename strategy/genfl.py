@@ -26,7 +26,7 @@ from flwr.serverapp.exception import AggregationError, InconsistentMessageReplie
 from flwr.serverapp.strategy import FedAvgM, Result, Strategy
 
 from client_app.contract import (AUGMENTED, BN_QUERY, BN_RECORD, CLIENT_PART, MIX_ACC, MIX_LOSS, PROBE, PROBE_BN_STATS,
-                                 PROBE_CANDIDATES)
+                                 PROBE_CANDIDATES, PROBE_QUERY)
 from strategy.aggregation import like
 from strategy.bases import base_state, dp_wrapper, innermost, load_base_state
 from strategy.cooldown import Cooldown
@@ -72,13 +72,17 @@ class GenFL(Strategy):
     def __init__(self, base: Strategy, *, num_classes: int, kappa: KappaSchedule, augmenter: Augmenter | None,
                  histogram_timeout: float, histogram_config: ConfigRecord | None = None, seed: int,
                  reliability: Reliability, first_round: int = 1, adaptive: AdaptiveKappa | None = None,
-                 bn_stats: str = "mixed", bn_fraction: float = 1.0, round_aware_floor: float | None = None):
+                 bn_stats: str = "mixed", bn_fraction: float = 1.0, round_aware_floor: float | None = None,
+                 choose: str = "next_round", probe_fraction: float = 1.0):
         if kappa.uses_synthetic_data and augmenter is None:
             raise ValueError("kappa_aug > 0 needs an augmenter (the server's synthetic-data trainer)")
         self.base, self.num_classes, self.kappa, self.augmenter = base, num_classes, kappa, augmenter
         self.histogram_timeout, self.histogram_config = histogram_timeout, histogram_config
         self.seed, self.reliability, self.offset = seed, reliability, first_round - 1
         self.adaptive, self.bn_stats, self.bn_fraction = adaptive, bn_stats, bn_fraction
+        # this_round: the probe is a query before the round's model is formed (the evidence is about the
+        # very mix it picks); next_round: it rides on the evaluation step and sets the next round's kappa.
+        self.choose_now, self.probe_fraction = choose == "this_round", probe_fraction
         self.round_aware_floor = round_aware_floor  # None: the augmented model sees the synthetic set's own mix
         keys = innermost(base)
         self.weighted_by_key, self.configrecord_key = keys.weighted_by_key, keys.configrecord_key
@@ -237,6 +241,11 @@ class GenFL(Strategy):
             stats.update(**augmented_metrics)
             states.append(augmented)
             weights.append(kappa_aug)
+        if cause is None and self.choose_now and client_part is not None and augmented is not None:
+            self._probe_now(server_round, client_part, augmented, stats)
+            stats.kappa_aug = self.adaptive.current
+            stats.kappa_fl = round(1.0 - stats.kappa_aug, 6)
+            weights = [stats.kappa_fl, stats.kappa_aug]
         if cause is None:
             mixed = mix(states, weights, client_part if self.bn_stats != "mixed" else None)
             if self.bn_stats == "reestimate" and bn_statistic_names(mixed):
@@ -250,17 +259,44 @@ class GenFL(Strategy):
         self.consecutive_failures = 0
         self.rounds_succeeded += 1
         stats.round_accepted = True
-        if self.adaptive is not None and client_part is not None and augmented is not None:
+        if self.adaptive is not None and not self.choose_now and client_part is not None and augmented is not None:
             self._parts = (client_part, augmented)
         return ArrayRecord({k: Array(v) for k, v in mixed.items()}), metrics
+
+    def _sample(self, server_round: int, fraction: float, stream: int) -> list[int]:
+        """A reproducible share of the nodes with a valid label histogram (``stream`` separates uses)."""
+        nodes = sorted((n for n in self._grid.get_node_ids() if n in self.survey.histograms), key=self._order)
+        count = max(1, round(len(nodes) * fraction))
+        if count < len(nodes):
+            rng = random.Random(self.seed * 1_000_003 + server_round + stream * 7_919)
+            nodes = sorted(rng.sample(nodes, count), key=self._order)
+        return nodes
+
+    def _probe_now(self, server_round: int, client_part: dict, augmented: dict, stats: RoundStats) -> None:
+        """mix.choose=this_round: a sample of nodes scores this round's candidate mixes on their data
+        (query.kappa_probe) and the policy picks this round's kappa_aug from it; without usable
+        replies the previous kappa_aug stays."""
+        self._probe = self.adaptive.candidates_with()
+        content = RecordDict({CLIENT_PART: ArrayRecord({k: Array(v) for k, v in client_part.items()}),
+                              AUGMENTED: ArrayRecord({k: Array(v) for k, v in augmented.items()}),
+                              PROBE: ConfigRecord({PROBE_CANDIDATES: self._probe, PROBE_BN_STATS: self._probe_bn()}),
+                              self.configrecord_key: self._config})
+        sent = [Message(content, message_type=f"query.{PROBE_QUERY}", dst_node_id=n)
+                for n in self._sample(server_round, self.probe_fraction, stream=1)]
+        replies = list(self._grid.send_and_receive(sent, timeout=self._timeout))
+        usable, _, _ = screen(server_round, replies, sent, "kappa probe", self._evaluate_problem, self._order)
+        self._choose_kappa(server_round, usable, stats)
+        self._probe = None
+
+    def _probe_bn(self) -> str:
+        # Re-estimated statistics exist only for the chosen mix: candidates mix the statistics like the
+        # weights (the clients' alone do not fit mixed weights: the first screen runs scored every mix far worse).
+        return "mixed" if self.bn_stats == "reestimate" else self.bn_stats
 
     def _reestimate_bn(self, server_round: int, mixed: dict[str, np.ndarray], stats: RoundStats) -> dict[str, np.ndarray]:
         """The mixed model's BatchNorm statistics recomputed on a sample of the nodes' real data and
         combined (torchcore.mixing); the client aggregate's are kept if no node answers usably."""
-        nodes = sorted((n for n in self._grid.get_node_ids() if n in self.survey.histograms), key=self._order)
-        count = max(1, round(len(nodes) * self.bn_fraction))
-        if count < len(nodes):
-            nodes = sorted(random.Random(self.seed * 1_000_003 + server_round).sample(nodes, count), key=self._order)
+        nodes = self._sample(server_round, self.bn_fraction, stream=0)
         content = RecordDict({"arrays": ArrayRecord({k: Array(v) for k, v in mixed.items()}),
                               self.configrecord_key: self._config})
         sent = [Message(content, message_type=f"query.{BN_QUERY}", dst_node_id=n) for n in nodes]
@@ -360,12 +396,9 @@ class GenFL(Strategy):
         if self._parts is not None and self._sent_evaluate:
             client_part, augmented = self._parts
             self._probe = self.adaptive.candidates_with()
-            # Re-estimated statistics exist only for the chosen mix: candidates mix the statistics like the
-            # weights (the clients' alone do not fit mixed weights: the first screen runs scored every mix far worse).
-            bn = "mixed" if self.bn_stats == "reestimate" else self.bn_stats
             records = {CLIENT_PART: ArrayRecord({k: Array(v) for k, v in client_part.items()}),
                        AUGMENTED: ArrayRecord({k: Array(v) for k, v in augmented.items()}),
-                       PROBE: ConfigRecord({PROBE_CANDIDATES: self._probe, PROBE_BN_STATS: bn})}
+                       PROBE: ConfigRecord({PROBE_CANDIDATES: self._probe, PROBE_BN_STATS: self._probe_bn()})}
             for msg in self._sent_evaluate:
                 for name, record in records.items():
                     msg.content[name] = record
@@ -402,8 +435,8 @@ class GenFL(Strategy):
         stats.update(kappa_probe={f"{k:g}": round(float(v), 5) for k, v in zip(self._probe, federated)},
                      kappa_probe_error={f"{k:g}": round(float(v), 5) for k, v in zip(self._probe, errors)},
                      kappa_best=best, kappa_next=self.adaptive.current, probe_nodes=len(usable))
-        log(INFO, "round %d: adaptive kappa: federated loss by kappa_aug %s -> kappa_aug %s next round", server_round,
-            stats.kappa_probe, self.adaptive.current)
+        log(INFO, "round %d: adaptive kappa: federated loss by kappa_aug %s -> kappa_aug %s %s", server_round,
+            stats.kappa_probe, self.adaptive.current, "this round" if self.choose_now else "next round")
 
     def _order(self, node: int) -> tuple[int, int]:
         partition = self.survey.partitions.get(node)

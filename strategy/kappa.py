@@ -62,6 +62,7 @@ class KappaSchedule:
 
 
 POLICIES = ("constant", "adaptive")
+CHOOSE = ("next_round", "this_round")  # when the probe's evidence is used (mix.choose)
 
 
 @dataclass

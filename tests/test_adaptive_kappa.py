@@ -143,6 +143,14 @@ def scoring_node(histogram, partition, update, loss_of=lambda w: float(np.sum((w
                 if probe_reply:
                     metrics.update(probe_reply)
             return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
+        if kind == "query.kappa_probe":  # mix.choose=this_round: the same scores, as a query of their own
+            probe = msg.content["genfl-probe"]
+            client, augmented = _numpy(msg.content["genfl-client-part"]), _numpy(msg.content["genfl-augmented"])
+            mixes = [eq1(client, augmented, k, probe["bn-stats"]) for k in probe["candidates"]]
+            metrics = {"mix-loss": [loss_of(m["w"]) for m in mixes], "mix-acc": [0.5 for _ in mixes],
+                       "num-examples": sum(histogram)}
+            metrics.update(probe_reply or {})
+            return Message(RecordDict({"metrics": MetricRecord(metrics)}), reply_to=msg)
         if kind == "query.bn_statistics":
             stats = {"bn.running_mean": np.array([float(partition), 1.0], np.float32)}
             return Message(RecordDict({"bn-statistics": ArrayRecord({k: _array(v) for k, v in stats.items()}),
@@ -156,11 +164,14 @@ def _array(v):
     return Array(np.asarray(v))
 
 
-def adaptive_genfl(augmenter, rounds, bn_stats="mixed", kappa_aug=0.3, high=0.5):
-    base = FedAvg(fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
+def adaptive_genfl(augmenter, rounds, bn_stats="mixed", kappa_aug=0.3, high=0.5, choose="next_round", step=0.5,
+                   probe_fraction=1.0):
+    base = FedAvg(fraction_evaluate=1.0 if choose == "next_round" else 0.0, min_train_nodes=1, min_evaluate_nodes=1,
+                  min_available_nodes=1)
     return GenFL(base, num_classes=3, kappa=KappaSchedule(kappa_aug, "constant", kappa_aug, rounds), augmenter=augmenter,
                  histogram_timeout=1, seed=0, reliability=reliability(max_relative_update=1e9, claim_slack=0),
-                 adaptive=AdaptiveKappa(kappa_aug, (0.0, 0.1, 0.2, 0.3, 0.5), 0.5, 0.0, high), bn_stats=bn_stats)
+                 adaptive=AdaptiveKappa(kappa_aug, (0.0, 0.1, 0.2, 0.3, 0.5), step, 0.0, high), bn_stats=bn_stats,
+                 choose=choose, probe_fraction=probe_fraction)
 
 
 def _start(strategy, grid, rounds):
@@ -204,6 +215,38 @@ def test_a_probe_reply_with_the_wrong_number_of_scores_is_excluded_from_the_evid
     _start(strategy, grid, 1)
     stats = strategy.round_stats[1]
     assert (stats.probe_nodes, stats.clients_evaluate_excluded) == (1, 1)
+
+
+def test_this_round_the_probe_picks_the_kappa_of_the_very_model_it_scored():
+    # Clients reach the optimum, the augmented model is far from it: round 1's model is already the client
+    # aggregate (kappa 0), not the 0.3 mix that next_round would apply before any evidence.
+    grid = LocalGrid({i: scoring_node([5, 5, 5], i, lambda g: _state(TARGET)) for i in range(4)})
+    strategy = adaptive_genfl(FixedAugmenter(_state([-20.0, 40.0])), rounds=2, choose="this_round", step=1.0,
+                              probe_fraction=0.5)
+    out = _numpy(_start(strategy, grid, 2).arrays)
+    np.testing.assert_allclose(out["w"], TARGET, rtol=1e-6)
+    rows = [strategy.round_stats[r] for r in (1, 2)]
+    assert [(r.kappa_aug, r.kappa_fl, r.kappa_best, r.probe_nodes) for r in rows] == [(0.0, 1.0, 0.0, 2)] * 2
+    probes = [m for m in grid.sent if m.metadata.message_type == "query.kappa_probe"]
+    assert len(probes) == 4 and not any(m.metadata.message_type == "evaluate" for m in grid.sent)
+    assert len({m.metadata.dst_node_id for m in probes[:2]}) == 2  # half of the nodes, each once per round
+
+
+def test_this_round_a_helpful_augmented_model_is_mixed_in_the_same_round():
+    grid = LocalGrid({i: scoring_node([5, 5, 5], i, lambda g: _state([0.0, 0.0])) for i in range(3)})
+    strategy = adaptive_genfl(FixedAugmenter(_state(TARGET)), rounds=1, choose="this_round", step=1.0, high=0.5)
+    out = _numpy(_start(strategy, grid, 1).arrays)
+    assert strategy.round_stats[1].kappa_aug == 0.5
+    np.testing.assert_allclose(out["w"], 0.5 * TARGET, rtol=1e-6)
+
+
+def test_this_round_without_usable_scores_the_previous_kappa_stays():
+    bad = {"mix-loss": [0.0], "mix-acc": [0.0]}  # one score for five candidates: excluded
+    grid = LocalGrid({i: scoring_node([5, 5, 5], i, lambda g: _state(TARGET), probe_reply=bad) for i in range(2)})
+    strategy = adaptive_genfl(FixedAugmenter(_state([-20.0, 40.0])), rounds=1, choose="this_round", step=1.0)
+    out = _numpy(_start(strategy, grid, 1).arrays)
+    assert strategy.round_stats[1].kappa_aug == 0.3 and strategy.round_stats[1].probe_nodes is None
+    np.testing.assert_allclose(out["w"], 0.7 * TARGET + 0.3 * np.array([-20.0, 40.0]), rtol=1e-5)
 
 
 def test_the_policy_state_is_checkpointed():
@@ -280,6 +323,10 @@ def test_the_clientapp_scores_every_candidate_mix_on_its_own_data():
     assert metrics["mix-loss"] == pytest.approx(expected)
     assert metrics["mix-loss"][0] == pytest.approx(metrics["eval-loss"])  # kappa 0 is the client part itself
     assert len(metrics["mix-acc"]) == 2 and all(0 <= a <= 1 for a in metrics["mix-acc"])
+    del content["arrays"]  # mix.choose=this_round: the probe is a query of its own, with the two parts only
+    query = app(_message("query.kappa_probe", content), _context()).content["metrics"]
+    assert query["mix-loss"] == pytest.approx(expected) and query["num-examples"] == len(data)
+    assert "eval-loss" not in query
 
 
 def test_the_clientapp_reports_batchnorm_statistics_of_the_received_model():
@@ -313,6 +360,7 @@ def test_the_clientapp_reports_batchnorm_statistics_of_the_received_model():
     (["mix.kappa_policy=adaptive", "strategy.kappa_schedule=linear"], "must be constant under mix.kappa_policy=adaptive"),
     (["mix.bn_stats=reestimate", "model.norm=group"], "reestimate needs BatchNorm"),
     (["mix.probe_fraction=0"], "mix.probe_fraction: must be in (0, 1]"),
+    (["mix.choose=later"], "mix.choose: must be one of next_round, this_round"),
     (["augmented.max_steps=0"], "augmented.max_steps: must be null"),
     (["augmented.freeze_bn=maybe"], "augmented.freeze_bn: must be true or false"),
     (["augmented.filter.mode=confidence", "augmented.filter.keep_ratio=1.5"], "augmented.filter.keep_ratio"),
