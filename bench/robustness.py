@@ -3,6 +3,7 @@
     python bench/robustness.py run screen     # every mechanism alone, seed 0, fonts generator (resumable)
     python bench/robustness.py run final      # what this session ran after the screen (in its order)
     python bench/robustness.py run next       # the best combination on every seed and both generators
+    python bench/robustness.py run this_round # the combination with mix.choose=this_round, every seed
     python bench/robustness.py report         # bench/results/robustness.json/.md and the plots
 
 Setting: bench/convergence.py's (digits, 20 clients, alpha 0.1, 30 rounds, ResNet-18 with BatchNorm),
@@ -33,6 +34,8 @@ ADAPTIVE, CONSTANT = "mix.kappa_policy=adaptive", "mix.kappa_policy=constant"
 FROZEN = "augmented.freeze_bn=true"  # the augmented model trains under the global model's BatchNorm statistics
 STEPS = "augmented.max_steps=10"  # the augmented model moves as far per round as a client does
 PROBE = "mix.probe_fraction=0.5"  # the policy with the burden of proof (mix.evidence_z), half the nodes scoring
+NOW = ("mix.choose=this_round", "mix.step=1.0")  # the probe scores this round's mixes and picks this round's kappa
+COMBO = [ADAPTIVE, "mix.bn_stats=mixed", PROBE, STEPS, "augmented.filter.mode=confidence"]
 PLANS = {
     # Screen: each mechanism alone on seed 0 with the shifted generator, against constant kappa (the
     # control_fonts piece's genfl run) and FedAvg; round-aware augmentation at 10 of 40 clients.
@@ -85,6 +88,15 @@ PLANS = {
         (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=2"]),
         ("robust_participation", ["seed=0"]),
     ],
+    # The combination with the probe's evidence used in the round it was measured (mix.choose=this_round).
+    "this_round": [
+        (FONTS, [*COMBO, *NOW, "seed=0"]),
+        (FEDAVG[0], FEDAVG[1] + ["seed=2"]),
+        (FONTS, [*COMBO, *NOW, "seed=1"]),
+        (FONTS, [*COMBO, *NOW, "seed=2"]),
+        (DIGITS, [*COMBO, *NOW, "seed=0"]),
+        (FONTS, [*COMBO, "seed=2"]),
+    ],
 }
 
 
@@ -94,8 +106,9 @@ ARM = {"strategy": "strategy.name", "generator": "generator.corpus", "clients": 
        "fraction_train": "federation.fraction_train", "kappa_policy": "mix.kappa_policy", "bn_stats": "mix.bn_stats",
        "filter": "augmented.filter.mode", "round_aware": "augmented.round_aware",
        "probe_fraction": "mix.probe_fraction", "evidence_z": "mix.evidence_z", "freeze_bn": "augmented.freeze_bn",
-       "aug_steps": "augmented.max_steps"}
-DEFAULTS = {("filter", "none"), ("round_aware", False), ("freeze_bn", False), ("fraction_train", 1.0)}  # left out of labels
+       "aug_steps": "augmented.max_steps", "choose": "mix.choose", "step": "mix.step"}
+DEFAULTS = {("filter", "none"), ("round_aware", False), ("freeze_bn", False), ("fraction_train", 1.0),
+            ("choose", "next_round"), ("step", 0.5)}  # left out of labels
 FROM_ROUND = 5  # "never more than 0.02 below FedAvg at any round from round 5 on"
 
 
@@ -103,9 +116,9 @@ def _arm(run) -> dict:
     arm = {name: run.config.get(key) for name, key in ARM.items()}
     if arm["strategy"] == "fedavg":  # no synthetic data: the mix settings mean nothing
         arm.update(generator=None, kappa_policy=None, bn_stats=None, filter=None, round_aware=None, freeze_bn=None,
-                   aug_steps=None)
+                   aug_steps=None, choose=None, step=None)
     if arm["kappa_policy"] != "adaptive":
-        arm.update(probe_fraction=None, evidence_z=None)
+        arm.update(probe_fraction=None, evidence_z=None, choose=None, step=None)
     elif arm["evidence_z"] is None:  # the first policy (before the burden of proof)
         arm["evidence_z"] = 0.0
     return arm
