@@ -96,6 +96,11 @@ PLANS = {
         (FONTS, [*COMBO, *NOW, "seed=2"]),
         (DIGITS, [*COMBO, *NOW, "seed=0"]),
         (FONTS, [*COMBO, "seed=2"]),
+        ("robust_participation", ["seed=0"]),
+        (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=1"]),
+        (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=2"]),
+        (DIGITS, [*COMBO, *NOW, "seed=1"]),
+        (DIGITS, [*COMBO, *NOW, "seed=2"]),
     ],
 }
 
