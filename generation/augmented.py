@@ -5,9 +5,9 @@ or diffusers. Synthetic images are produced once (plan -> generator -> cache) be
 strategy may call `train` from a background thread while the clients train.
 
 Two optional refinements (issue 16), both off by default (then training is bit for bit as before):
-``filter`` (`generation.filtering`) leaves out the synthetic images the current global model is
-least sure belong to their class; ``class_weights`` (round-aware augmentation) re-weights the class
-mix the augmented model samples in one round, e.g. toward what that round's clients lack.
+``filter`` (`generation.filtering`) leaves out the synthetic images the current global model (or CLIP,
+zero-shot) is least sure belong to their class; ``class_weights`` (round-aware augmentation) re-weights
+the class mix the augmented model samples in one round, e.g. toward what that round's clients lack.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Selection:
     """The latest filtering decision over ``trainer.synthetic`` (CPU tensors, in the set's order)."""
 
     round: int  # the round whose global model scored the images
-    confidence: torch.Tensor  # float32 (N,): that model's softmax probability of each image's own class
+    confidence: torch.Tensor  # float32 (N,): that model's (or CLIP's) softmax probability of each image's own class
     kept: torch.Tensor  # bool (N,): the images the augmented model trains on until the next rescoring
 
 
@@ -47,7 +47,8 @@ class AugmentedModelTrainer:
     ``make_generator`` is called only if images are actually needed (so FedAvg never loads a model).
     ``overlap``: `start` trains in a background thread, beside the clients; otherwise when the
     strategy asks for the result (after the clients replied). Same seeds, same model either way.
-    ``filter``: confidence filtering of the synthetic set (None or mode "none": every image is used).
+    ``filter``: filtering of the synthetic set (None or mode "none": every image is used); mode "clip"
+    prompts CLIP with ``class_names`` (in label order) and scores the set once, on ``device``.
     Rounds are trained one at a time (one worker thread, or the caller's); the filter's selection is
     replaced, never changed in place, so `selection`/`kept_mask` can be read from another thread.
     """
@@ -69,6 +70,7 @@ class AugmentedModelTrainer:
         cache_dir: str | None,
         overlap: bool,
         filter: FilterSettings | None = None,
+        class_names: Sequence[str] | None = None,
     ):
         self.make_generator = make_generator
         self.model = model
@@ -82,6 +84,9 @@ class AugmentedModelTrainer:
         self.synthetic: Split | None = None
         self.filter = filter if filter is not None and filter.active else None
         self.num_classes = _num_classes(model)
+        self.class_names = None if class_names is None else tuple(class_names)
+        if self.filter is not None and self.filter.mode == "clip" and not self.class_names:
+            raise ValueError("augmented.filter.mode=clip needs the class names (class_names) to prompt CLIP with")
         self._selection: Selection | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="augmented-model") if overlap else None
 
@@ -185,8 +190,10 @@ class AugmentedModelTrainer:
         else:
             selection = self._selection
             if selection is None or self.filter.rescores(server_round):
-                confidence = score_confidence(self.model, self.synthetic, self.device, self.eval_batch_size)
-                kept = select(confidence, labels, keep_ratio=self.filter.keep_ratio, threshold=self.filter.threshold)
+                confidence = self._scores()
+                classes = len(self.class_names) if self.filter.mode == "clip" else self.num_classes
+                kept = select(confidence, labels, keep_ratio=self.filter.keep_ratio,
+                              threshold=self.filter.threshold_for(classes))
                 selection = Selection(server_round, confidence, kept)
                 self._selection = selection  # one assignment: readers see the old or the new decision
                 scored = True
@@ -202,6 +209,16 @@ class AugmentedModelTrainer:
             return self.synthetic, metrics  # the very same set: no copy, same numbers as unfiltered
         index = kept.nonzero().squeeze(1).to(labels.device)
         return Split(self.synthetic.images[index], labels[index]), metrics
+
+    def _scores(self) -> torch.Tensor:
+        """The filter's score of every synthetic image (float32 (N,), CPU); the model holds the global state."""
+        if self.filter.mode == "clip":
+            from generation.clip_filter import score_clip  # transformers: only when CLIP is asked for
+
+            f = self.filter
+            return score_clip(self.synthetic, self.class_names, model=f.clip_model, prompt=f.clip_prompt,
+                              device=self.device, batch_size=f.clip_batch_size)
+        return score_confidence(self.model, self.synthetic, self.device, self.eval_batch_size)
 
     def _checked_weights(self, class_weights: Sequence[float] | None) -> list[float] | None:
         """``class_weights`` as floats, or ValueError (one line) when they are not a usable weighting."""

@@ -1,10 +1,13 @@
-"""Filtering the synthetic set before the augmented model trains on it (issue 16, item 3(b)).
+"""Filtering the synthetic set before the augmented model trains on it (issue 16, item 3).
 
-Any generator's images are scored by the *current* global model: the softmax probability it gives
-each image's own (prompted) class. An image the federation's model cannot recognise as its class is
-more likely off-class or broken; it is left out of that round's augmented training. The scores are
-refreshed as the federation learns (``refresh_every``), and nothing is filtered before
-``start_round``: the initial global model is random, so its confidence means nothing.
+``confidence`` (3b): any generator's images are scored by the *current* global model: the softmax
+probability it gives each image's own (prompted) class. An image the federation's model cannot
+recognise as its class is more likely off-class or broken; it is left out of that round's augmented
+training. The scores are refreshed as the federation learns (``refresh_every``), and nothing is
+filtered before ``start_round``: the initial global model is random, so its confidence means nothing.
+``clip`` (3a, `generation.clip_filter`): CLIP's zero-shot probability of the image's class among all
+class prompts; it does not depend on the round, so the images are scored once and the selection kept.
+``threshold="chance"`` is He et al.'s (ICLR'23) rule: keep an image whose score exceeds 1/num_classes.
 
 Plain PyTorch and NumPy; `generation.augmented.AugmentedModelTrainer` calls it.
 """
@@ -20,28 +23,34 @@ from torch import nn
 
 from torchcore.data import Split, as_float
 
-MODES = ("none", "confidence")
+MODES = ("none", "confidence", "clip")
+CHANCE = "chance"  # threshold: score > 1 / num_classes
 
 
 @dataclass(frozen=True)
 class FilterSettings:
     """How the synthetic set is filtered; ``mode="none"`` (or no settings at all) uses every image.
 
-    ``mode="confidence"`` needs exactly one rule, the other left ``None``:
+    ``mode="confidence"`` or ``"clip"`` needs exactly one rule, the other left ``None``:
     ``keep_ratio`` in (0, 1]: per class, keep the ``ceil(keep_ratio * n_c)`` most confident images;
-    ``threshold`` in [0, 1]: keep the images whose confidence is >= threshold; a class that would lose
-    every image keeps its single most confident one (its synthetic images are there because the
-    federation lacks that class, so it is never silently emptied).
+    ``threshold`` in [0, 1]: keep the images whose score is >= threshold, or ``"chance"``: whose score
+    is > 1/num_classes; a class that would lose every image keeps its single best one (its synthetic
+    images are there because the federation lacks that class, so it is never silently emptied).
     ``start_round``: the first round that filters; earlier rounds train on every image.
     ``refresh_every``: rescore in rounds ``start_round + k * refresh_every`` and reuse that selection
-    in between (a run resumed in between rescores in its first round).
+    in between (a run resumed in between rescores in its first round). Ignored by ``clip``.
+    ``clip_model`` (Hub id or local folder), ``clip_prompt`` (``{}`` = the class name) and
+    ``clip_batch_size``: used by ``mode="clip"`` only (whether the model is there: `clip_filter.clip_problem`).
     """
 
     mode: str = "none"
     keep_ratio: float | None = None
-    threshold: float | None = None
+    threshold: float | str | None = None
     start_round: int = 2
     refresh_every: int = 1
+    clip_model: str = "openai/clip-vit-base-patch32"
+    clip_prompt: str = "a photo of a {}."
+    clip_batch_size: int = 64
 
     def __post_init__(self):
         def bad(key: str, rule: str, value) -> ValueError:
@@ -51,27 +60,44 @@ class FilterSettings:
             raise bad("mode", f"must be one of {', '.join(MODES)}", self.mode)
         if self.keep_ratio is not None and not (_real(self.keep_ratio) and 0 < self.keep_ratio <= 1):
             raise bad("keep_ratio", "must be in (0, 1] or null", self.keep_ratio)
-        if self.threshold is not None and not (_real(self.threshold) and 0 <= self.threshold <= 1):
-            raise bad("threshold", "must be in [0, 1] or null", self.threshold)
+        if self.threshold not in (None, CHANCE) and not (_real(self.threshold) and 0 <= self.threshold <= 1):
+            raise bad("threshold", f"must be in [0, 1], {CHANCE} (score > 1/num_classes) or null", self.threshold)
         if not (_integer(self.start_round) and self.start_round >= 1):
             raise bad("start_round", "must be an integer >= 1", self.start_round)
         if not (_integer(self.refresh_every) and self.refresh_every >= 1):
             raise bad("refresh_every", "must be an integer >= 1", self.refresh_every)
-        if self.mode == "confidence" and (self.keep_ratio is None) == (self.threshold is None):
-            raise ValueError("augmented.filter: mode=confidence needs exactly one of keep_ratio / threshold "
+        if not (isinstance(self.clip_model, str) and self.clip_model.strip()):
+            raise bad("clip_model", "must be a Hugging Face Hub id or a local folder", self.clip_model)
+        if not _template(self.clip_prompt):
+            raise bad("clip_prompt", 'must be a text with one "{}" for the class name, e.g. "a photo of a {}."',
+                      self.clip_prompt)
+        if not (_integer(self.clip_batch_size) and self.clip_batch_size >= 1):
+            raise bad("clip_batch_size", "must be an integer >= 1", self.clip_batch_size)
+        if self.active and (self.keep_ratio is None) == (self.threshold is None):
+            raise ValueError(f"augmented.filter: mode={self.mode} needs exactly one of keep_ratio / threshold "
                              f"(the other null), got keep_ratio={self.keep_ratio!r}, threshold={self.threshold!r}")
 
     @property
     def active(self) -> bool:
         return self.mode != "none"
 
+    def threshold_for(self, num_classes: int | None) -> float | None:
+        """The numeric threshold: ``"chance"`` becomes the smallest float above 1/num_classes."""
+        if self.threshold != CHANCE:
+            return self.threshold
+        if not num_classes:
+            raise ValueError("augmented.filter.threshold=chance needs the number of classes")
+        return math.nextafter(1 / num_classes, 1.0)
+
     def filters(self, server_round: int) -> bool:
         """Whether ``server_round`` trains on a filtered set."""
         return self.active and server_round >= self.start_round
 
     def rescores(self, server_round: int) -> bool:
-        """Whether ``server_round`` is on the rescoring schedule (given that it filters)."""
-        return self.filters(server_round) and (server_round - self.start_round) % self.refresh_every == 0
+        """Whether ``server_round`` is on the rescoring schedule (given that it filters); never for ``clip``,
+        whose scores do not change (it scores in the first round that filters and keeps that selection)."""
+        return (self.filters(server_round) and self.mode != "clip"
+                and (server_round - self.start_round) % self.refresh_every == 0)
 
 
 def _real(value) -> bool:
@@ -80,6 +106,17 @@ def _real(value) -> bool:
 
 def _integer(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _template(value) -> bool:
+    """A prompt template with exactly one ``{}`` and no other placeholder."""
+    if not isinstance(value, str) or value.count("{}") != 1:
+        return False
+    try:
+        value.format("x")
+    except (IndexError, KeyError, ValueError):
+        return False
+    return True
 
 
 @torch.no_grad()

@@ -156,7 +156,7 @@ def test_threshold_keeps_confident_images_and_never_empties_a_class():
     (dict(mode="confidence", threshold=1.01), "threshold"),
     (dict(mode="confidence"), "keep_ratio / threshold"),
     (dict(mode="confidence", keep_ratio=0.5, threshold=0.5), "keep_ratio / threshold"),
-    (dict(mode="clip"), "mode"),
+    (dict(mode="clipped", keep_ratio=0.5), "mode"),
     (dict(mode="confidence", keep_ratio=0.5, start_round=0), "start_round"),
     (dict(mode="confidence", keep_ratio=0.5, refresh_every=0), "refresh_every"),
     (dict(mode="confidence", keep_ratio=0.5, refresh_every=1.5), "refresh_every"),
