@@ -4,8 +4,8 @@
 
 Times the real ClientApp's handlers in-process on one digits partition of the embedded default
 (20 clients, alpha 0.1): the training message (the baseline every sampled node pays), an evaluation
-message without and with the adaptive-kappa probe (the default 5 candidates + the current kappa), and
-the BatchNorm-statistics query; reports each as a ratio to training in the same run. A simulation
+message without and with the adaptive-kappa probe (the default 5 candidates + the current kappa), the
+probe as a query of its own (mix.choose=this_round) and the BatchNorm-statistics query; reports each as a ratio to training in the same run. A simulation
 adds the message round trip on top (seconds per round in bench/results/robustness.md).
 """
 
@@ -58,6 +58,10 @@ def main() -> int:
         "evaluate_with_probe": RecordDict({"arrays": _record(client), "config": config,
                                            "genfl-client-part": _record(client), "genfl-augmented": _record(augmented),
                                            "genfl-probe": ConfigRecord({"candidates": candidates, "bn-stats": "clients"})}),
+        # mix.choose=this_round: the same scores as a query of its own (no evaluation of the global model)
+        "query.kappa_probe": RecordDict({"config": config, "genfl-client-part": _record(client),
+                                         "genfl-augmented": _record(augmented),
+                                         "genfl-probe": ConfigRecord({"candidates": candidates, "bn-stats": "clients"})}),
         "query.bn_statistics": RecordDict({"arrays": _record(client), "config": config}),
     }
     results = {}

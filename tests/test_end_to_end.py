@@ -94,6 +94,27 @@ def test_adaptive_kappa_and_reestimated_batchnorm_statistics_in_a_real_simulatio
 
 
 @pytest.mark.slow
+def test_adaptive_kappa_chosen_for_the_round_it_was_measured_in_a_real_simulation(runs):
+    """mix.choose=this_round through real ClientApps: the nodes score this round's mixes in a query of
+    their own (no evaluation step) and the round's model is the mix the evidence picked."""
+    proc, run_dir = runs("adaptive_now", *GENFL_A, "mix.kappa_policy=adaptive", "mix.choose=this_round",
+                         "mix.step=1.0", "mix.probe_fraction=1.0")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = metrics(run_dir)["rounds"][1:]
+    for row in rows:
+        assert row["probe_nodes"] == 3 and not row.get("clients_evaluated")
+        probe = {float(k): v for k, v in row["kappa_probe"].items()}
+        errors = {float(k): v for k, v in row["kappa_probe_error"].items()}
+        assert sorted(probe)[0] == 0.0 and all(v > 0 for v in probe.values())
+        eligible = [k for k in probe if k == 0.0 or probe[k] + errors[k] < probe[0.0]]
+        best = min(eligible, key=lambda k: (probe[k], k))
+        assert row["kappa_best"] == best and row["kappa_aug"] == pytest.approx(min(best, 0.5))
+        assert row["kappa_fl"] == pytest.approx(1.0 - row["kappa_aug"])
+    assert rows[-1]["test_accuracy"] > 0.3
+    assert_nothing_left_running(run_dir)
+
+
+@pytest.mark.slow
 def test_the_same_command_gives_the_same_numbers(runs):
     (_, a), (proc, b) = runs("A", *GENFL_A), runs("B", *GENFL_A)
     assert proc.returncode == 0, proc.stdout[-3000:]
