@@ -88,6 +88,19 @@ PLANS = {
         (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=2"]),
         ("robust_participation", ["seed=0"]),
     ],
+    # What the measurement still lacks, in the order it runs (after this_round's first two jobs).
+    "matrix": [
+        (FONTS, [*COMBO, "seed=2"]),
+        (DIGITS, [*COMBO, "seed=0"]),
+        (DIGITS, [*COMBO, *NOW, "seed=0"]),
+        ("robust_participation", ["seed=0"]),
+        (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=1"]),
+        (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=2"]),
+        (FONTS, [*COMBO, *NOW, "seed=1"]),
+        (FONTS, [*COMBO, *NOW, "seed=2"]),
+        (DIGITS, [*COMBO, "seed=1"]),
+        (DIGITS, [*COMBO, "seed=2"]),
+    ],
     # The combination with the probe's evidence used in the round it was measured (mix.choose=this_round).
     "this_round": [
         (FONTS, [*COMBO, *NOW, "seed=0"]),
