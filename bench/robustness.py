@@ -203,6 +203,17 @@ def _earlier_arms(fedavg: dict) -> list[dict]:
     return out
 
 
+_SUMMARY = ("runs", "final_accuracy_mean", "final_accuracy_std", "at_or_above_fedavg_every_seed",
+            f"worst_gap_from_round_{FROM_ROUND}")
+
+
+def _kept(out: Path) -> list[dict]:
+    """The arms of the committed robustness.json that this benchmark ran (not convergence.json's): a
+    session's run folders may be gone (a snapshot under /tmp), their per-round curves are not."""
+    path = out / "robustness.json"
+    return [a for a in json.loads(path.read_text())["arms"] if "source" not in a] if path.exists() else []
+
+
 def report(root: Path, out: Path) -> int:
     """robustness.json (every run's per-round curve, kappa and cost; each arm against FedAvg of the same
     seed and federation), robustness.md (the table) and robustness_<setting>.png."""
@@ -215,6 +226,10 @@ def report(root: Path, out: Path) -> int:
         problems += piece_problems
     fedavg = {(r.config["seed"], r.config["federation.num_clients"]): dict(zip(*r.curve))
               for r in runs if r.config["strategy.name"] == "fedavg"}
+    kept = _kept(out)
+    for arm in kept:  # FedAvg runs of earlier sessions whose folders are gone
+        for r in arm["runs"] if arm["strategy"] == "fedavg" else []:
+            fedavg.setdefault((r["seed"], arm["clients"]), dict(enumerate(r["accuracy_by_round"])))
     for arm in _earlier_fedavg():  # FedAvg curves of the earlier benchmark, where not re-run
         fedavg.setdefault(arm[0], arm[1])
     arms: dict[str, dict] = {}
@@ -245,6 +260,11 @@ def report(root: Path, out: Path) -> int:
             "vs_fedavg_same_seed": versus,
             "synthetic_quality": {k: run.quality.get(k) for k in ("agreement", "separability_auc")} if run.quality else None,
         })
+    for arm in kept:  # an earlier session's run keeps its curve when its folder is gone (not re-run here)
+        entry = arms.setdefault(arm["label"], {k: v for k, v in arm.items() if k not in _SUMMARY} | {"runs": []})
+        seeds = {r["seed"] for r in entry["runs"]}
+        entry["runs"] += [r | {"path": r.get("path") or "-", "kept_from": "bench/results/robustness.json"}
+                          for r in arm["runs"] if r["seed"] not in seeds]
     for entry in arms.values():
         entry["runs"].sort(key=lambda r: r["seed"])
         finals = [r["final_accuracy"] for r in entry["runs"]]
