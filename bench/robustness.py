@@ -258,7 +258,8 @@ def report(root: Path, out: Path) -> int:
             "kappa_aug_by_round": _series(run, "kappa_aug"),
             "seconds_per_round": round(float(np.mean(seconds)), 2) if seconds else None,
             "vs_fedavg_same_seed": versus,
-            "synthetic_quality": {k: run.quality.get(k) for k in ("agreement", "separability_auc")} if run.quality else None,
+            "synthetic_quality": {k: run.quality.get(k) for k in ("agreement", "agreement_all", "separability_auc")}
+            if run.quality else None,
         })
     for arm in kept:  # an earlier session's run keeps its curve when its folder is gone (not re-run here)
         entry = arms.setdefault(arm["label"], {k: v for k, v in arm.items() if k not in _SUMMARY} | {"runs": []})

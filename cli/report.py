@@ -18,7 +18,8 @@ wall time from round 0's evaluation to the last round's, divided by the rounds.
 
 Synthetic-data quality (runs that used synthetic images record it in metrics.json's ``synthetic_quality``,
 see generation/quality.py), averaged over the runs that have it, blank for configurations without:
-synthetic agreement = share of synthetic images whose label the final global model predicts; real-vs-
+synthetic agreement = share of synthetic images (all of them, also those a filter dropped) whose label the
+final global model predicts; real-vs-
 synthetic AUC = how well a linear probe on the global model's features tells real test images from
 synthetic ones (0.5 = indistinguishable, 1.0 = fully separable); the CSV adds the pixel-statistics AUC.
 The Markdown table shows these columns only when some run has them.
@@ -211,7 +212,7 @@ def summarize(configuration: Configuration, target: float) -> dict:
         "reached_target": f"{len(reached)}/{len(per_run)}",
         "auc_mean": _mean([s["auc"] for s in per_run]),
         "seconds_per_round_mean": _mean([s["seconds_per_round"] for s in per_run]),
-        **{column: _mean([_number(run.quality.get(key)) for run in configuration.runs])
+        **{column: _mean([_number(_quality(run, key)) for run in configuration.runs])
            for key, column in QUALITY_COLUMNS.items()},
     }
 
@@ -227,6 +228,14 @@ def mean_curve(configuration: Configuration) -> dict:
     table = np.array([[c[r] for r in common] for c in curves])
     return {"round": [int(r) for r in common], "mean": table.mean(0).tolist(), "min": table.min(0).tolist(),
             "max": table.max(0).tolist()}
+
+
+def _quality(run: Run, key: str):
+    """Agreement is over every synthetic image (``agreement_all``; a filter's kept images alone flatter
+    the generator), the kept ones' for runs recorded before it existed."""
+    if key == "agreement" and run.quality.get("agreement_all") is not None:
+        return run.quality["agreement_all"]
+    return run.quality.get(key)
 
 
 def build_summary(runs: list[Run], target: float) -> dict:

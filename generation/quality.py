@@ -71,7 +71,8 @@ def synthetic_quality(
 
     ``model``: the final global model (its mode and weights are left as found). ``real``: held-out real
     images (the server's test split). ``kept_mask`` (N,) bool: which synthetic images a filter kept; the
-    scores are of the kept ones, with ``agreement_dropped`` for the others. JSON-ready: floats, ints,
+    scores are of the kept ones, with ``agreement_dropped`` for the others and ``agreement_all`` over every
+    image. JSON-ready: floats, ints,
     lists (per class, index = label, None for a class without images) and None where not computable.
     """
     n_total = len(synthetic)
@@ -84,7 +85,7 @@ def synthetic_quality(
                    "dropped_scored": len(dropped_idx), "real_scored": 0},
         "agreement": None, "agreement_per_class": [None] * num_classes,
         "confidence": None, "confidence_per_class": [None] * num_classes,
-        "agreement_dropped": None, "real_accuracy": None,
+        "agreement_dropped": None, "agreement_all": None, "real_accuracy": None,
         "separability_auc": None, "separability_accuracy": None,
         "pixel_separability_auc": None, "pixel_separability_accuracy": None,
     }
@@ -109,6 +110,10 @@ def synthetic_quality(
     confidence = probs.gather(1, syn_labels[:, None]).flatten().double()
     result["agreement"] = hit.mean().item()
     result["confidence"] = confidence.mean().item()
+    # Over the whole set, kept and dropped weighed by their true counts: a filter's kept images were chosen
+    # by a model, so their agreement alone flatters the generator.
+    n_kept = int(kept.sum())
+    result["agreement_all"] = (result["agreement"] * n_kept + (result["agreement_dropped"] or 0.0) * (n_total - n_kept)) / n_total
     for c in range(num_classes):
         of_class = syn_labels == c
         if of_class.any():

@@ -115,7 +115,9 @@ def test_with_a_filter_the_kept_images_are_scored_and_the_dropped_ones_reported_
     report = synthetic_quality(model, mixed, real, CPU, seed=0, num_classes=10, kept_mask=kept)
     assert report["images"]["kept"] == half and report["images"]["scored"] == half
     assert report["agreement"] > 0.5 and report["agreement_dropped"] < 0.2
-    assert synthetic_quality(model, mixed, real, CPU, seed=0, num_classes=10)["agreement_dropped"] is None
+    assert report["agreement_all"] == pytest.approx((report["agreement"] + report["agreement_dropped"]) / 2)
+    unfiltered = synthetic_quality(model, mixed, real, CPU, seed=0, num_classes=10)
+    assert unfiltered["agreement_dropped"] is None and unfiltered["agreement_all"] == unfiltered["agreement"]
     with pytest.raises(ValueError, match="kept_mask has 3 entries for 100"):
         synthetic_quality(model, mixed, real, CPU, seed=0, num_classes=10, kept_mask=[True] * 3)
 
