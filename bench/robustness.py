@@ -35,6 +35,7 @@ FROZEN = "augmented.freeze_bn=true"  # the augmented model trains under the glob
 STEPS = "augmented.max_steps=10"  # the augmented model moves as far per round as a client does
 PROBE = "mix.probe_fraction=0.5"  # the policy with the burden of proof (mix.evidence_z), half the nodes scoring
 NOW = ("mix.choose=this_round", "mix.step=1.0")  # the probe scores this round's mixes and picks this round's kappa
+GROUPNORM = ("model.norm=group", "client.lr=0.005", "augmented.lr=0.005")  # the control_groupnorm piece's model and lr (the server's too)
 COMBO = [ADAPTIVE, "mix.bn_stats=mixed", PROBE, STEPS, "augmented.filter.mode=confidence"]
 PLANS = {
     # Screen: each mechanism alone on seed 0 with the shifted generator, against constant kappa (the
@@ -92,14 +93,18 @@ PLANS = {
     "matrix": [
         (FONTS, [*COMBO, "seed=2"]),
         (DIGITS, [*COMBO, "seed=0"]),
+        # GroupNorm (no running statistics; FedAvg at alpha 0.1 reaches 0.953 with it, convergence.json's
+        # control_groupnorm, at its lr 0.005): does GenFL with the shifted generator lose to FedAvg there?
+        (FONTS, [*COMBO, *GROUPNORM, "seed=0"]),
+        (FONTS, [CONSTANT, "mix.bn_stats=mixed", *GROUPNORM, "seed=0"]),
         (DIGITS, [*COMBO, *NOW, "seed=0"]),
         ("robust_participation", ["seed=0"]),
         (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=1"]),
         (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=2"]),
-        (FONTS, [*COMBO, *NOW, "seed=1"]),
-        (FONTS, [*COMBO, *NOW, "seed=2"]),
         (DIGITS, [*COMBO, "seed=1"]),
         (DIGITS, [*COMBO, "seed=2"]),
+        (FONTS, [*COMBO, *NOW, "seed=1"]),
+        (FONTS, [*COMBO, *NOW, "seed=2"]),
     ],
     # The combination with the probe's evidence used in the round it was measured (mix.choose=this_round).
     "this_round": [
@@ -124,9 +129,10 @@ ARM = {"strategy": "strategy.name", "generator": "generator.corpus", "clients": 
        "fraction_train": "federation.fraction_train", "kappa_policy": "mix.kappa_policy", "bn_stats": "mix.bn_stats",
        "filter": "augmented.filter.mode", "round_aware": "augmented.round_aware",
        "probe_fraction": "mix.probe_fraction", "evidence_z": "mix.evidence_z", "freeze_bn": "augmented.freeze_bn",
-       "aug_steps": "augmented.max_steps", "choose": "mix.choose", "step": "mix.step"}
+       "aug_steps": "augmented.max_steps", "choose": "mix.choose", "step": "mix.step", "norm": "model.norm",
+       "lr": "client.lr"}
 DEFAULTS = {("filter", "none"), ("round_aware", False), ("freeze_bn", False), ("fraction_train", 1.0),
-            ("choose", "next_round"), ("step", 0.5)}  # left out of labels
+            ("choose", "next_round"), ("step", 0.5), ("norm", "batch"), ("lr", 0.02)}  # left out of labels
 FROM_ROUND = 5  # "never more than 0.02 below FedAvg at any round from round 5 on"
 
 
@@ -146,15 +152,16 @@ def _series(run, column: str) -> list:
     return [r.get(column) for r in run.rounds if r["round"] >= 1]
 
 
-def _earlier_fedavg() -> list[tuple[tuple[int, int], dict]]:
-    """((seed, clients), {round: accuracy}) of the earlier benchmark's single-seed FedAvg arms."""
+def _earlier_fedavg() -> list[tuple[tuple[int, int, str], dict]]:
+    """((seed, clients, norm), {round: accuracy}) of the earlier benchmark's single-seed FedAvg arms (GroupNorm
+    at its own lr 0.005: the control_groupnorm piece)."""
     path = REPO / "bench" / "results" / "convergence.json"
     if not path.exists():
         return []
-    return [((arm["seeds"][0], arm["clients"]), dict(enumerate(arm["accuracy_by_round_mean"])))
+    return [((arm["seeds"][0], arm["clients"], arm["norm"]), dict(enumerate(arm["accuracy_by_round_mean"])))
             for arm in json.loads(path.read_text())["arms"]
-            if arm["strategy"] == "fedavg" and arm["seeds"] == [0] and arm["alpha"] == 0.1 and arm["lr"] == 0.02
-            and arm["norm"] == "batch"]
+            if arm["strategy"] == "fedavg" and arm["seeds"] == [0] and arm["alpha"] == 0.1
+            and (arm["lr"], arm["norm"]) in ((0.02, "batch"), (0.005, "group"))]
 
 
 def _earlier_arms(fedavg: dict) -> list[dict]:
@@ -169,6 +176,18 @@ def _earlier_arms(fedavg: dict) -> list[dict]:
         wanted = (arm["alpha"] == 0.1 and arm["strategy"] in ("genfl", "fedavg") and arm["lr"] == 0.02
                   and arm["norm"] == "batch" and (arm["strategy"] == "genfl" or arm["clients"] == 40)
                   and arm.get("kappa_aug") in (0.0, 0.3) and arm["corpus"] in ("fonts", "digits-public"))
+        groupnorm = (arm["alpha"] == 0.1 and arm["strategy"] == "fedavg" and arm["norm"] == "group" and arm["lr"] == 0.005
+                     and arm["clients"] == 20)  # the baseline of the GroupNorm arms
+        if groupnorm:
+            out.append({"strategy": "fedavg", "generator": None, "clients": 20, "norm": "group", "lr": 0.005,
+                        "label": "strategy=fedavg, clients=20, norm=group, lr=0.005 (convergence.json, 2026-11-26)",
+                        "source": "bench/results/convergence.json",
+                        "runs": [{"seed": arm["seeds"][0], "final_accuracy": round(arm["final_accuracy_mean"], 4),
+                                  "accuracy_by_round": [round(a, 4) for a in arm["accuracy_by_round_mean"]],
+                                  "seconds_per_round": arm["seconds_per_round_mean"], "vs_fedavg_same_seed": None,
+                                  "rounds_to_0.9": next((r for r, a in enumerate(arm["accuracy_by_round_mean"]) if a >= 0.9), None)}],
+                        "final_accuracy_mean": round(arm["final_accuracy_mean"], 4), "final_accuracy_std": None,
+                        "at_or_above_fedavg_every_seed": None, f"worst_gap_from_round_{FROM_ROUND}": None})
         if not wanted:
             continue
         generator = None if arm["strategy"] == "fedavg" else arm["corpus"]
@@ -178,7 +197,7 @@ def _earlier_arms(fedavg: dict) -> list[dict]:
         label = label.replace(", fraction_train=1.0", "").replace("fedavg, clients=40, fraction_train=0.25, kappa_policy=constant, "
                                                                    "bn_stats=mixed", "fedavg, clients=40, fraction_train=0.25")
         curve = [round(a, 4) for a in arm["accuracy_by_round_mean"]]
-        base = fedavg.get((0, arm["clients"])) if arm["seeds"] == [0] and arm["strategy"] != "fedavg" else None
+        base = fedavg.get((0, arm["clients"], "batch")) if arm["seeds"] == [0] and arm["strategy"] != "fedavg" else None
         versus = None
         if base is not None:
             gaps = [a - base[r] for r, a in enumerate(curve) if r >= FROM_ROUND and r in base]
@@ -224,12 +243,12 @@ def report(root: Path, out: Path) -> int:
         found, piece_problems = read_runs([root / piece]) if (root / piece).exists() else ([], [f"{piece}: not run"])
         runs += [r for r in found if r.config["partition.alpha"] == 0.1 and r.config["num_rounds"] == 30]
         problems += piece_problems
-    fedavg = {(r.config["seed"], r.config["federation.num_clients"]): dict(zip(*r.curve))
+    fedavg = {(r.config["seed"], r.config["federation.num_clients"], r.config["model.norm"]): dict(zip(*r.curve))
               for r in runs if r.config["strategy.name"] == "fedavg"}
     kept = _kept(out)
     for arm in kept:  # FedAvg runs of earlier sessions whose folders are gone
         for r in arm["runs"] if arm["strategy"] == "fedavg" else []:
-            fedavg.setdefault((r["seed"], arm["clients"]), dict(enumerate(r["accuracy_by_round"])))
+            fedavg.setdefault((r["seed"], arm["clients"], arm.get("norm") or "batch"), dict(enumerate(r["accuracy_by_round"])))
     for arm in _earlier_fedavg():  # FedAvg curves of the earlier benchmark, where not re-run
         fedavg.setdefault(arm[0], arm[1])
     arms: dict[str, dict] = {}
@@ -238,7 +257,7 @@ def report(root: Path, out: Path) -> int:
         label = ", ".join(f"{k}={v}" for k, v in arm.items() if v is not None and (k, v) not in DEFAULTS)
         entry = arms.setdefault(label, {**arm, "label": label, "runs": []})
         rounds, accuracy = run.curve
-        base = fedavg.get((run.config["seed"], run.config["federation.num_clients"]))
+        base = fedavg.get((run.config["seed"], run.config["federation.num_clients"], run.config["model.norm"]))
         versus = None
         if base is not None and arm["strategy"] != "fedavg":
             gaps = [a - base[r] for r, a in zip(rounds, accuracy) if r >= FROM_ROUND and r in base]
