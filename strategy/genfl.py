@@ -276,11 +276,7 @@ class GenFL(Strategy):
         """mix.choose=this_round: a sample of nodes scores this round's candidate mixes on their data
         (query.kappa_probe) and the policy picks this round's kappa_aug from it; without usable
         replies the previous kappa_aug stays."""
-        self._probe = self.adaptive.candidates_with()
-        content = RecordDict({CLIENT_PART: ArrayRecord({k: Array(v) for k, v in client_part.items()}),
-                              AUGMENTED: ArrayRecord({k: Array(v) for k, v in augmented.items()}),
-                              PROBE: ConfigRecord({PROBE_CANDIDATES: self._probe, PROBE_BN_STATS: self._probe_bn()}),
-                              self.configrecord_key: self._config})
+        content = RecordDict({**self._probe_records(client_part, augmented), self.configrecord_key: self._config})
         sent = [Message(content, message_type=f"query.{PROBE_QUERY}", dst_node_id=n)
                 for n in self._sample(server_round, self.probe_fraction, stream=1)]
         replies = list(self._grid.send_and_receive(sent, timeout=self._timeout))
@@ -288,10 +284,15 @@ class GenFL(Strategy):
         self._choose_kappa(server_round, usable, stats)
         self._probe = None
 
-    def _probe_bn(self) -> str:
+    def _probe_records(self, client_part: dict, augmented: dict) -> dict:
+        """The round's two parts of Eq. (1) and the candidates (client_app/contract.py), for nodes to score."""
+        self._probe = self.adaptive.candidates_with()
         # Re-estimated statistics exist only for the chosen mix: candidates mix the statistics like the
         # weights (the clients' alone do not fit mixed weights: the first screen runs scored every mix far worse).
-        return "mixed" if self.bn_stats == "reestimate" else self.bn_stats
+        bn = "mixed" if self.bn_stats == "reestimate" else self.bn_stats
+        return {CLIENT_PART: ArrayRecord({k: Array(v) for k, v in client_part.items()}),
+                AUGMENTED: ArrayRecord({k: Array(v) for k, v in augmented.items()}),
+                PROBE: ConfigRecord({PROBE_CANDIDATES: self._probe, PROBE_BN_STATS: bn})}
 
     def _reestimate_bn(self, server_round: int, mixed: dict[str, np.ndarray], stats: RoundStats) -> dict[str, np.ndarray]:
         """The mixed model's BatchNorm statistics recomputed on a sample of the nodes' real data and
@@ -394,11 +395,7 @@ class GenFL(Strategy):
                                                                 OrderedGrid(grid, self._order)))
         self._probe = None
         if self._parts is not None and self._sent_evaluate:
-            client_part, augmented = self._parts
-            self._probe = self.adaptive.candidates_with()
-            records = {CLIENT_PART: ArrayRecord({k: Array(v) for k, v in client_part.items()}),
-                       AUGMENTED: ArrayRecord({k: Array(v) for k, v in augmented.items()}),
-                       PROBE: ConfigRecord({PROBE_CANDIDATES: self._probe, PROBE_BN_STATS: self._probe_bn()})}
+            records = self._probe_records(*self._parts)
             for msg in self._sent_evaluate:
                 for name, record in records.items():
                     msg.content[name] = record
