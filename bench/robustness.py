@@ -96,6 +96,7 @@ PLANS = {
     "matrix": [
         (FONTS, [*COMBO, "seed=2"]),
         (FONTS, [*COMBO_RE, "seed=0"]),
+        (FEDAVG[0], FEDAVG[1] + ["mix.bn_stats=reestimate", "mix.bn_fraction=1.0", "seed=0"]),  # the control
         (DIGITS, [*COMBO, "seed=0"]),
         # GroupNorm (no running statistics; FedAvg at alpha 0.1 reaches 0.953 with it, convergence.json's
         # control_groupnorm, at its lr 0.005): does GenFL with the shifted generator lose to FedAvg there?
@@ -142,9 +143,9 @@ FROM_ROUND = 5  # "never more than 0.02 below FedAvg at any round from round 5 o
 
 def _arm(run) -> dict:
     arm = {name: run.config.get(key) for name, key in ARM.items()}
-    if arm["strategy"] == "fedavg":  # no synthetic data: the mix settings mean nothing
-        arm.update(generator=None, kappa_policy=None, bn_stats=None, filter=None, round_aware=None, freeze_bn=None,
-                   aug_steps=None, choose=None, step=None)
+    if arm["strategy"] == "fedavg":  # no synthetic data: the mix settings mean nothing, but re-estimated statistics do
+        arm.update(generator=None, kappa_policy=None, filter=None, round_aware=None, freeze_bn=None, aug_steps=None,
+                   choose=None, step=None, bn_stats="reestimate" if arm["bn_stats"] == "reestimate" else None)
     if arm["bn_stats"] != "reestimate":
         arm["bn_fraction"] = None
     if arm["kappa_policy"] != "adaptive":
@@ -250,7 +251,7 @@ def report(root: Path, out: Path) -> int:
         runs += [r for r in found if r.config["partition.alpha"] == 0.1 and r.config["num_rounds"] == 30]
         problems += piece_problems
     fedavg = {(r.config["seed"], r.config["federation.num_clients"], r.config["model.norm"]): dict(zip(*r.curve))
-              for r in runs if r.config["strategy.name"] == "fedavg"}
+              for r in runs if r.config["strategy.name"] == "fedavg" and r.config["mix.bn_stats"] != "reestimate"}
     kept = _kept(out)
     for arm in kept:  # FedAvg runs of earlier sessions whose folders are gone
         for r in arm["runs"] if arm["strategy"] == "fedavg" else []:
