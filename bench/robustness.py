@@ -97,19 +97,21 @@ PLANS = {
         (FONTS, [*COMBO, "seed=2"]),
         (FONTS, [*COMBO_RE, "seed=0"]),
         (FEDAVG[0], FEDAVG[1] + ["mix.bn_stats=reestimate", "mix.bn_fraction=1.0", "seed=0"]),  # the control
+        (FONTS, [*COMBO_RE, "seed=1"]),
+        (FONTS, [*COMBO_RE, "seed=2"]),
+        (DIGITS, [*COMBO_RE, "seed=0"]),
         (DIGITS, [*COMBO, "seed=0"]),
         # GroupNorm (no running statistics; FedAvg at alpha 0.1 reaches 0.953 with it, convergence.json's
         # control_groupnorm, at its lr 0.005): does GenFL with the shifted generator lose to FedAvg there?
         (FONTS, [*COMBO, *GROUPNORM, "seed=0"]),
         (FONTS, [CONSTANT, "mix.bn_stats=mixed", *GROUPNORM, "seed=0"]),
-        (DIGITS, [*COMBO, *NOW, "seed=0"]),
         ("robust_participation", ["seed=0"]),
         (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=1"]),
         (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=2"]),
+        (DIGITS, [*COMBO_RE, "seed=1"]),
+        (DIGITS, [*COMBO_RE, "seed=2"]),
         (DIGITS, [*COMBO, "seed=1"]),
         (DIGITS, [*COMBO, "seed=2"]),
-        (FONTS, [*COMBO, *NOW, "seed=1"]),
-        (FONTS, [*COMBO, *NOW, "seed=2"]),
     ],
     # The combination with the probe's evidence used in the round it was measured (mix.choose=this_round).
     "this_round": [
