@@ -15,7 +15,8 @@ import sys
 
 import pytest
 import torch
-from tiny_sd import _write_tokenizer  # tests/ is on sys.path
+from test_filtering import DigitsGenerator  # tests/ is on sys.path
+from tiny_sd import _write_tokenizer
 from torch import nn
 from transformers import (
     CLIPConfig,
@@ -77,18 +78,6 @@ def digits(per_class: int = 6) -> Split:
     images, labels = load_digits_arrays()
     idx = torch.cat([torch.nonzero(labels == c).squeeze(1)[:per_class] for c in range(CLASSES)])
     return Split(images[idx], labels[idx])
-
-
-class DigitsGenerator:
-    """Real 8x8 digits of the planned classes (a deterministic stand-in for a text-to-image generator)."""
-
-    def fingerprint(self):
-        return {"backend": "digits"}
-
-    def generate(self, plan, *, seed):
-        images, labels = load_digits_arrays()
-        idx = torch.cat([torch.nonzero(labels == c).squeeze(1)[: plan[c]] for c in sorted(plan)])
-        return images[idx], labels[idx]
 
 
 class Recorder(nn.Module):
