@@ -165,9 +165,12 @@ def _quality_report(cfg: DictConfig, report: RunReport, model: torch.nn.Module, 
         scores = {"error": f"{type(err).__name__}: {err}"}
     scores["seconds"] = round(time.monotonic() - started, 2)
     report.set(METRICS_KEY, scores)
+    def short(value):
+        return round(value, 3) if isinstance(value, float) else value
+
     log(INFO, "synthetic data: label agreement with the final model %s (all images; kept ones %s), real-vs-synthetic "
-        "separability (AUC) %s; samples in %s", scores.get("agreement_all"), scores.get("agreement"),
-        scores.get("separability_auc"), SYNTHETIC_SAMPLES)
+        "separability (AUC) %s; samples in %s", short(scores.get("agreement_all")), short(scores.get("agreement")),
+        short(scores.get("separability_auc")), SYNTHETIC_SAMPLES)
 
 
 def base_strategy(cfg: DictConfig, num_nodes: int):
