@@ -139,7 +139,8 @@ ARM = {"strategy": "strategy.name", "generator": "generator.corpus", "clients": 
        "aug_steps": "augmented.max_steps", "choose": "mix.choose", "step": "mix.step", "norm": "model.norm",
        "lr": "client.lr", "bn_fraction": "mix.bn_fraction"}
 DEFAULTS = {("filter", "none"), ("round_aware", False), ("freeze_bn", False), ("fraction_train", 1.0),
-            ("choose", "next_round"), ("step", 0.5), ("norm", "batch"), ("lr", 0.02), ("bn_fraction", 0.25)}  # left out of labels
+            ("choose", "next_round"), ("step", 0.5), ("norm", "batch"), ("lr", 0.02), ("bn_fraction", 0.25)}  # left out of
+# labels (bn_fraction: the default when the first re-estimation arm ran; it says 1.0 where it was)
 FROM_ROUND = 5  # "never more than 0.02 below FedAvg at any round from round 5 on"
 
 
