@@ -30,6 +30,7 @@ def test_paper_cifar10_is_the_published_setting():
     cfg = load_config(["+experiment=paper_cifar10"])
     assert (cfg.dataset.name, cfg.federation.num_clients, cfg.partition.alpha) == ("cifar10", 100, 0.1)
     assert (cfg.client.local_epochs, cfg.client.batch_size, cfg.client.lr) == (5, 64, 1e-4)
+    assert cfg.client.max_steps is None and cfg.augmented.max_steps is None  # all 5 epochs, not the default's 10 steps
     assert cfg.model.norm == "batch" and cfg.strategy.name == "genfl"
     assert cfg.generator.backend == "stable_diffusion"
     assert cfg.generator.model == "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -43,6 +44,7 @@ def test_paper_cifar100_and_the_tuned_variants_change_only_what_they_say():
     for base in ("paper_cifar10", "paper_cifar100"):
         plain, tuned = load_config([f"+experiment={base}"]), load_config([f"+experiment={base}_tuned"])
         assert (tuned.client.lr, tuned.client.momentum, tuned.augmented.lr) == (0.05, 0.9, 0.05)
+        assert plain.client.max_steps is None and tuned.client.max_steps is None
         assert OmegaConf.masked_copy(tuned, ["dataset", "federation", "partition", "generator"]) == \
             OmegaConf.masked_copy(plain, ["dataset", "federation", "partition", "generator"])
 
