@@ -123,15 +123,12 @@ PLANS = {
     "uncapped": [
         (FONTS, [*UNCAPPED_RE, "seed=0"]),
         (DIGITS, [*UNCAPPED_RE, "seed=0"]),
-        (FONTS, [*UNCAPPED_RE, "seed=1"]),
-        (FONTS, [*UNCAPPED_RE, "seed=2"]),
+        # fonts seed 0 ended 0.819 (kappa ~0 from round 10): seeds 1-2 of it were not run
         (FEDAVG[0], FEDAVG[1] + [*RE, "seed=1"]),
         (FEDAVG[0], FEDAVG[1] + [*RE, "seed=2"]),
         (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=1"]),
         (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=2"]),
         ("robust_participation", ["seed=0"]),
-        (DIGITS, [*UNCAPPED_RE, "seed=1"]),
-        (DIGITS, [*UNCAPPED_RE, "seed=2"]),
         (DIGITS, [*COMBO_RE, "seed=1"]),
         (DIGITS, [*COMBO_RE, "seed=2"]),
     ],
