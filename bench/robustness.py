@@ -251,6 +251,19 @@ def _earlier_arms(fedavg: dict) -> list[dict]:
     return out
 
 
+def _versus(rounds, accuracy, base: dict | None) -> dict | None:
+    """A run's curve against a baseline's of the same seed ({round: accuracy}), or None without one."""
+    if base is None:
+        return None
+    gaps = [a - base[r] for r, a in zip(rounds, accuracy) if r >= FROM_ROUND and r in base]
+    last = sorted(base)[-5:]
+    return {"final_minus_fedavg": round(float(accuracy[-1] - base[max(base)]), 4),
+            "last_5_mean_minus_fedavg": round(float(accuracy[-5:].mean() - np.mean([base[r] for r in last])), 4),
+            "mean_over_rounds_minus_fedavg": round(float(np.mean([a - base[r] for r, a in zip(rounds, accuracy)
+                                                                  if r >= 1 and r in base])), 4),
+            f"worst_gap_from_round_{FROM_ROUND}": round(float(min(gaps)), 4) if gaps else None}
+
+
 _SUMMARY = ("runs", "final_accuracy_mean", "final_accuracy_std", "at_or_above_fedavg_every_seed",
             f"worst_gap_from_round_{FROM_ROUND}")
 
@@ -274,6 +287,8 @@ def report(root: Path, out: Path) -> int:
         problems += piece_problems
     fedavg = {(r.config["seed"], r.config["federation.num_clients"], r.config["model.norm"]): dict(zip(*r.curve))
               for r in runs if r.config["strategy.name"] == "fedavg" and r.config["mix.bn_stats"] != "reestimate"}
+    fedavg_re = {(r.config["seed"], r.config["federation.num_clients"], r.config["model.norm"]): dict(zip(*r.curve))
+                 for r in runs if r.config["strategy.name"] == "fedavg" and r.config["mix.bn_stats"] == "reestimate"}
     kept = _kept(out)
     for arm in kept:  # FedAvg runs of earlier sessions whose folders are gone
         for r in arm["runs"] if arm["strategy"] == "fedavg" else []:
@@ -287,15 +302,12 @@ def report(root: Path, out: Path) -> int:
         entry = arms.setdefault(label, {**arm, "label": label, "runs": []})
         rounds, accuracy = run.curve
         base = fedavg.get((run.config["seed"], run.config["federation.num_clients"], run.config["model.norm"]))
-        versus = None
-        if base is not None and arm["strategy"] != "fedavg":
-            gaps = [a - base[r] for r, a in zip(rounds, accuracy) if r >= FROM_ROUND and r in base]
-            last = sorted(base)[-5:]
-            versus = {"final_minus_fedavg": round(float(accuracy[-1] - base[max(base)]), 4),
-                      "last_5_mean_minus_fedavg": round(float(accuracy[-5:].mean() - np.mean([base[r] for r in last])), 4),
-                      "mean_over_rounds_minus_fedavg": round(float(np.mean([a - base[r] for r, a in zip(rounds, accuracy)
-                                                                            if r >= 1 and r in base])), 4),
-                      f"worst_gap_from_round_{FROM_ROUND}": round(float(min(gaps)), 4) if gaps else None}
+        versus = _versus(rounds, accuracy, base) if arm["strategy"] != "fedavg" else None
+        # GenFL with re-estimated statistics against FedAvg with the same statistics: the synthetic data's share
+        control = None
+        if arm["strategy"] != "fedavg" and arm["bn_stats"] == "reestimate":
+            control = _versus(rounds, accuracy, fedavg_re.get((run.config["seed"], run.config["federation.num_clients"],
+                                                                 run.config["model.norm"])))
         seconds = [s for s in _series(run, "round_seconds") if isinstance(s, (int, float))]
         entry["runs"].append({
             "seed": run.config["seed"], "path": str(run.path.relative_to(root)),
@@ -306,6 +318,7 @@ def report(root: Path, out: Path) -> int:
             "kappa_aug_by_round": _series(run, "kappa_aug"),
             "seconds_per_round": round(float(np.mean(seconds)), 2) if seconds else None,
             "vs_fedavg_same_seed": versus,
+            **({"vs_fedavg_same_seed_and_statistics": control} if control else {}),
             "synthetic_quality": {k: run.quality.get(k) for k in ("agreement", "agreement_all", "separability_auc")}
             if run.quality else None,
         })
