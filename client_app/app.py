@@ -21,7 +21,7 @@ from torchcore.classes import class_names
 from torchcore.data import Split
 from torchcore.bn import bn_statistics
 from torchcore.imagefolder import read_image_folder
-from torchcore.mixing import eq1
+from torchcore.mixing import eq1_along
 from torchcore.model import build_resnet18
 from torchcore.partition import client_partition, label_histogram
 from torchcore.privacy import privatize_histogram
@@ -138,10 +138,10 @@ def _score_mixes(model: torch.nn.Module, data: Split, config: ClientConfig,
                  content: RecordDict) -> tuple[list[float], list[float]]:
     """(losses, accuracies) of Eq. (1) at each candidate kappa_aug, in the probe's order."""
     probe = content[PROBE]
-    client_part, augmented = _numpy(content[CLIENT_PART]), _numpy(content[AUGMENTED])
+    line = eq1_along(_numpy(content[CLIENT_PART]), _numpy(content[AUGMENTED]), str(probe[PROBE_BN_STATS]))
     losses, accuracies = [], []
     for kappa_aug in probe[PROBE_CANDIDATES]:
-        load_numpy_state(model, eq1(client_part, augmented, float(kappa_aug), str(probe[PROBE_BN_STATS])))
+        load_numpy_state(model, line(float(kappa_aug)))
         loss, accuracy = _score(model, data, config)
         losses.append(loss)
         accuracies.append(accuracy)

@@ -82,6 +82,26 @@ def test_eq1_takes_batchnorm_statistics_from_the_clients_unless_mixed():
         eq1(client, augmented, 0.25, "bogus")
 
 
+@pytest.mark.parametrize("mode", ["mixed", "clients", "reestimate"])
+def test_the_probes_line_of_mixes_is_eq1_up_to_float32_rounding(mode):
+    from torchcore.mixing import eq1_along
+
+    rng = np.random.default_rng(0)
+    client = {"w": rng.normal(size=(4, 3)).astype(np.float32), "bn.running_mean": rng.normal(size=3).astype(np.float32),
+              "bn.num_batches_tracked": np.array(3)}
+    augmented = {"w": rng.normal(size=(4, 3)).astype(np.float32), "bn.running_mean": rng.normal(size=3).astype(np.float32),
+                 "bn.num_batches_tracked": np.array(8)}
+    line = eq1_along(client, augmented, mode)
+    for kappa in (0.0, 0.1, 0.3, 0.5, 1.0):
+        expected, got = eq1(client, augmented, kappa, mode), line(kappa)
+        assert list(got) == list(expected) and all(got[k].dtype == expected[k].dtype for k in got)
+        for key in got:
+            np.testing.assert_allclose(got[key], expected[key], rtol=1e-6, atol=1e-7)
+    assert line(0.3)["bn.num_batches_tracked"] == (8 if mode == "mixed" else 3)  # the counter is not mixed
+    with pytest.raises(ValueError, match="bn_stats must be one of"):
+        eq1_along(client, augmented, "bogus")
+
+
 def test_combined_statistics_are_those_of_the_union_of_the_nodes_data():
     rng = np.random.default_rng(0)
     a, b = rng.normal(1.0, 2.0, (50, 3)), rng.normal(-2.0, 0.5, (150, 3))
