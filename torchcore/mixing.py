@@ -1,5 +1,6 @@
 """Eq. (1) on model state (NumPy arrays by name), shared by the server, which forms the global model,
-and the clients, which score candidate mixes for adaptive kappa: both compute the very same model.
+and the clients, which score candidate mixes for adaptive kappa: both compute the same model (the
+clients along `eq1_along`'s line, up to float32 rounding).
 
 Floating arrays (weights and BatchNorm running statistics) are mixed linearly. Integer arrays are
 counters (BatchNorm's ``num_batches_tracked``), which a weighted average would turn into fractions:
