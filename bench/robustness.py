@@ -132,6 +132,11 @@ PLANS = {
         (DIGITS, [*COMBO_RE, "seed=1"]),
         (DIGITS, [*COMBO_RE, "seed=2"]),
     ],
+    # Last: the combination with GroupNorm (no running statistics) against FedAvg with GroupNorm (0.953).
+    "groupnorm": [
+        (FONTS, [*COMBO, *GROUPNORM, "seed=0"]),
+        (FONTS, [CONSTANT, "mix.bn_stats=mixed", *GROUPNORM, "seed=0"]),
+    ],
     # The combination with the probe's evidence used in the round it was measured (mix.choose=this_round).
     "this_round": [
         (FONTS, [*COMBO, *NOW, "seed=0"]),
