@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
@@ -55,3 +56,8 @@ def checked_plan(plan: Mapping[int, int], num_classes: int) -> dict[int, int]:
         if int(count) < 0:
             raise ValueError(f"plan asks for {count} images of class {class_id}; counts must be >= 0.")
     return {int(c): int(plan[c]) for c in sorted(plan) if int(plan[c]) > 0}
+
+
+def looks_like_path(model: str) -> bool:
+    """True for things only a file system path can be (a Hugging Face Hub id is ``name`` or ``owner/name``)."""
+    return os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1 or "\\" in model

@@ -13,21 +13,16 @@ from __future__ import annotations
 import gc
 import importlib.util
 import logging
-import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
+from generation.base import looks_like_path
 from torchcore.data import Split, as_float
 
 logger = logging.getLogger(__name__)
-
-
-def _looks_like_path(model: str) -> bool:
-    """True for things only a file system path can be (a hub id is ``name`` or ``owner/name``)."""
-    return os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1 or "\\" in model
 
 
 def clip_problem(model: str) -> str | None:
@@ -41,7 +36,7 @@ def clip_problem(model: str) -> str | None:
         return None if (folder / "config.json").is_file() else (
             f"augmented.filter.clip_model: folder {model!r} has no config.json (not a CLIP model folder); "
             f"download one with `hf download openai/clip-vit-base-patch32 --local-dir {model}`")
-    if _looks_like_path(model):
+    if looks_like_path(model):
         return (f"augmented.filter.clip_model: folder {model!r} does not exist; on a machine with internet run "
                 f"`hf download openai/clip-vit-base-patch32 --local-dir {model}`, or give a Hugging Face Hub id")
     from huggingface_hub import constants, try_to_load_from_cache

@@ -28,7 +28,7 @@ from diffusers import (
     StableDiffusionPipeline,
 )
 
-from generation.base import backend_settings, checked_plan
+from generation.base import backend_settings, checked_plan, looks_like_path
 from generation.cache import runtime_fingerprint
 from generation.progress import Progress
 from generation.prompts import (
@@ -122,11 +122,6 @@ class PerImageGuidance(float):
             scales = self._on_device.view(-1, *[1] * (other.dim() - 1))
             return (other.float() * scales).to(other.dtype)
         return float(self) * other
-
-
-def _looks_like_path(model: str) -> bool:
-    """True for things only a file system path can be (a hub id is ``name`` or ``owner/name``)."""
-    return os.path.isabs(model) or model.startswith((".", "~")) or model.count("/") > 1 or "\\" in model
 
 
 class TextToImageGenerator:
@@ -377,7 +372,7 @@ class TextToImageGenerator:
         """``from_pretrained``, turning every "the model is not here" failure into an instruction."""
         folder = Path(self.model).expanduser()
         download = f"hf download stable-diffusion-v1-5/stable-diffusion-v1-5 --local-dir {folder}"
-        if not folder.is_dir() and _looks_like_path(self.model):
+        if not folder.is_dir() and looks_like_path(self.model):
             raise GeneratorUnavailableError(
                 f"Stable Diffusion folder {self.model!r} does not exist. On a machine with internet, "
                 f"download a model into it (e.g. `{download}`), or set generator.model to an existing "
@@ -439,7 +434,7 @@ def weights_identity(model: str, revision: str) -> tuple[str, str | None]:
     folder = Path(model).expanduser()
     if folder.is_dir():
         return f"folder:{folder_digest(folder)}", None
-    if _looks_like_path(model):
+    if looks_like_path(model):
         return f"folder-missing:{folder.resolve()}", None
     from huggingface_hub import constants
     from huggingface_hub.file_download import repo_folder_name
