@@ -6,6 +6,7 @@
     python bench/robustness.py run this_round # the combination with mix.choose=this_round, every seed
     python bench/robustness.py run matrix     # then: the combination with re-estimated statistics, controls
     python bench/robustness.py run uncapped   # then: the same without the augmented model's step cap
+    python bench/robustness.py run groupnorm_seeds  # then: ResNet-18 with GroupNorm, every seed, both generators
     python bench/robustness.py report         # bench/results/robustness.json/.md and the plots
 
 Setting: bench/convergence.py's (digits, 20 clients, alpha 0.1, 30 rounds, ResNet-18 with BatchNorm),
@@ -38,6 +39,7 @@ STEPS = "augmented.max_steps=10"  # the augmented model moves as far per round a
 PROBE = "mix.probe_fraction=0.5"  # the policy with the burden of proof (mix.evidence_z), half the nodes scoring
 NOW = ("mix.choose=this_round", "mix.step=1.0")  # the probe scores this round's mixes and picks this round's kappa
 GROUPNORM = ("model.norm=group", "client.lr=0.005", "augmented.lr=0.005")  # the control_groupnorm piece's model and lr (the server's too)
+FEDAVG_GN = GROUPNORM[:2]  # FedAvg trains no augmented model
 COMBO = [ADAPTIVE, "mix.bn_stats=mixed", PROBE, STEPS, "augmented.filter.mode=confidence"]
 # The same with BatchNorm statistics re-estimated on every node (bench/bn_diagnostic.py: the combination's
 # final model on seed 1 scores 0.825 with mixed statistics, 0.911 with every node's re-estimate).
@@ -136,6 +138,24 @@ PLANS = {
     "groupnorm": [
         (FONTS, [*COMBO, *GROUPNORM, "seed=0"]),
         (FONTS, [CONSTANT, "mix.bn_stats=mixed", *GROUPNORM, "seed=0"]),
+    ],
+    # Then: GroupNorm on every seed, both generators, each against FedAvg with GroupNorm of the same seed
+    # (GenFL's own constant-kappa runs with GroupNorm last).
+    "groupnorm_seeds": [
+        (FONTS, [*COMBO, *GROUPNORM, "seed=1"]),
+        (FEDAVG[0], FEDAVG[1] + [*FEDAVG_GN, "seed=1"]),
+        (FONTS, [*COMBO, *GROUPNORM, "seed=2"]),
+        (FEDAVG[0], FEDAVG[1] + [*FEDAVG_GN, "seed=2"]),
+        (DIGITS, [*COMBO, *GROUPNORM, "seed=0"]),
+        (DIGITS, [CONSTANT, "mix.bn_stats=mixed", *GROUPNORM, "seed=0"]),
+        (FEDAVG[0], FEDAVG[1] + [*FEDAVG_GN, "seed=0"]),  # convergence.json's, re-run on this code
+        (DIGITS, [*COMBO, *GROUPNORM, "seed=1"]),
+        (DIGITS, [*COMBO, *GROUPNORM, "seed=2"]),
+        (DIGITS, [CONSTANT, "mix.bn_stats=mixed", *GROUPNORM, "seed=1"]),
+        (DIGITS, [CONSTANT, "mix.bn_stats=mixed", *GROUPNORM, "seed=2"]),
+        (FONTS, [CONSTANT, "mix.bn_stats=mixed", *GROUPNORM, "seed=0"]),
+        (FONTS, [CONSTANT, "mix.bn_stats=mixed", *GROUPNORM, "seed=1"]),
+        (FONTS, [CONSTANT, "mix.bn_stats=mixed", *GROUPNORM, "seed=2"]),
     ],
     # The combination with the probe's evidence used in the round it was measured (mix.choose=this_round).
     "this_round": [
