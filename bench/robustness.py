@@ -6,6 +6,7 @@
     python bench/robustness.py run this_round # the combination with mix.choose=this_round, every seed
     python bench/robustness.py run matrix     # then: the combination with re-estimated statistics, controls
     python bench/robustness.py run uncapped   # then: the same without the augmented model's step cap
+    python bench/robustness.py run max_rise   # then: the preset with kappa's climb capped (and GroupNorm's first jobs)
     python bench/robustness.py run groupnorm_seeds  # then: ResNet-18 with GroupNorm, every seed, both generators
     python bench/robustness.py report         # bench/results/robustness.json/.md and the plots
 
@@ -48,6 +49,9 @@ COMBO_RE = [ADAPTIVE, *RE, PROBE, STEPS, "augmented.filter.mode=confidence"]
 # Without the augmented model's step cap: with the in-distribution generator COMBO_RE reached 0.9 only in
 # round 8 (constant kappa: round 3-5); the cap slows what good synthetic data can give.
 UNCAPPED_RE = [ADAPTIVE, *RE, PROBE, "augmented.filter.mode=confidence"]
+# The preset with kappa_aug's climb capped (mix.max_rise): its worst rounds below FedAvg followed late jumps
+# of kappa from ~0 to 0.25-0.4 on one round's evidence (seed 0 rounds 20-23, seed 2 round 25).
+RISE = "mix.max_rise=0.05"
 PLANS = {
     # Screen: each mechanism alone on seed 0 with the shifted generator, against constant kappa (the
     # control_fonts piece's genfl run) and FedAvg; round-aware augmentation at 10 of 40 clients.
@@ -139,6 +143,19 @@ PLANS = {
         (FONTS, [*COMBO, *GROUPNORM, "seed=0"]),
         (FONTS, [CONSTANT, "mix.bn_stats=mixed", *GROUPNORM, "seed=0"]),
     ],
+    # The preset with the capped climb, interleaved with the GroupNorm jobs (which had started first).
+    "max_rise": [
+        (FONTS, [*COMBO, *GROUPNORM, "seed=1"]),
+        (FONTS, [*COMBO_RE, RISE, "seed=0"]),
+        (FONTS, [*COMBO_RE, RISE, "seed=1"]),
+        (FONTS, [*COMBO_RE, RISE, "seed=2"]),
+        (FEDAVG[0], FEDAVG[1] + [*FEDAVG_GN, "seed=1"]),
+        (FONTS, [*COMBO, *GROUPNORM, "seed=2"]),
+        (FEDAVG[0], FEDAVG[1] + [*FEDAVG_GN, "seed=2"]),
+        (DIGITS, [*COMBO_RE, RISE, "seed=0"]),
+        (DIGITS, [*COMBO_RE, RISE, "seed=1"]),
+        (DIGITS, [*COMBO_RE, RISE, "seed=2"]),
+    ],
     # Then: GroupNorm on every seed, both generators, each against FedAvg with GroupNorm of the same seed
     # (GenFL's own constant-kappa runs with GroupNorm last).
     "groupnorm_seeds": [
@@ -181,7 +198,7 @@ ARM = {"strategy": "strategy.name", "generator": "generator.corpus", "clients": 
        "filter": "augmented.filter.mode", "round_aware": "augmented.round_aware",
        "probe_fraction": "mix.probe_fraction", "evidence_z": "mix.evidence_z", "freeze_bn": "augmented.freeze_bn",
        "aug_steps": "augmented.max_steps", "choose": "mix.choose", "step": "mix.step", "norm": "model.norm",
-       "lr": "client.lr", "bn_fraction": "mix.bn_fraction"}
+       "lr": "client.lr", "bn_fraction": "mix.bn_fraction", "max_rise": "mix.max_rise"}
 DEFAULTS = {("filter", "none"), ("round_aware", False), ("freeze_bn", False), ("fraction_train", 1.0),
             ("choose", "next_round"), ("step", 0.5), ("norm", "batch"), ("lr", 0.02), ("bn_fraction", 0.25)}  # left out of
 # labels (bn_fraction: the default when the first re-estimation arm ran; it says 1.0 where it was)
@@ -196,7 +213,7 @@ def _arm(run) -> dict:
     if arm["bn_stats"] != "reestimate":
         arm["bn_fraction"] = None
     if arm["kappa_policy"] != "adaptive":
-        arm.update(probe_fraction=None, evidence_z=None, choose=None, step=None)
+        arm.update(probe_fraction=None, evidence_z=None, choose=None, step=None, max_rise=None)
     elif arm["evidence_z"] is None:  # the first policy (before the burden of proof)
         arm["evidence_z"] = 0.0
     return arm

@@ -234,7 +234,13 @@ def adaptive_kappa(cfg: DictConfig):
     for key in ("step", "low", "high", "evidence_z"):
         _check(_number(m[key]), f"mix.{key}", "must be a number", m[key])
     return AdaptiveKappa(current=float(cfg.strategy.kappa_aug), candidates=tuple(m.candidates), step=float(m.step),
-                         low=float(m.low), high=float(m.high), evidence_z=float(m.evidence_z))
+                         low=float(m.low), high=float(m.high), evidence_z=float(m.evidence_z),
+                         max_rise=_max_rise(m.get("max_rise")))
+
+
+def _max_rise(value):
+    _check(value is None or (_number(value) and 0 <= value <= 1), "mix.max_rise", "must be null or a number in [0, 1]", value)
+    return None if value is None else float(value)
 
 
 def _validate_reliability(cfg: DictConfig) -> None:

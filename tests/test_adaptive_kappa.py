@@ -52,6 +52,21 @@ def test_a_mix_must_beat_the_client_aggregate_by_more_than_the_nodes_disagreemen
     assert lenient.choose(dict(zip((0.0, 0.2), means)), dict(zip((0.0, 0.2), errors))) == 0.2
 
 
+def test_max_rise_caps_how_fast_kappa_climbs_but_not_how_fast_it_falls():
+    policy = AdaptiveKappa(current=0.0, candidates=(0.0, 0.5), step=0.5, low=0.0, high=0.5, max_rise=0.05)
+    helps, hurts = {0.0: 1.0, 0.5: 0.1}, {0.0: 0.1, 0.5: 1.0}
+    climbed = []
+    for _ in range(4):
+        assert policy.choose(helps) == 0.5  # the best candidate is reported as such; the step is capped
+        climbed.append(policy.current)
+    assert climbed == pytest.approx([0.05, 0.1, 0.15, 0.2])  # uncapped: 0.25 after one round
+    policy.choose(hurts)
+    assert policy.current == pytest.approx(0.1)  # halfway down in one round, as without the cap
+    uncapped = AdaptiveKappa(current=0.0, candidates=(0.0, 0.5), step=0.5, low=0.0, high=0.5)
+    uncapped.choose(helps)
+    assert uncapped.current == pytest.approx(0.25)
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(candidates=(0.1, 0.3)), "must contain 0.0"),
     (dict(candidates=()), "non-empty"),
@@ -60,6 +75,7 @@ def test_a_mix_must_beat_the_client_aggregate_by_more_than_the_nodes_disagreemen
     (dict(high=1.0), "high < 1"),
     (dict(low=0.4), "must lie in"),
     (dict(evidence_z=-1.0), "evidence_z"),
+    (dict(max_rise=-0.1), "mix.max_rise"),
 ])
 def test_bad_policy_settings_are_named(kwargs, message):
     settings = dict(current=0.3, candidates=(0.0, 0.3), step=0.5, low=0.0, high=0.5) | kwargs
@@ -381,6 +397,8 @@ def test_the_clientapp_reports_batchnorm_statistics_of_the_received_model():
     (["mix.bn_stats=reestimate", "model.norm=group"], "reestimate needs BatchNorm"),
     (["mix.probe_fraction=0"], "mix.probe_fraction: must be in (0, 1]"),
     (["mix.choose=later"], "mix.choose: must be one of next_round, this_round"),
+    (["mix.kappa_policy=adaptive", "mix.max_rise=2"], "mix.max_rise: must be null or a number in [0, 1]"),
+    (["mix.kappa_policy=adaptive", "mix.max_rise=fast"], "mix.max_rise: must be null or a number in [0, 1]"),
     (["augmented.max_steps=0"], "augmented.max_steps: must be null"),
     (["augmented.freeze_bn=maybe"], "augmented.freeze_bn: must be true or false"),
     (["augmented.filter.mode=confidence", "augmented.filter.keep_ratio=1.5"], "augmented.filter.keep_ratio"),
