@@ -77,7 +77,10 @@ def load(run_dir: Path, config: dict) -> dict:
 
 
 def _differences(saved: dict, current: dict) -> list[str]:
-    """Flattened config keys that differ, except those that do not change results (paths, devices, ...)."""
+    """Flattened config keys that differ, except those that do not change results (paths, devices, ...).
+    A setting added to conf/ after the checkpoint was written is no difference while it is null (off):
+    an upgrade must not strand interrupted runs."""
     saved, current = flatten(saved), flatten(current)
     keys = sorted(k for k in set(saved) | set(current) if not result_neutral(k))
-    return [k for k in keys if saved.get(k, "<missing>") != current.get(k, "<missing>")]
+    added_off = {k for k in keys if k not in saved and current.get(k, "<missing>") is None}
+    return [k for k in keys if k not in added_off and saved.get(k, "<missing>") != current.get(k, "<missing>")]
