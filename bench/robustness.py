@@ -52,6 +52,7 @@ UNCAPPED_RE = [ADAPTIVE, *RE, PROBE, "augmented.filter.mode=confidence"]
 # The preset with kappa_aug's climb capped (mix.max_rise): its worst rounds below FedAvg followed late jumps
 # of kappa from ~0 to 0.25-0.4 on one round's evidence (seed 0 rounds 20-23, seed 2 round 25).
 RISE = "mix.max_rise=0.05"
+NULL_LR = "client.lr=0.019"  # FedAvg against itself, slightly perturbed
 PLANS = {
     # Screen: each mechanism alone on seed 0 with the shifted generator, against constant kappa (the
     # control_fonts piece's genfl run) and FedAvg; round-aware augmentation at 10 of 40 clients.
@@ -153,6 +154,14 @@ PLANS = {
         (DIGITS, [*COMBO_RE, RISE, "seed=0"]),
         (DIGITS, [*COMBO_RE, RISE, "seed=1"]),
         (DIGITS, [*COMBO_RE, RISE, "seed=2"]),
+        # Does the capped climb make the step cap unnecessary (the cap slowed the in-distribution generator)?
+        (FONTS, [*UNCAPPED_RE, RISE, "seed=0"]),
+        (DIGITS, [*UNCAPPED_RE, RISE, "seed=0"]),
+        # The bar's noise floor: FedAvg itself with a 5% smaller lr (same partitions, same data; nothing that
+        # should change its accuracy) against FedAvg: how far below does it fall in its worst round?
+        (FEDAVG[0], FEDAVG[1] + [NULL_LR, "seed=0"]),
+        (FEDAVG[0], FEDAVG[1] + [NULL_LR, "seed=1"]),
+        (FEDAVG[0], FEDAVG[1] + [NULL_LR, "seed=2"]),
         (FEDAVG[0], FEDAVG[1] + [*FEDAVG_GN, "seed=1"]),
         (FONTS, [*COMBO, *GROUPNORM, "seed=2"]),
         (FEDAVG[0], FEDAVG[1] + [*FEDAVG_GN, "seed=2"]),
@@ -203,6 +212,7 @@ ARM = {"strategy": "strategy.name", "generator": "generator.corpus", "clients": 
 DEFAULTS = {("filter", "none"), ("round_aware", False), ("freeze_bn", False), ("fraction_train", 1.0),
             ("choose", "next_round"), ("step", 0.5), ("norm", "batch"), ("lr", 0.02), ("bn_fraction", 0.25)}  # left out of
 # labels (bn_fraction: the default when the first re-estimation arm ran; it says 1.0 where it was)
+REFERENCE_LR = {"batch": 0.02, "group": 0.005}  # FedAvg's lr per norm (conf default; control_groupnorm's)
 FROM_ROUND = 5  # "never more than 0.02 below FedAvg at any round from round 5 on"
 
 
@@ -311,6 +321,11 @@ _SUMMARY = ("runs", "final_accuracy_mean", "final_accuracy_std", "at_or_above_fe
             f"worst_gap_from_round_{FROM_ROUND}")
 
 
+def _reference(run) -> bool:
+    """A FedAvg run at its norm's own lr: the baseline (the NULL_LR runs are compared with it instead)."""
+    return run.config["strategy.name"] == "fedavg" and run.config["client.lr"] == REFERENCE_LR[run.config["model.norm"]]
+
+
 def _kept(out: Path) -> list[dict]:
     """The arms of the committed robustness.json that this benchmark ran (not convergence.json's): a
     session's run folders may be gone (a snapshot under /tmp), their per-round curves are not."""
@@ -329,12 +344,13 @@ def report(root: Path, out: Path) -> int:
         runs += [r for r in found if r.config["partition.alpha"] == 0.1 and r.config["num_rounds"] == 30]
         problems += piece_problems
     fedavg = {(r.config["seed"], r.config["federation.num_clients"], r.config["model.norm"]): dict(zip(*r.curve))
-              for r in runs if r.config["strategy.name"] == "fedavg" and r.config["mix.bn_stats"] != "reestimate"}
+              for r in runs if _reference(r) and r.config["mix.bn_stats"] != "reestimate"}
     fedavg_re = {(r.config["seed"], r.config["federation.num_clients"], r.config["model.norm"]): dict(zip(*r.curve))
-                 for r in runs if r.config["strategy.name"] == "fedavg" and r.config["mix.bn_stats"] == "reestimate"}
+                 for r in runs if _reference(r) and r.config["mix.bn_stats"] == "reestimate"}
     kept = _kept(out)
     for arm in kept:  # FedAvg runs of earlier sessions whose folders are gone
-        for r in arm["runs"] if arm["strategy"] == "fedavg" else []:
+        reference = arm["strategy"] == "fedavg" and (arm.get("lr") or 0.02) == REFERENCE_LR[arm.get("norm") or "batch"]
+        for r in arm["runs"] if reference else []:
             fedavg.setdefault((r["seed"], arm["clients"], arm.get("norm") or "batch"), dict(enumerate(r["accuracy_by_round"])))
     for arm in _earlier_fedavg():  # FedAvg curves of the earlier benchmark, where not re-run
         fedavg.setdefault(arm[0], arm[1])
@@ -345,7 +361,7 @@ def report(root: Path, out: Path) -> int:
         entry = arms.setdefault(label, {**arm, "label": label, "runs": []})
         rounds, accuracy = run.curve
         base = fedavg.get((run.config["seed"], run.config["federation.num_clients"], run.config["model.norm"]))
-        versus = _versus(rounds, accuracy, base) if arm["strategy"] != "fedavg" else None
+        versus = None if _reference(run) else _versus(rounds, accuracy, base)
         # GenFL with re-estimated statistics against FedAvg with the same statistics: the synthetic data's share
         control = None
         if arm["strategy"] != "fedavg" and arm["bn_stats"] == "reestimate":
@@ -436,7 +452,7 @@ def _plot(arms: list[dict], out: Path) -> None:
                 "10 of 40 clients per round": lambda a: a["clients"] == 40}
     for title, chosen in settings.items():
         shown = [a for a in arms if chosen(a) and (a["clients"] == 40 or any(p in a["label"] + " " for p in PLOTTED))
-                 and a.get("norm") in (None, "batch") and "this_round" not in a["label"]]
+                 and a.get("norm") in (None, "batch") and "this_round" not in a["label"] and "lr=0.019" not in a["label"]]
         if len(shown) < 2:
             continue
         fig, ax = plt.subplots(figsize=(11, 5.5))
