@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -27,7 +27,7 @@ from generation.cache import cache_key, generate_cached
 from generation.filtering import FilterSettings, per_class, score_confidence, select
 from generation.planning import plan_generation, requested_images
 from torchcore.data import Split
-from torchcore.train import TrainSettings, evaluate, load_numpy_state, state_to_numpy, train
+from torchcore.train import TrainSettings, batch_bounds, evaluate, load_numpy_state, state_to_numpy, train
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +71,7 @@ class AugmentedModelTrainer:
         overlap: bool,
         filter: FilterSettings | None = None,
         class_names: Sequence[str] | None = None,
+        steps_follow_trust: bool = False,
     ):
         self.make_generator = make_generator
         self.model = model
@@ -87,6 +88,7 @@ class AugmentedModelTrainer:
         self.class_names = None if class_names is None else tuple(class_names)
         if self.filter is not None and self.filter.mode == "clip" and not self.class_names:
             raise ValueError("augmented.filter.mode=clip needs the class names (class_names) to prompt CLIP with")
+        self.steps_follow_trust = steps_follow_trust
         self._selection: Selection | None = None
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="augmented-model") if overlap else None
 
@@ -128,14 +130,14 @@ class AugmentedModelTrainer:
         return None if selection is None else selection.kept
 
     def start(self, global_state: dict[str, np.ndarray], server_round: int,
-              class_weights: Sequence[float] | None = None) -> Future:
+              class_weights: Sequence[float] | None = None, trust: float | None = None) -> Future:
         """This round's augmented-model training, as a future of `train`'s result.
 
         Bad ``class_weights`` raise ValueError here, in the caller's thread."""
         class_weights = self._checked_weights(class_weights)
         if self._pool is not None:
-            return self._pool.submit(self.train, global_state, server_round, class_weights)
-        return _Deferred(lambda: self.train(global_state, server_round, class_weights))
+            return self._pool.submit(self.train, global_state, server_round, class_weights, trust)
+        return _Deferred(lambda: self.train(global_state, server_round, class_weights, trust))
 
     def close(self) -> None:
         """Wait for training still running and stop the thread (a failed run must not leave it behind)."""
@@ -143,7 +145,7 @@ class AugmentedModelTrainer:
             self._pool.shutdown(wait=True)
 
     def train(self, global_state: dict[str, np.ndarray], server_round: int,
-              class_weights: Sequence[float] | None = None) -> tuple[dict[str, np.ndarray], dict]:
+              class_weights: Sequence[float] | None = None, trust: float | None = None) -> tuple[dict[str, np.ndarray], dict]:
         """w_aug: the global model after ``settings.epochs`` on the synthetic set, plus its test metrics.
 
         With a filter, the images are first scored by the global model as given (before training) on
@@ -152,6 +154,9 @@ class AugmentedModelTrainer:
         samples as the (kept) set holds, image i with probability proportional to
         ``class_weights[label_i] / count[label_i]``, so class c makes up a share ``class_weights[c]``
         (normalised over the classes the set holds) of what is trained on; seeded like the shuffle.
+        ``trust`` in [0, 1] (with ``steps_follow_trust``): the step cap moves that share of the way from
+        ``settings.max_steps`` to every batch of every epoch, so the augmented model goes only as far
+        from w(t) as the clients' evidence trusts the synthetic data (strategy: kappa_aug / its start).
         """
         if self.synthetic is None or len(self.synthetic) < 2:
             raise RuntimeError("the augmented model has no synthetic data: prepare() produced fewer than 2 images")
@@ -166,10 +171,13 @@ class AugmentedModelTrainer:
             sample_weights, effective = _sample_weights(data.labels, class_weights)
             metrics["augmented_class_weights"] = [round(w, 4) for w in effective]
         seed = self.seed * 7_919 + server_round
+        settings = self._settings(len(data), trust)
+        if settings is not self.settings:
+            metrics["augmented_steps"] = settings.max_steps
         if sample_weights is None:  # exactly the call (and numbers) of a run without the option
-            loss = train(self.model, data, self.settings, self.device, seed=seed)
+            loss = train(self.model, data, settings, self.device, seed=seed)
         else:
-            loss = train(self.model, data, self.settings, self.device, seed=seed, sample_weights=sample_weights)
+            loss = train(self.model, data, settings, self.device, seed=seed, sample_weights=sample_weights)
         seconds = time.perf_counter() - started
         test_loss, test_accuracy = evaluate(self.model, self.test, self.device, self.eval_batch_size, self.settings.fast_cuda)
         metrics = {
@@ -180,6 +188,16 @@ class AugmentedModelTrainer:
             **metrics,
         }
         return state_to_numpy(self.model), metrics
+
+    def _settings(self, images: int, trust: float | None) -> TrainSettings:
+        """This round's training settings: the step cap scaled by ``trust`` when steps follow it."""
+        cap = self.settings.max_steps
+        if not self.steps_follow_trust or trust is None or cap is None:
+            return self.settings
+        if not 0.0 <= trust <= 1.0:
+            raise ValueError(f"trust must be in [0, 1] (got {trust})")
+        full = self.settings.epochs * len(batch_bounds(images, self.settings.batch_size))  # every batch
+        return replace(self.settings, max_steps=max(1, round(cap + trust * max(full - cap, 0))))
 
     def _filtered(self, server_round: int) -> tuple[Split, dict]:
         """This round's training set and the filter's metrics (the model holds the global state)."""

@@ -230,4 +230,5 @@ def _augmenter(cfg: DictConfig, model: torch.nn.Module, device: torch.device, te
         overlap=cfg.server.overlap,
         filter=filter_settings(cfg),
         class_names=class_names(cfg),
+        steps_follow_trust=aug.steps_follow_kappa,
     )

@@ -162,6 +162,11 @@ def _validate_genfl(cfg: DictConfig) -> None:
     _check(_number(aug.lr) and aug.lr > 0, "augmented.lr", "must be > 0", aug.lr)
     _check(isinstance(aug.round_aware, bool), "augmented.round_aware", "must be true or false", aug.round_aware)
     _check(isinstance(aug.freeze_bn, bool), "augmented.freeze_bn", "must be true or false", aug.freeze_bn)
+    _check(isinstance(aug.steps_follow_kappa, bool), "augmented.steps_follow_kappa", "must be true or false",
+           aug.steps_follow_kappa)
+    _check(not aug.steps_follow_kappa or (cfg.mix.kappa_policy == "adaptive" and aug.max_steps is not None),
+           "augmented.steps_follow_kappa", "needs mix.kappa_policy=adaptive and an integer augmented.max_steps "
+           "(the step count at kappa_aug 0)", aug.steps_follow_kappa)
     _check(aug.max_steps is None or (isinstance(aug.max_steps, int) and aug.max_steps >= 1), "augmented.max_steps",
            "must be null (every batch of every epoch) or an integer >= 1", aug.max_steps)
     _check(_number(aug.round_aware_floor) and 0 <= aug.round_aware_floor <= 1, "augmented.round_aware_floor",

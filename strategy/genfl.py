@@ -53,7 +53,7 @@ class Augmenter(Protocol):
     def prepare(self, global_histogram: Sequence[int], plan: dict[int, int] | None = None) -> dict: ...
 
     def start(self, global_state: dict[str, np.ndarray], server_round: int,
-              class_weights: Sequence[float] | None = None) -> Future: ...
+              class_weights: Sequence[float] | None = None, trust: float | None = None) -> Future: ...
 
     def close(self) -> None: ...
 
@@ -185,8 +185,15 @@ class GenFL(Strategy):
             self._sent = self._with_histograms(server_round, grid, config)
         if kappa_aug > 0 or self.adaptive is not None:  # adaptive: kappa_aug 0 now may rise again
             self._augmented = self.augmenter.start({k: v.copy() for k, v in self._current.items()}, server_round,
-                                                   class_weights=self._class_weights())
+                                                   class_weights=self._class_weights(), trust=self._trust())
         return self._sent
+
+    def _trust(self) -> float | None:
+        """How far the evidence trusts the synthetic data: adaptive kappa_aug over its starting value,
+        in [0, 1] (the augmenter may scale its step count by it: augmented.steps_follow_kappa)."""
+        if self.adaptive is None or self.kappa.kappa_aug <= 0:
+            return None
+        return min(1.0, self.adaptive.current / self.kappa.kappa_aug)
 
     def _class_weights(self) -> list[float] | None:
         """Round-aware augmentation (the paper's mechanism 3): weight the classes this round's training

@@ -38,6 +38,7 @@ class RoundStats:
     augmented_test_accuracy: float | None = None
     augmented_train_seconds: float | None = None
     images_used: int | None = None  # synthetic images the augmented model trained on this round
+    augmented_steps: int | None = None  # augmented.steps_follow_kappa: this round's step cap
     augmented_class_weights: list | None = None  # round-aware augmentation: sampling weight per class this round
     synthetic_scored: int | None = None  # filtering: images scored this round (or at generation)
     synthetic_kept: int | None = None

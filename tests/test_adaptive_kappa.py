@@ -16,7 +16,7 @@ from conf_defaults import reliability
 from local_grid import LocalGrid
 from strategy.genfl import GenFL
 from strategy.kappa import AdaptiveKappa, KappaError, KappaSchedule
-from test_genfl_strategy import FixedAugmenter, _numpy, _record, _state
+from test_genfl_strategy import FixedAugmenter, _numpy, _record, _state, genfl
 from torchcore.mixing import combine_bn_statistics, eq1
 
 
@@ -226,6 +226,16 @@ def test_a_harmful_augmented_model_is_turned_down_toward_fedavg():
     assert rows[-1].kappa_next == pytest.approx(0.01875)
 
 
+def test_the_augmenter_is_told_how_far_the_evidence_trusts_the_synthetic_data():
+    grid = LocalGrid({i: scoring_node([5, 5, 5], i, lambda g: _state(TARGET)) for i in range(3)})
+    augmenter = FixedAugmenter(_state([-20.0, 40.0]))
+    _start(adaptive_genfl(augmenter, rounds=4), grid, 4)
+    assert augmenter.trust == pytest.approx([1.0, 0.5, 0.25, 0.125])  # kappa_aug over its start, 0.3
+    constant = FixedAugmenter(_state([-20.0, 40.0]))
+    _start(genfl(0.7, 0.3, augmenter=constant, rounds=2), LocalGrid({0: scoring_node([5, 5, 5], 0, lambda g: _state(TARGET))}), 2)
+    assert constant.trust == [None, None]  # a constant kappa says nothing about trust
+
+
 def test_a_helpful_augmented_model_is_turned_up_to_the_bound():
     # Clients do not move the model; the augmented model sits at the optimum: the best mix leans on it.
     grid = LocalGrid({i: scoring_node([5, 5, 5], i, lambda g: _state([0.0, 0.0])) for i in range(3)})
@@ -401,6 +411,8 @@ def test_the_clientapp_reports_batchnorm_statistics_of_the_received_model():
     (["mix.kappa_policy=adaptive", "mix.max_rise=fast"], "mix.max_rise: must be null or a number in [0, 1]"),
     (["augmented.max_steps=0"], "augmented.max_steps: must be null"),
     (["augmented.freeze_bn=maybe"], "augmented.freeze_bn: must be true or false"),
+    (["augmented.steps_follow_kappa=true", "augmented.max_steps=10"], "augmented.steps_follow_kappa: needs mix.kappa_policy=adaptive"),
+    (["augmented.steps_follow_kappa=true", "mix.kappa_policy=adaptive"], "augmented.steps_follow_kappa: needs"),
     (["augmented.filter.mode=confidence", "augmented.filter.keep_ratio=1.5"], "augmented.filter.keep_ratio"),
 ])
 def test_bad_mix_settings_are_one_line_config_errors(make_config, overrides, message):

@@ -83,6 +83,45 @@ def test_augmented_model_trains_on_the_synthetic_set(sd_config):
     assert (metrics["augmented_test_accuracy"], metrics["images_used"]) == (accuracy, 3)
 
 
+def _trainer_on(images, max_steps, follow):
+    """An augmented-model trainer holding ``images`` random 3x8x8 images of 4 classes (no generator needed)."""
+    torch.manual_seed(0)
+    model = seeded_model(0, num_classes=4, in_channels=3, mean=[0.5] * 3, std=[0.25] * 3)
+    test = Split(torch.randint(0, 256, (8, 3, 8, 8), dtype=torch.uint8), torch.arange(8) % 4)
+    trainer = AugmentedModelTrainer(
+        make_generator=lambda: None, model=model, device=torch.device("cpu"), test=test, eval_batch_size=8,
+        settings=train_settings(epochs=2, batch_size=4, lr=0.05, momentum=0.9, weight_decay=0.0, max_steps=max_steps),
+        policy="balance", budget=None, per_class=0, target=None, seed=0, cache_dir=None, overlap=False,
+        steps_follow_trust=follow)
+    trainer.synthetic = Split(torch.randint(0, 256, (images, 3, 8, 8), dtype=torch.uint8), torch.arange(images) % 4)
+    return trainer, state_to_numpy(model)
+
+
+@pytest.mark.parametrize("trust, same_as_cap, steps", [(0.0, 2, 2), (0.5, 6, 6), (1.0, None, 10)])
+def test_steps_follow_trust_from_the_cap_to_every_batch(trust, same_as_cap, steps):
+    torch.set_num_threads(1)
+    # 20 images, batch 4, 2 epochs: 10 batches in all; cap 2 at trust 0, 2 + 0.5 * 8 = 6 at trust 0.5.
+    follows, start = _trainer_on(20, max_steps=2, follow=True)
+    state, metrics = follows.train(start, server_round=1, trust=trust)
+    assert metrics["augmented_steps"] == steps
+    fixed, _ = _trainer_on(20, max_steps=same_as_cap, follow=False)
+    expected, _ = fixed.train(start, server_round=1, trust=trust)  # ignored without steps_follow_trust
+    for key in expected:
+        np.testing.assert_array_equal(state[key], expected[key])
+
+
+def test_without_the_option_or_a_trust_the_cap_holds_and_a_bad_trust_is_refused():
+    fixed, start = _trainer_on(20, max_steps=2, follow=False)
+    capped, _ = _trainer_on(20, max_steps=2, follow=True)
+    a, _ = fixed.train(start, server_round=1, trust=1.0)
+    b, metrics = capped.train(start, server_round=1, trust=None)
+    assert "augmented_steps" not in metrics
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    with pytest.raises(ValueError, match="trust must be in"):
+        capped.train(start, server_round=1, trust=1.5)
+
+
 def test_pregenerate_fills_the_cache_that_the_run_reads(sd_config, capsys):
     from cli.generate import main
 

@@ -67,14 +67,16 @@ class FixedAugmenter:
 
     def __init__(self, state, grid=None):
         self.state, self.grid, self.trained_from, self.prepared, self.class_weights = state, grid, [], None, []
+        self.trust = []
 
     def prepare(self, histogram, plan=None):
         self.prepared = (list(histogram), len(self.grid.sent) if self.grid else None)
         return {"plan": {0: 1}, "images_synthesized": 1, "generation_seconds": 0.0}
 
-    def start(self, global_state, server_round, class_weights=None):
+    def start(self, global_state, server_round, class_weights=None, trust=None):
         self.trained_from.append((server_round, {k: v.copy() for k, v in global_state.items()}))
         self.class_weights.append(class_weights)
+        self.trust.append(trust)
         done = Future()
         done.set_result((self.state, {"augmented_test_accuracy": 0.5}))
         return done
