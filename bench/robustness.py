@@ -432,11 +432,27 @@ def report(root: Path, out: Path) -> int:
     return 0
 
 
-# What the plots show (every arm is in robustness.md/.json): the baselines, the chosen configuration and
-# its parts, so that each seed's curve stays readable.
-PLOTTED = ("fedavg", "bn_stats=reestimate, bn_fraction=1.0", "constant, bn_stats=mixed (convergence",
-           "aug_steps=10", "kappa_policy=adaptive, bn_stats=mixed, probe_fraction=0.5, evidence_z=1.0 ",
-           "fraction_train=0.25")
+# What the plots show (every arm is in robustness.md/.json): the baselines, constant kappa and the preset
+# before and after each change, one panel per seed so that every curve stays readable.
+def _shown(arm: dict) -> str | None:
+    """The plot's name for an arm, or None when it is left out of the plot."""
+    if arm["clients"] == 40:
+        return _short(arm["label"])
+    if arm.get("norm") not in (None, "batch") or (arm.get("lr") or 0.02) != 0.02:
+        return None
+    if arm["strategy"] == "fedavg":
+        return "FedAvg, BN re-estimated" if arm.get("bn_stats") == "reestimate" else "FedAvg"
+    earlier = "constant, bn_stats=mixed (convergence" in arm["label"]  # convergence.json's arms name it in the label
+    if earlier or (arm.get("kappa_policy") == "constant" and arm.get("bn_stats") == "mixed" and not arm.get("aug_steps")
+                   and arm.get("filter") in (None, "none")):
+        return "GenFL, constant kappa 0.3"
+    preset = (arm.get("kappa_policy") == "adaptive" and arm.get("bn_stats") == "reestimate" and arm.get("aug_steps") == 10
+              and arm.get("filter") == "confidence" and arm.get("bn_fraction") == 1.0 and arm.get("choose") in (None, "next_round"))
+    if not preset:
+        return None
+    if arm.get("steps_follow_kappa"):
+        return "preset, max_rise 0.05, steps follow kappa"
+    return "preset, max_rise 0.05" if arm.get("max_rise") else "preset without max_rise"
 
 
 def _short(label: str) -> str:
@@ -455,24 +471,32 @@ def _plot(arms: list[dict], out: Path) -> None:
     settings = {"fonts (shifted) generator, 20 clients": lambda a: a["clients"] == 20 and a["generator"] in (None, "fonts"),
                 "in-distribution generator, 20 clients": lambda a: a["clients"] == 20 and a["generator"] in (None, "digits-public"),
                 "10 of 40 clients per round": lambda a: a["clients"] == 40}
+    colors = {"FedAvg": "black", "FedAvg, BN re-estimated": "grey", "GenFL, constant kappa 0.3": "C3",
+              "preset without max_rise": "C0", "preset, max_rise 0.05": "C2", "preset, max_rise 0.05, steps follow kappa": "C1"}
     for title, chosen in settings.items():
-        shown = [a for a in arms if chosen(a) and (a["clients"] == 40 or any(p in a["label"] + " " for p in PLOTTED))
-                 and a.get("norm") in (None, "batch") and "this_round" not in a["label"] and "lr=0.019" not in a["label"]]
-        if len(shown) < 2:
+        shown = [(name, a) for a in arms if chosen(a) and (name := _shown(a))]
+        seeds = sorted({r["seed"] for _, a in shown for r in a["runs"] if isinstance(r["seed"], int)})
+        if len(shown) < 2 or not seeds:
             continue
-        fig, ax = plt.subplots(figsize=(11, 5.5))
-        for i, arm in enumerate(shown):
-            color = ("black" if arm.get("bn_stats") is None else "grey") if arm["strategy"] == "fedavg" else f"C{i}"
-            for j, run in enumerate(arm["runs"]):  # every seed's curve, not only the mean
-                ax.plot(range(len(run["accuracy_by_round"])), run["accuracy_by_round"], color=color,
-                        lw=1.3, alpha=0.85, ls=("-", "--", ":")[j % 3], label=f"{_short(arm['label'])} (seed {run['seed']})")
-        ax.set_xlabel("round")
-        ax.set_ylabel("test accuracy")
-        ax.set_ylim(0.3 if "fonts" in title else 0, 1)
-        ax.grid(alpha=0.3)
-        ax.set_title(f"GenFL vs FedAvg, digits alpha 0.1: {title}")
-        ax.legend(fontsize=6.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-        fig.tight_layout()
+        fig, axes = plt.subplots(1, len(seeds), figsize=(4.6 * len(seeds) + 1, 4.8), sharey=True, squeeze=False)
+        for ax, seed in zip(axes[0], seeds):
+            for i, (name, arm) in enumerate(shown):
+                for run in arm["runs"]:
+                    mean = not isinstance(run["seed"], int)  # an earlier benchmark kept only the seeds' mean
+                    if run["seed"] == seed or mean:
+                        curve = run["accuracy_by_round"]
+                        ax.plot(range(len(curve)), curve, color=colors.get(name, f"C{4 + i}"), lw=1.4, ls=":" if mean else "-",
+                                label=name + (" (mean of seeds)" if mean else ""))
+            ax.set_title(f"seed {seed}")
+            ax.set_xlabel("round")
+            ax.set_ylim(0.3 if "fonts" in title else 0, 1)
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("test accuracy")
+        named = dict(zip(*reversed(axes[0][0].get_legend_handles_labels())))  # one entry per name
+        handles, labels = list(named.values()), list(named)
+        fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8)
+        fig.suptitle(f"GenFL vs FedAvg, digits, alpha 0.1: {title}")
+        fig.tight_layout(rect=(0, 0.1, 1, 1))
         name = "fonts" if "fonts" in title else "digits" if "in-distribution" in title else "participation"
         fig.savefig(out / f"robustness_{name}.png", dpi=110)
         plt.close(fig)
