@@ -159,6 +159,10 @@ PLANS = {
         # model's steps follow the evidence, from the cap at kappa 0 to every batch at the starting kappa.
         (DIGITS, [*COMBO_RE, RISE, FOLLOW, "seed=0"]),
         (FONTS, [*COMBO_RE, RISE, FOLLOW, "seed=0"]),
+        (FONTS, [*COMBO_RE, RISE, FOLLOW, "seed=1"]),
+        (FONTS, [*COMBO_RE, RISE, FOLLOW, "seed=2"]),
+        (DIGITS, [*COMBO_RE, RISE, FOLLOW, "seed=1"]),
+        (DIGITS, [*COMBO_RE, RISE, FOLLOW, "seed=2"]),
         # The bar's noise floor: FedAvg itself with a 5% smaller lr (same partitions, same data; nothing that
         # should change its accuracy) against FedAvg: how far below does it fall in its worst round?
         (FEDAVG[0], FEDAVG[1] + [NULL_LR, "seed=0"]),
