@@ -159,10 +159,8 @@ PLANS = {
         # model's steps follow the evidence, from the cap at kappa 0 to every batch at the starting kappa.
         (DIGITS, [*COMBO_RE, RISE, FOLLOW, "seed=0"]),
         (FONTS, [*COMBO_RE, RISE, FOLLOW, "seed=0"]),
-        (FONTS, [*COMBO_RE, RISE, FOLLOW, "seed=1"]),
-        (FONTS, [*COMBO_RE, RISE, FOLLOW, "seed=2"]),
-        (DIGITS, [*COMBO_RE, RISE, FOLLOW, "seed=1"]),
-        (DIGITS, [*COMBO_RE, RISE, FOLLOW, "seed=2"]),
+        # in-distribution 0.9 in round 3 (was 9) but 0.964; fonts 0.853 (was 0.919), worst gap -0.053: not
+        # run on seeds 1-2 (a stronger early pull toward shifted data again cost the late rounds)
         # The bar's noise floor: FedAvg itself with a 5% smaller lr (same partitions, same data; nothing that
         # should change its accuracy) against FedAvg: how far below does it fall in its worst round?
         (FEDAVG[0], FEDAVG[1] + [NULL_LR, "seed=0"]),
@@ -171,6 +169,10 @@ PLANS = {
         (FEDAVG[0], FEDAVG[1] + [*FEDAVG_GN, "seed=1"]),
         (FONTS, [*COMBO, *GROUPNORM, "seed=2"]),
         (FEDAVG[0], FEDAVG[1] + [*FEDAVG_GN, "seed=2"]),
+        # constant kappa with the in-distribution generator per seed (2026-11-26 kept only the seeds' mean)
+        (DIGITS, [CONSTANT, "mix.bn_stats=mixed", "seed=0"]),
+        (DIGITS, [CONSTANT, "mix.bn_stats=mixed", "seed=1"]),
+        (DIGITS, [CONSTANT, "mix.bn_stats=mixed", "seed=2"]),
     ],
     # Then: GroupNorm on every seed, both generators, each against FedAvg with GroupNorm of the same seed
     # (GenFL's own constant-kappa runs with GroupNorm last).
