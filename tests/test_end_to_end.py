@@ -94,6 +94,29 @@ def test_adaptive_kappa_and_reestimated_batchnorm_statistics_in_a_real_simulatio
 
 
 @pytest.mark.slow
+def test_the_untrusted_generator_preset_caps_kappas_climb_and_scales_the_augmented_steps_in_a_real_simulation(runs):
+    """The preset (+ steps_follow_kappa) through real ClientApps: kappa_aug falls at mix.step's pace but
+    climbs at most mix.max_rise per round; the augmented model's step cap follows kappa_aug / 0.3."""
+    from torchcore.train import batch_bounds
+
+    proc, run_dir = runs("preset", "strategy=genfl", "num_rounds=3", "seed=0", "+experiment=untrusted_generator",
+                         "augmented.steps_follow_kappa=true", "mix.probe_fraction=1.0")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = metrics(run_dir)
+    assert result["config"]["mix"]["max_rise"] == 0.05 and result["config"]["augmented"]["max_steps"] == 10
+    rows = result["rounds"][1:]
+    assert len(rows) == 3 and rows[0]["kappa_aug"] == 0.3
+    for row in rows:
+        toward = row["kappa_aug"] + 0.5 * (row["kappa_best"] - row["kappa_aug"])
+        assert row["kappa_next"] == pytest.approx(min(max(min(toward, row["kappa_aug"] + 0.05), 0.0), 0.5))
+        full = len(batch_bounds(row["images_used"], result["config"]["augmented"]["batch_size"]))  # one epoch
+        trust = min(1.0, row["kappa_aug"] / 0.3)
+        assert row["augmented_steps"] == max(1, round(10 + trust * max(full - 10, 0)))
+    assert rows[0]["augmented_steps"] > 10  # full trust in round 1: every batch
+    assert_nothing_left_running(run_dir)
+
+
+@pytest.mark.slow
 def test_adaptive_kappa_chosen_for_the_round_it_was_measured_in_a_real_simulation(runs):
     """mix.choose=this_round through real ClientApps: the nodes score this round's mixes in a query of
     their own (no evaluation step) and the round's model is the mix the evidence picked."""
