@@ -486,8 +486,12 @@ def _plot(arms: list[dict], out: Path) -> None:
         seeds = sorted({r["seed"] for _, a in shown for r in a["runs"] if isinstance(r["seed"], int)})
         if len(shown) < 2 or not seeds:
             continue
-        fig, axes = plt.subplots(1, len(seeds), figsize=(4.6 * len(seeds) + 1, 4.8), sharey=True, squeeze=False)
-        for ax, seed in zip(axes[0], seeds):
+        cols = min(len(seeds), 3)
+        rows = -(-len(seeds) // cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols + 1, 4.2 * rows + 0.6), sharey=True, squeeze=False)
+        for ax in axes.flat[len(seeds):]:
+            ax.set_visible(False)
+        for ax, seed in zip(axes.flat, seeds):
             for i, (name, arm) in enumerate(shown):
                 for run in arm["runs"]:
                     mean = not isinstance(run["seed"], int)  # an earlier benchmark kept only the seeds' mean
@@ -499,12 +503,13 @@ def _plot(arms: list[dict], out: Path) -> None:
             ax.set_xlabel("round")
             ax.set_ylim(0.3 if "fonts" in title else 0, 1)
             ax.grid(alpha=0.3)
-        axes[0][0].set_ylabel("test accuracy")
+        for row in axes:
+            row[0].set_ylabel("test accuracy")
         named = dict(zip(*reversed(axes[0][0].get_legend_handles_labels())))  # one entry per name
         handles, labels = list(named.values()), list(named)
         fig.legend(handles, labels, loc="lower center", ncol=min(len(labels), 3), fontsize=8)
         fig.suptitle(f"GenFL vs FedAvg, digits, alpha 0.1: {title}")
-        fig.tight_layout(rect=(0, 0.1, 1, 1))
+        fig.tight_layout(rect=(0, 0.1 / rows, 1, 1))
         name = "fonts" if "fonts" in title else "digits" if "in-distribution" in title else "participation"
         fig.savefig(out / f"robustness_{name}.png", dpi=110)
         plt.close(fig)
