@@ -9,6 +9,7 @@
     python bench/robustness.py run max_rise   # then: the preset with kappa's climb capped (and GroupNorm's first jobs)
     python bench/robustness.py run groupnorm_seeds  # then: ResNet-18 with GroupNorm, every seed, both generators
     python bench/robustness.py run constant_digits  # then: constant kappa, in-distribution generator, per seed
+    python bench/robustness.py run generator_check  # then: the preset with the generator check, both generators
     python bench/robustness.py report         # bench/results/robustness.json/.md and the plots
 
 Setting: bench/convergence.py's (digits, 20 clients, alpha 0.1, 30 rounds, ResNet-18 with BatchNorm),
@@ -55,6 +56,9 @@ UNCAPPED_RE = [ADAPTIVE, *RE, PROBE, "augmented.filter.mode=confidence"]
 RISE = "mix.max_rise=0.05"
 FOLLOW = "augmented.steps_follow_kappa=true"  # the step cap scaled by kappa_aug / its start value
 NULL_LR = "client.lr=0.019"  # FedAvg against itself, slightly perturbed
+# The generator check before round 1 (strategy/generator_check.py): the preset for a trusted generator
+# runs as constant kappa does, for an untrusted one as before.
+CHECK = "generator_check.enabled=true"
 PLANS = {
     # Screen: each mechanism alone on seed 0 with the shifted generator, against constant kappa (the
     # control_fonts piece's genfl run) and FedAvg; round-aware augmentation at 10 of 40 clients.
@@ -184,6 +188,16 @@ PLANS = {
         (DIGITS, [CONSTANT, "mix.bn_stats=mixed", "seed=1"]),
         (DIGITS, [CONSTANT, "mix.bn_stats=mixed", "seed=2"]),
     ],
+    # The preset with the generator check, both generators, every seed (in-distribution first: it should
+    # now be constant kappa's run; the fonts runs the preset's).
+    "generator_check": [
+        (DIGITS, [*COMBO_RE, RISE, CHECK, "seed=0"]),
+        (FONTS, [*COMBO_RE, RISE, CHECK, "seed=0"]),
+        (DIGITS, [*COMBO_RE, RISE, CHECK, "seed=1"]),
+        (FONTS, [*COMBO_RE, RISE, CHECK, "seed=1"]),
+        (DIGITS, [*COMBO_RE, RISE, CHECK, "seed=2"]),
+        (FONTS, [*COMBO_RE, RISE, CHECK, "seed=2"]),
+    ],
     # Then: GroupNorm on every seed, both generators, each against FedAvg with GroupNorm of the same seed
     # (GenFL's own constant-kappa runs with GroupNorm last).
     "groupnorm_seeds": [
@@ -227,10 +241,10 @@ ARM = {"strategy": "strategy.name", "generator": "generator.corpus", "clients": 
        "probe_fraction": "mix.probe_fraction", "evidence_z": "mix.evidence_z", "freeze_bn": "augmented.freeze_bn",
        "aug_steps": "augmented.max_steps", "choose": "mix.choose", "step": "mix.step", "norm": "model.norm",
        "lr": "client.lr", "bn_fraction": "mix.bn_fraction", "max_rise": "mix.max_rise",
-       "steps_follow_kappa": "augmented.steps_follow_kappa"}
+       "steps_follow_kappa": "augmented.steps_follow_kappa", "generator_check": "generator_check.enabled"}
 DEFAULTS = {("filter", "none"), ("round_aware", False), ("freeze_bn", False), ("fraction_train", 1.0),
             ("choose", "next_round"), ("step", 0.5), ("norm", "batch"), ("lr", 0.02), ("bn_fraction", 0.25),
-            ("steps_follow_kappa", False)}  # left out of
+            ("steps_follow_kappa", False), ("generator_check", False), ("generator_check", None)}  # left out of
 # labels (bn_fraction: the default when the first re-estimation arm ran; it says 1.0 where it was)
 REFERENCE_LR = {"batch": 0.02, "group": 0.005}  # FedAvg's lr per norm (conf default; control_groupnorm's)
 FROM_ROUND = 5  # "never more than 0.02 below FedAvg at any round from round 5 on"
@@ -240,7 +254,7 @@ def _arm(run) -> dict:
     arm = {name: run.config.get(key) for name, key in ARM.items()}
     if arm["strategy"] == "fedavg":  # no synthetic data: the mix settings mean nothing, but re-estimated statistics do
         arm.update(generator=None, kappa_policy=None, filter=None, round_aware=None, freeze_bn=None, aug_steps=None,
-                   steps_follow_kappa=None,
+                   steps_follow_kappa=None, generator_check=None,
                    choose=None, step=None, bn_stats="reestimate" if arm["bn_stats"] == "reestimate" else None)
     if arm["bn_stats"] != "reestimate":
         arm["bn_fraction"] = None
@@ -466,6 +480,8 @@ def _shown(arm: dict) -> str | None:
               and arm.get("filter") == "confidence" and arm.get("bn_fraction") == 1.0 and arm.get("choose") in (None, "next_round"))
     if not preset:
         return None
+    if arm.get("generator_check"):
+        return "preset with the generator check"
     if arm.get("steps_follow_kappa"):
         return "preset, max_rise 0.05, steps follow kappa"
     return "preset, max_rise 0.05" if arm.get("max_rise") else "preset without max_rise"
@@ -488,7 +504,8 @@ def _plot(arms: list[dict], out: Path) -> None:
                 "in-distribution generator, 20 clients": lambda a: a["clients"] == 20 and a["generator"] in (None, "digits-public"),
                 "10 of 40 clients per round": lambda a: a["clients"] == 40}
     colors = {"FedAvg": "black", "FedAvg, BN re-estimated": "grey", "GenFL, constant kappa 0.3": "C3",
-              "preset without max_rise": "C0", "preset, max_rise 0.05": "C2", "preset, max_rise 0.05, steps follow kappa": "C1"}
+              "preset without max_rise": "C0", "preset, max_rise 0.05": "C2", "preset, max_rise 0.05, steps follow kappa": "C1",
+              "preset with the generator check": "C4"}
     for title, chosen in settings.items():
         shown = [(name, a) for a in arms if chosen(a) and (name := _shown(a))]
         seeds = sorted({r["seed"] for _, a in shown for r in a["runs"] if isinstance(r["seed"], int)})
@@ -505,7 +522,9 @@ def _plot(arms: list[dict], out: Path) -> None:
                     mean = not isinstance(run["seed"], int)  # an earlier benchmark kept only the seeds' mean
                     if run["seed"] == seed or mean:
                         curve = run["accuracy_by_round"]
-                        ax.plot(range(len(curve)), curve, color=colors.get(name, f"C{4 + i}"), lw=1.4, ls=":" if mean else "-",
+                        # the check's runs retrace constant kappa's or the preset's: dashed, on top
+                        ax.plot(range(len(curve)), curve, color=colors.get(name, f"C{4 + i}"), lw=1.4,
+                                ls=":" if mean else "--" if name == "preset with the generator check" else "-",
                                 label=name + (" (mean of seeds)" if mean else ""))
             ax.set_title(f"seed {seed}")
             ax.set_xlabel("round")

@@ -189,6 +189,25 @@ class AugmentedModelTrainer:
         }
         return state_to_numpy(self.model), metrics
 
+    def reference(self, initial_state: dict[str, np.ndarray], epochs: int) -> tuple[dict[str, np.ndarray], float]:
+        """The generator check's model: ``initial_state`` trained ``epochs`` on the whole synthetic set
+        alone (every batch, no filter), and its accuracy on that set. The nodes then score it on their
+        real data; the ratio says how far a model of this generator's images carries to the federation's
+        (strategy/generator_check.py). Its own seed: the rounds' training is not touched."""
+        if self.synthetic is None or len(self.synthetic) < 2:
+            raise RuntimeError("the generator check has no synthetic data: prepare() produced fewer than 2 images")
+        load_numpy_state(self.model, initial_state)
+        settings = replace(self.settings, epochs=epochs, max_steps=None, freeze_bn=False)
+        train(self.model, self.synthetic, settings, self.device, seed=self.seed * 7_919 - 1)  # rounds use + round
+        _, accuracy = evaluate(self.model, self.synthetic, self.device, self.eval_batch_size, self.settings.fast_cuda)
+        return state_to_numpy(self.model), accuracy
+
+    def relax(self) -> None:
+        """A generator that passed the check: the augmented model trains as in the paper from now on
+        (every batch of every epoch, every image), whatever caution the configuration asked for."""
+        self.settings = replace(self.settings, max_steps=None)
+        self.filter, self.steps_follow_trust, self._selection = None, False, None
+
     def _settings(self, images: int, trust: float | None) -> TrainSettings:
         """This round's training settings: the step cap scaled by ``trust`` when steps follow it."""
         cap = self.settings.max_steps

@@ -17,8 +17,8 @@ from generation import progress
 from generation.augmented import AugmentedModelTrainer
 from generation.factory import build_generator
 from server_app import checkpoint, tracking
-from server_app.config import (adaptive_kappa, class_names, filter_settings, load_config, overrides_from_run_config,
-                               run_directory, to_yaml)
+from server_app.config import (adaptive_kappa, class_names, filter_settings, generator_check, load_config,
+                               overrides_from_run_config, run_directory, to_yaml)
 from server_app.nodes import WatchedGrid, wait_for_federation
 from server_app.results import SYNTHETIC_SAMPLES, RunReport, eta_seconds
 from strategy.bases import build_base
@@ -97,6 +97,8 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
         choose=cfg.mix.choose,
         probe_fraction=cfg.mix.probe_fraction,
         round_aware_floor=cfg.augmented.round_aware_floor if cfg.augmented.round_aware else None,
+        check=generator_check(cfg),
+        fraction_evaluate=fed.fraction_evaluate,
     )
     initial = ArrayRecord(model.state_dict())
     if resumed:
@@ -122,6 +124,8 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
             stats.wall_seconds, "" if eta is None else f", ETA {progress.duration(eta)}")
         report.set("global_label_histogram", strategy.global_histogram)
         report.set("generation", dict(strategy.generation_stats))
+        if strategy.generator_check is not None:
+            report.set("generator_check", strategy.generator_check)
         report.set("nodes", strategy.ledger.rows())
         if cfg.checkpoint.enabled and server_round > 0 and not strategy.stopping:
             checkpoint.save(report.run_dir, server_round=server_round,

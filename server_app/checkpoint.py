@@ -78,9 +78,16 @@ def load(run_dir: Path, config: dict) -> dict:
 
 def _differences(saved: dict, current: dict) -> list[str]:
     """Flattened config keys that differ, except those that do not change results (paths, devices, ...).
-    A setting added to conf/ after the checkpoint was written is no difference while it is null (off):
-    an upgrade must not strand interrupted runs."""
+    A setting added to conf/ after the checkpoint was written is no difference while it is off (null or
+    false), nor are the other settings of a group added with it whose ``enabled`` is false: an upgrade
+    must not strand interrupted runs."""
     saved, current = flatten(saved), flatten(current)
     keys = sorted(k for k in set(saved) | set(current) if not result_neutral(k))
-    added_off = {k for k in keys if k not in saved and current.get(k, "<missing>") is None}
+
+    def off(key: str) -> bool:
+        group_switch = key.rsplit(".", 1)[0] + ".enabled" if "." in key else None
+        return current.get(key, "<missing>") in (None, False) or (
+            group_switch is not None and group_switch not in saved and current.get(group_switch) is False)
+
+    added_off = {k for k in keys if k not in saved and off(k)}
     return [k for k in keys if k not in added_off and saved.get(k, "<missing>") != current.get(k, "<missing>")]

@@ -172,6 +172,7 @@ def _validate_genfl(cfg: DictConfig) -> None:
     _check(_number(aug.round_aware_floor) and 0 <= aug.round_aware_floor <= 1, "augmented.round_aware_floor",
            "must be in [0, 1]", aug.round_aware_floor)
     filter_settings(cfg)
+    generator_check(cfg)
     if st.kappa_aug + st.kappa_aug_final > 0:  # the generator is used: the registry says whether it serves the data set
         problem = fit_problem(cfg.generator, cfg.dataset)
         if problem:
@@ -200,6 +201,24 @@ def _validate_mix(cfg: DictConfig) -> None:
             adaptive_kappa(cfg)
         except KappaError as err:
             raise ConfigError(str(err)) from err
+
+
+def generator_check(cfg: DictConfig):
+    """The generator check of ``cfg.generator_check`` (strategy/generator_check.py), or None when off."""
+    from strategy.generator_check import GeneratorCheck
+
+    c = cfg.generator_check
+    _check(isinstance(c.enabled, bool), "generator_check.enabled", "must be true or false", c.enabled)
+    if not c.enabled:
+        return None
+    _check(cfg.mix.kappa_policy == "adaptive", "generator_check.enabled",
+           "needs mix.kappa_policy=adaptive (the policy an untrusted generator runs under)", c.enabled)
+    _check(_number(c.min_transfer), "generator_check.min_transfer", "must be a number >= 0", c.min_transfer)
+    _check(_number(c.fraction), "generator_check.fraction", "must be in (0, 1]", c.fraction)
+    try:
+        return GeneratorCheck(epochs=c.epochs, fraction=float(c.fraction), min_transfer=float(c.min_transfer))
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
 
 
 def filter_settings(cfg: DictConfig):

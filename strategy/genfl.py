@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import random
+import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
 from logging import INFO, WARNING
@@ -30,6 +31,7 @@ from client_app.contract import (AUGMENTED, BN_QUERY, BN_RECORD, CLIENT_PART, MI
 from strategy.aggregation import like
 from strategy.bases import base_state, dp_wrapper, innermost, load_base_state
 from strategy.cooldown import Cooldown
+from strategy.generator_check import GeneratorCheck
 from strategy.grids import OrderedGrid
 from strategy.guard import update_problem
 from strategy.histograms import Survey, survey
@@ -55,6 +57,10 @@ class Augmenter(Protocol):
     def start(self, global_state: dict[str, np.ndarray], server_round: int,
               class_weights: Sequence[float] | None = None, trust: float | None = None) -> Future: ...
 
+    def reference(self, initial_state: dict[str, np.ndarray], epochs: int) -> tuple[dict[str, np.ndarray], float]: ...
+
+    def relax(self) -> None: ...
+
     def close(self) -> None: ...
 
 
@@ -73,7 +79,8 @@ class GenFL(Strategy):
                  histogram_timeout: float, histogram_config: ConfigRecord | None = None, seed: int,
                  reliability: Reliability, first_round: int = 1, adaptive: AdaptiveKappa | None = None,
                  bn_stats: str = "mixed", bn_fraction: float = 1.0, round_aware_floor: float | None = None,
-                 choose: str = "next_round", probe_fraction: float = 1.0):
+                 choose: str = "next_round", probe_fraction: float = 1.0, check: GeneratorCheck | None = None,
+                 fraction_evaluate: float | None = None):
         if kappa.uses_synthetic_data and augmenter is None:
             raise ValueError("kappa_aug > 0 needs an augmenter (the server's synthetic-data trainer)")
         self.base, self.num_classes, self.kappa, self.augmenter = base, num_classes, kappa, augmenter
@@ -84,6 +91,10 @@ class GenFL(Strategy):
         # very mix it picks); next_round: it rides on the evaluation step and sets the next round's kappa.
         self.choose_now, self.probe_fraction = choose == "this_round", probe_fraction
         self.round_aware_floor = round_aware_floor  # None: the augmented model sees the synthetic set's own mix
+        # The generator check (adaptive kappa only): a trusted generator runs without the policy, and the
+        # evaluation step goes back to the federation's own share (``fraction_evaluate``; None: as it is).
+        self.check, self.fraction_evaluate = (check if adaptive is not None else None), fraction_evaluate
+        self.generator_check: dict | None = None  # its result (a resumed run keeps the checkpoint's)
         keys = innermost(base)
         self.weighted_by_key, self.configrecord_key = keys.weighted_by_key, keys.configrecord_key
         self.cooldown = Cooldown(reliability.straggler_cooldown_rounds, kappa.num_rounds)
@@ -164,10 +175,13 @@ class GenFL(Strategy):
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """Start the augmented model and let the base sample and configure nodes (the true round)."""
         server_round += self.offset
-        if self.global_histogram is None:
+        first = self.global_histogram is None  # a run's (or a resumed run's) first round
+        if first:
             self._prepare(grid, config)
         self._current = dict(zip(arrays.keys(), arrays.to_numpy_ndarrays()))
         self._grid, self._config = grid, config
+        if first and self.check is not None and self.kappa.uses_synthetic_data:
+            self._check_generator(config)
         kappa_fl, kappa_aug = self._kappas(server_round)
         self.round_stats[server_round] = RoundStats(server_round, kappa_fl=kappa_fl, kappa_aug=kappa_aug)
         self._sent = []
@@ -187,6 +201,39 @@ class GenFL(Strategy):
             self._augmented = self.augmenter.start({k: v.copy() for k, v in self._current.items()}, server_round,
                                                    class_weights=self._class_weights(), trust=self._trust())
         return self._sent
+
+    def _check_generator(self, config: ConfigRecord) -> None:
+        """Before round 1 (strategy/generator_check.py): the nodes score a model of the synthetic set
+        alone on their data; a generator that carries over is trusted and the cautious policy is dropped.
+        A resumed run applies the checkpoint's verdict instead of checking again."""
+        if self.generator_check is None:
+            started = time.monotonic()
+            state, synthetic_accuracy = self.augmenter.reference(self._current, self.check.epochs)
+            self._probe = [0.0]  # one candidate: the model itself (mixed with itself)
+            record = ArrayRecord({k: Array(v) for k, v in state.items()})
+            content = RecordDict({CLIENT_PART: record, AUGMENTED: record, self.configrecord_key: config,
+                                  PROBE: ConfigRecord({PROBE_CANDIDATES: self._probe, PROBE_BN_STATS: "mixed"})})
+            sent = [Message(content, message_type=f"query.{PROBE_QUERY}", dst_node_id=n)
+                    for n in self._sample(0, self.check.fraction, stream=2)]
+            replies = list(self._grid.send_and_receive(sent, timeout=self._timeout))
+            usable, _, _ = screen(0, replies, sent, "generator check", self._evaluate_problem, self._order)
+            self._probe = None
+            scores = [next(iter(r.content.metric_records.values())) for r in usable]
+            self.generator_check = {**self.check.verdict([float(m[MIX_ACC][0]) for m in scores],
+                                                         [float(m[self.weighted_by_key]) for m in scores],
+                                                         synthetic_accuracy),
+                                    "seconds": round(time.monotonic() - started, 2)}
+        result = self.generator_check
+        log(INFO if result["trusted"] else WARNING, "generator check: a model of the synthetic set alone scores %s on "
+            "%d nodes' real data, %s on the synthetic set (transfer %s, trusted at >= %s): %s", result["real_accuracy"],
+            result["nodes"], result["synthetic_accuracy"], result["transfer"], result["min_transfer"],
+            "trusted, mixed as in the paper (constant kappa_aug, BatchNorm statistics mixed)" if result["trusted"]
+            else "not trusted, the adaptive policy runs")
+        if result["trusted"]:
+            self.adaptive, self.bn_stats = None, "mixed"
+            self.augmenter.relax()
+            if self.fraction_evaluate is not None:
+                innermost(self.base).fraction_evaluate = self.fraction_evaluate
 
     def _trust(self) -> float | None:
         """How far the evidence trusts the synthetic data: adaptive kappa_aug over its starting value,
@@ -391,6 +438,8 @@ class GenFL(Strategy):
                 if not isinstance(value, list) or len(value) != len(self._probe):
                     problem = f"{key!r} must list one value per candidate kappa ({len(self._probe)}), got {value!r}"
                     break
+            if problem is None and not all(0.0 <= a <= 1.0 for a in metrics[MIX_ACC]):  # the generator check's verdict
+                problem = f"{MIX_ACC!r} must hold accuracies in [0, 1], got {metrics[MIX_ACC]!r}"
         if problem is None:
             cap_weight(reply.content, self.weighted_by_key, self.survey.weight_cap)
         return problem
@@ -467,6 +516,7 @@ class GenFL(Strategy):
             "nodes": self.ledger.state(self._identity),
             "base": base_state(self.base),  # server optimiser moments, an adaptive clipping norm
             "adaptive_kappa": self.adaptive.current if self.adaptive else None,
+            "generator_check": self.generator_check,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -477,4 +527,5 @@ class GenFL(Strategy):
         load_base_state(self.base, state["base"])
         if self.adaptive is not None and state.get("adaptive_kappa") is not None:
             self.adaptive.current = float(state["adaptive_kappa"])
+        self.generator_check = state.get("generator_check")
         self._resumed = {k: state[k] for k in ("global_histogram", "benched_until", "nodes")}

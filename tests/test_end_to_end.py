@@ -100,9 +100,11 @@ def test_the_untrusted_generator_preset_caps_kappas_climb_and_scales_the_augment
     from torchcore.train import batch_bounds
 
     proc, run_dir = runs("preset", "strategy=genfl", "num_rounds=3", "seed=0", "+experiment=untrusted_generator",
-                         "augmented.steps_follow_kappa=true", "mix.probe_fraction=1.0")
+                         "augmented.steps_follow_kappa=true", "mix.probe_fraction=1.0",
+                         "generator_check.min_transfer=10")  # no generator passes: the adaptive policy runs
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = metrics(run_dir)
+    assert result["generator_check"]["trusted"] is False and result["generator_check"]["nodes"] == 3
     assert result["config"]["mix"]["max_rise"] == 0.05 and result["config"]["augmented"]["max_steps"] == 10
     rows = result["rounds"][1:]
     assert len(rows) == 3 and rows[0]["kappa_aug"] == 0.3
@@ -113,6 +115,24 @@ def test_the_untrusted_generator_preset_caps_kappas_climb_and_scales_the_augment
         trust = min(1.0, row["kappa_aug"] / 0.3)
         assert row["augmented_steps"] == max(1, round(10 + trust * max(full - 10, 0)))
     assert rows[0]["augmented_steps"] > 10  # full trust in round 1: every batch
+    assert_nothing_left_running(run_dir)
+
+
+@pytest.mark.slow
+def test_a_generator_that_passes_the_check_runs_as_constant_kappa_number_for_number_in_a_real_simulation(runs):
+    """The preset's generator check through real ClientApps: every node scores the synthetic-only model on its
+    data before round 1; a trusted generator's run is then the paper's GenFL (run A), to the last digit."""
+    (_, constant), (proc, run_dir) = runs("A", *GENFL_A), runs("checked", *GENFL_A, "+experiment=untrusted_generator",
+                                                                 "generator_check.min_transfer=0.0")
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = metrics(run_dir)
+    check = result["generator_check"]
+    assert check["trusted"] is True and check["nodes"] == 3 and 0 < check["real_accuracy"] <= 1
+    assert check["transfer"] == pytest.approx(check["real_accuracy"] / check["synthetic_accuracy"], abs=1e-3)
+    assert "generator check: a model of the synthetic set alone scores" in proc.stdout + proc.stderr
+    rows, reference = result["rounds"], metrics(constant)["rounds"]
+    assert [(r["test_accuracy"], r["test_loss"]) for r in rows] == [(r["test_accuracy"], r["test_loss"]) for r in reference]
+    assert all(r["kappa_aug"] == 0.3 and r.get("kappa_probe") is None and r.get("bn_nodes") is None for r in rows[1:])
     assert_nothing_left_running(run_dir)
 
 
