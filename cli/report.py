@@ -21,7 +21,9 @@ see generation/quality.py), averaged over the runs that have it, blank for confi
 synthetic agreement = share of synthetic images (all of them, also those a filter dropped) whose label the
 final global model predicts; real-vs-
 synthetic AUC = how well a linear probe on the global model's features tells real test images from
-synthetic ones (0.5 = indistinguishable, 1.0 = fully separable); the CSV adds the pixel-statistics AUC.
+synthetic ones (0.5 = indistinguishable, 1.0 = fully separable); the CSV adds the pixel-statistics AUC;
+transfer = the generator check's (metrics.json's ``generator_check``, before round 1): a model of the
+synthetic set alone, its accuracy on the nodes' real data over that on the synthetic set.
 The Markdown table shows these columns only when some run has them.
 """
 
@@ -51,11 +53,12 @@ SHORT_NAMES = {"strategy.name": "strategy", "partition.alpha": "alpha", "strateg
 ALWAYS = ("strategy.name", "partition.alpha", "strategy.kappa_aug")  # columns even when they do not differ
 STAT_COLUMNS = ("runs", "seeds", "rounds", "final_accuracy_mean", "final_accuracy_std", "best_accuracy_mean",
                 "rounds_to_target_mean", "reached_target", "auc_mean", "seconds_per_round_mean",
-                "synthetic_agreement_mean", "separability_auc_mean", "pixel_separability_auc_mean")
+                "synthetic_agreement_mean", "separability_auc_mean", "pixel_separability_auc_mean",
+                "synthetic_transfer_mean")
 QUALITY_KEY = "synthetic_quality"  # generation.quality.METRICS_KEY (not imported: it would load torch)
 # metrics.json's synthetic_quality entry -> the summary's column (mean over the runs that have it).
 QUALITY_COLUMNS = {"agreement": "synthetic_agreement_mean", "separability_auc": "separability_auc_mean",
-                   "pixel_separability_auc": "pixel_separability_auc_mean"}
+                   "pixel_separability_auc": "pixel_separability_auc_mean", "transfer": "synthetic_transfer_mean"}
 
 
 @dataclass
@@ -108,8 +111,11 @@ def _read_run(path: Path) -> tuple[Run | None, str | None]:
     if status != "completed":
         why = data.get("error") or ("stopped or still running" if status == "running" else "no error recorded")
         return None, f"{status} after {max((r.get('round', 0) for r in rounds), default=0)} round(s): {why}"
-    quality = data.get(QUALITY_KEY)
-    run = Run(path.parent, flatten(config), rounds, quality if isinstance(quality, dict) else {})
+    quality, check = data.get(QUALITY_KEY), data.get("generator_check")
+    quality = dict(quality) if isinstance(quality, dict) else {}
+    if isinstance(check, dict):  # the generator check's score is about the synthetic data too
+        quality["transfer"] = check.get("transfer")
+    run = Run(path.parent, flatten(config), rounds, quality)
     if len(run.curve[0]) < 2:
         return None, "completed but has fewer than two evaluated rounds"
     return run, None
@@ -288,8 +294,11 @@ def write_tables(summary: dict, problems: list[str], out: Path) -> None:
             "AUC", "s/round"]
     quality = any(row.get(c) is not None for row in summary["configurations"]
                   for c in ("synthetic_agreement_mean", "separability_auc_mean"))
+    transfer = any(row.get("synthetic_transfer_mean") is not None for row in summary["configurations"])
     if quality:
         head += ["synthetic agreement", "real-vs-synthetic AUC"]
+    if transfer:
+        head += ["transfer (generator check)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in summary["configurations"]:
         final = _cell(row["final_accuracy_mean"], 3)
@@ -302,6 +311,8 @@ def write_tables(summary: dict, problems: list[str], out: Path) -> None:
                   _cell(row["auc_mean"], 3), _cell(row["seconds_per_round_mean"], 1)]
         if quality:
             cells += [_cell(row.get("synthetic_agreement_mean"), 3), _cell(row.get("separability_auc_mean"), 3)]
+        if transfer:
+            cells += [_cell(row.get("synthetic_transfer_mean"), 3)]
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines) + "\n"
     if problems:

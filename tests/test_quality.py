@@ -208,9 +208,10 @@ def test_genfl_report_lists_the_quality_scores_per_configuration(tmp_path):
     assert QUALITY_KEY == METRICS_KEY
     config = {"seed": 0, "strategy": {"name": "genfl", "kappa_aug": 0.3}, "partition": {"alpha": 0.1}}
     rounds = [{"round": r, "test_accuracy": a, "wall_seconds": r} for r, a in enumerate([0.1, 0.5, 0.7])]
-    for seed, (agreement, auc) in enumerate([(0.6, 0.7), (0.8, 0.9)]):
+    for seed, (agreement, auc, transfer) in enumerate([(0.6, 0.7, 0.5), (0.8, 0.9, 0.7)]):
         data = {"status": "completed", "config": {**config, "seed": seed}, "rounds": rounds,
-                METRICS_KEY: {"agreement": agreement, "separability_auc": auc, "pixel_separability_auc": None}}
+                METRICS_KEY: {"agreement": agreement, "separability_auc": auc, "pixel_separability_auc": None},
+                "generator_check": {"transfer": transfer, "trusted": False}}
         (tmp_path / "runs" / f"genfl-{seed}").mkdir(parents=True)
         (tmp_path / "runs" / f"genfl-{seed}" / "metrics.json").write_text(json.dumps(data))
     fedavg = {"status": "completed", "config": {**config, "strategy": {"name": "fedavg", "kappa_aug": 0.0}},
@@ -226,10 +227,12 @@ def test_genfl_report_lists_the_quality_scores_per_configuration(tmp_path):
     assert rows["genfl"]["pixel_separability_auc_mean"] == ""
     assert rows["fedavg"]["synthetic_agreement_mean"] == rows["fedavg"]["separability_auc_mean"] == ""
     markdown = (out / "summary.md").read_text()
-    assert "| synthetic agreement | real-vs-synthetic AUC |" in markdown
-    assert "| 0.700 | 0.800 |" in markdown
+    assert float(rows["genfl"]["synthetic_transfer_mean"]) == pytest.approx(0.6)
+    assert rows["fedavg"]["synthetic_transfer_mean"] == ""
+    assert "| synthetic agreement | real-vs-synthetic AUC | transfer (generator check) |" in markdown
+    assert "| 0.700 | 0.800 | 0.600 |" in markdown
     # Without any quality record the table keeps its old columns.
     (tmp_path / "runs" / "genfl-0").rename(tmp_path / "genfl-0")
     (tmp_path / "runs" / "genfl-1").rename(tmp_path / "genfl-1")
     assert main([str(tmp_path / "runs"), "--out", str(out)]) == 0
-    assert "synthetic agreement" not in (out / "summary.md").read_text()
+    assert "synthetic agreement" not in (text := (out / "summary.md").read_text()) and "transfer" not in text
