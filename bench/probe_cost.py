@@ -5,7 +5,8 @@
 Times the real ClientApp's handlers in-process on one digits partition of the embedded default
 (20 clients, alpha 0.1): the training message (the baseline every sampled node pays), an evaluation
 message without and with the adaptive-kappa probe (the default 5 candidates + the current kappa), the
-probe as a query of its own (mix.choose=this_round) and the BatchNorm-statistics query; reports each as a ratio to training in the same run. A simulation
+probe as a query of its own (mix.choose=this_round), the BatchNorm-statistics query and the generator
+check's query (once per run, before round 1: one model scored); reports each as a ratio to training in the same run. A simulation
 adds the message round trip on top (seconds per round in bench/results/robustness.md).
 """
 
@@ -63,6 +64,10 @@ def main() -> int:
                                          "genfl-augmented": _record(augmented),
                                          "genfl-probe": ConfigRecord({"candidates": candidates, "bn-stats": "clients"})}),
         "query.bn_statistics": RecordDict({"arrays": _record(client), "config": config}),
+        # generator_check: the synthetic-only model as both parts of Eq. (1), one candidate
+        "generator_check": RecordDict({"config": config, "genfl-client-part": _record(augmented),
+                                       "genfl-augmented": _record(augmented),
+                                       "genfl-probe": ConfigRecord({"candidates": [0.0], "bn-stats": "mixed"})}),
     }
     results = {}
     for partition in (0, 5, 11):  # a small, a middling and a large node at alpha 0.1
@@ -70,7 +75,7 @@ def main() -> int:
                           state=RecordDict(), run_config={})
         times = {}
         for name, content in messages.items():
-            kind = "evaluate" if name.startswith("evaluate") else name
+            kind = "evaluate" if name.startswith("evaluate") else "query.kappa_probe" if name == "generator_check" else name
             app(_message(kind, content), context)  # warm-up
             samples = []
             for _ in range(5):
