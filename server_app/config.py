@@ -211,8 +211,6 @@ def generator_check(cfg: DictConfig):
     _check(isinstance(c.enabled, bool), "generator_check.enabled", "must be true or false", c.enabled)
     if not c.enabled:
         return None
-    _check(cfg.mix.kappa_policy == "adaptive", "generator_check.enabled",
-           "needs mix.kappa_policy=adaptive (the policy an untrusted generator runs under)", c.enabled)
     _check(_number(c.min_transfer), "generator_check.min_transfer", "must be a number >= 0", c.min_transfer)
     _check(_number(c.fraction), "generator_check.fraction", "must be in (0, 1]", c.fraction)
     try:

@@ -91,9 +91,10 @@ class GenFL(Strategy):
         # very mix it picks); next_round: it rides on the evaluation step and sets the next round's kappa.
         self.choose_now, self.probe_fraction = choose == "this_round", probe_fraction
         self.round_aware_floor = round_aware_floor  # None: the augmented model sees the synthetic set's own mix
-        # The generator check (adaptive kappa only): a trusted generator runs without the policy, and the
-        # evaluation step goes back to the federation's own share (``fraction_evaluate``; None: as it is).
-        self.check, self.fraction_evaluate = (check if adaptive is not None else None), fraction_evaluate
+        # The generator check: under adaptive kappa a trusted generator runs without the policy and the evaluation
+        # step goes back to the federation's own share (``fraction_evaluate``; None: as it is); under a constant
+        # kappa it only reports (a warning for a generator that does not carry over).
+        self.check, self.fraction_evaluate = check, fraction_evaluate
         self.generator_check: dict | None = None  # its result (a resumed run keeps the checkpoint's)
         keys = innermost(base)
         self.weighted_by_key, self.configrecord_key = keys.weighted_by_key, keys.configrecord_key
@@ -204,8 +205,9 @@ class GenFL(Strategy):
 
     def _check_generator(self, config: ConfigRecord) -> None:
         """Before round 1 (strategy/generator_check.py): the nodes score a model of the synthetic set
-        alone on their data; a generator that carries over is trusted and the cautious policy is dropped.
-        A resumed run applies the checkpoint's verdict instead of checking again."""
+        alone on their data; a generator that carries over is trusted and the cautious policy is dropped
+        (a constant kappa stays: the check then only reports). A resumed run applies the checkpoint's
+        verdict instead of checking again."""
         if self.generator_check is None:
             started = time.monotonic()
             state, synthetic_accuracy = self.augmenter.reference(self._current, self.check.epochs)
@@ -223,13 +225,18 @@ class GenFL(Strategy):
                                                          [float(m[self.weighted_by_key]) for m in scores],
                                                          synthetic_accuracy),
                                     "seconds": round(time.monotonic() - started, 2)}
-        result = self.generator_check
+        result, adaptive = self.generator_check, self.adaptive is not None
+        if result["trusted"]:
+            outcome = "trusted, mixed as in the paper (constant kappa_aug, BatchNorm statistics mixed)"
+        elif adaptive:
+            outcome = "not trusted, the adaptive policy runs"
+        else:
+            outcome = ("not trusted, but kappa_aug is constant: the synthetic data may pull the model below FedAvg "
+                       "(+experiment=untrusted_generator sets the mix from the clients' evidence instead)")
         log(INFO if result["trusted"] else WARNING, "generator check: a model of the synthetic set alone scores %s on "
             "%d nodes' real data, %s on the synthetic set (transfer %s, trusted at >= %s): %s", result["real_accuracy"],
-            result["nodes"], result["synthetic_accuracy"], result["transfer"], result["min_transfer"],
-            "trusted, mixed as in the paper (constant kappa_aug, BatchNorm statistics mixed)" if result["trusted"]
-            else "not trusted, the adaptive policy runs")
-        if result["trusted"]:
+            result["nodes"], result["synthetic_accuracy"], result["transfer"], result["min_transfer"], outcome)
+        if result["trusted"] and adaptive:
             self.adaptive, self.bn_stats = None, "mixed"
             self.augmenter.relax()
             if self.fraction_evaluate is not None:

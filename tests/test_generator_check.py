@@ -122,6 +122,23 @@ def test_a_resumed_run_applies_the_checkpoints_verdict_without_checking_again():
     assert [resumed.round_stats[r].kappa_aug for r in (3, 4)] == [0.3, 0.3]
 
 
+@pytest.mark.parametrize("reference", [TARGET, [-20.0, 40.0]])
+def test_under_a_constant_kappa_the_check_only_reports(reference, caplog):
+    from test_genfl_strategy import genfl
+
+    grid = LocalGrid({i: accuracy_node([5, 5, 5], i, good_at) for i in range(2)})
+    augmenter = CheckedAugmenter(_state([-20.0, 40.0]), _state(reference))
+    strategy = genfl(0.7, 0.3, augmenter=augmenter, rounds=2)
+    strategy.check = CHECK
+    with caplog.at_level("INFO", logger="flwr"):
+        _start(strategy, grid, 2)
+    trusted = strategy.generator_check["trusted"]
+    assert trusted is (reference is TARGET) and augmenter.references == [(0, 2)] and not augmenter.relaxed
+    assert [strategy.round_stats[r].kappa_aug for r in (1, 2)] == [0.3, 0.3]
+    warned = "may pull the model below FedAvg" in caplog.text
+    assert warned is not trusted
+
+
 def test_without_the_check_nothing_is_asked_before_round_1():
     grid = LocalGrid({i: accuracy_node([5, 5, 5], i, good_at) for i in range(2)})
     augmenter = CheckedAugmenter(_state([-20.0, 40.0]), _state(TARGET))
@@ -151,7 +168,6 @@ def test_the_reference_model_trains_on_the_synthetic_set_alone_and_leaves_the_ro
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["generator_check.enabled=true"], "generator_check.enabled: needs mix.kappa_policy=adaptive"),
     (["generator_check.enabled=yes"], "generator_check.enabled: must be true or false"),
     (["generator_check.enabled=true", "mix.kappa_policy=adaptive", "generator_check.min_transfer=-1"],
      "generator_check.min_transfer"),
