@@ -1,7 +1,8 @@
 """The GenFL strategy (arXiv 2503.20166) as a wrapper around any Flower Message-API strategy.
 
 1. Before round 1 every node reports its label histogram (strategy/histograms.py).
-2. The augmenter plans and synthesises images from the robust global histogram.
+2. The augmenter plans and synthesises images from the robust global histogram (and, with the
+   generator check, the nodes score a model of those images alone: strategy/generator_check.py).
 3. Each round clients train on real data while the augmenter trains w_aug on the synthetic set.
 4. w(t+1) = kappa_fl * base_aggregate(w_1..w_N) + kappa_aug * w_aug   (Eq. (1)).
 Like Flower's DP wrappers: store the base, delegate sampling and aggregation to it, transform the
