@@ -10,6 +10,7 @@
     python bench/robustness.py run groupnorm_seeds  # then: ResNet-18 with GroupNorm, every seed, both generators
     python bench/robustness.py run constant_digits  # then: constant kappa, in-distribution generator, per seed
     python bench/robustness.py run generator_check  # then: the preset with the generator check, both generators
+    python bench/robustness.py run retire     # then: with the fonts generator retired once kappa falls below 0.03
     python bench/robustness.py report         # bench/results/robustness.json/.md and the plots
 
 Setting: bench/convergence.py's (digits, 20 clients, alpha 0.1, 30 rounds, ResNet-18 with BatchNorm),
@@ -59,6 +60,7 @@ NULL_LR = "client.lr=0.019"  # FedAvg against itself, slightly perturbed
 # The generator check before round 1 (strategy/generator_check.py): the preset for a trusted generator
 # runs as constant kappa does, for an untrusted one as before.
 CHECK = "generator_check.enabled=true"
+RETIRE = "mix.retire_below=0.03"  # an untrusted generator the evidence turned down is retired for good
 PLANS = {
     # Screen: each mechanism alone on seed 0 with the shifted generator, against constant kappa (the
     # control_fonts piece's genfl run) and FedAvg; round-aware augmentation at 10 of 40 clients.
@@ -198,6 +200,13 @@ PLANS = {
         (DIGITS, [*COMBO_RE, RISE, CHECK, "seed=2"]),
         (FONTS, [*COMBO_RE, RISE, CHECK, "seed=2"]),
     ],
+    # Then: the shifted generator retired once kappa_aug falls below 0.03 (the preset's late rounds below
+    # FedAvg came with kappa at 0.03-0.12; at exactly 0, seed 4's rounds followed FedAvg's at +0.01-0.03).
+    "retire": [
+        (FONTS, [*COMBO_RE, RISE, CHECK, RETIRE, "seed=0"]),
+        (FONTS, [*COMBO_RE, RISE, CHECK, RETIRE, "seed=1"]),
+        (FONTS, [*COMBO_RE, RISE, CHECK, RETIRE, "seed=2"]),
+    ],
     # Then: GroupNorm on every seed, both generators, each against FedAvg with GroupNorm of the same seed
     # (GenFL's own constant-kappa runs with GroupNorm last).
     "groupnorm_seeds": [
@@ -241,7 +250,8 @@ ARM = {"strategy": "strategy.name", "generator": "generator.corpus", "clients": 
        "probe_fraction": "mix.probe_fraction", "evidence_z": "mix.evidence_z", "freeze_bn": "augmented.freeze_bn",
        "aug_steps": "augmented.max_steps", "choose": "mix.choose", "step": "mix.step", "norm": "model.norm",
        "lr": "client.lr", "bn_fraction": "mix.bn_fraction", "max_rise": "mix.max_rise",
-       "steps_follow_kappa": "augmented.steps_follow_kappa", "generator_check": "generator_check.enabled"}
+       "steps_follow_kappa": "augmented.steps_follow_kappa", "generator_check": "generator_check.enabled",
+       "retire_below": "mix.retire_below"}
 DEFAULTS = {("filter", "none"), ("round_aware", False), ("freeze_bn", False), ("fraction_train", 1.0),
             ("choose", "next_round"), ("step", 0.5), ("norm", "batch"), ("lr", 0.02), ("bn_fraction", 0.25),
             ("steps_follow_kappa", False), ("generator_check", False), ("generator_check", None)}  # left out of
@@ -259,7 +269,7 @@ def _arm(run) -> dict:
     if arm["bn_stats"] != "reestimate":
         arm["bn_fraction"] = None
     if arm["kappa_policy"] != "adaptive":
-        arm.update(probe_fraction=None, evidence_z=None, choose=None, step=None, max_rise=None)
+        arm.update(probe_fraction=None, evidence_z=None, choose=None, step=None, max_rise=None, retire_below=None)
     elif arm["evidence_z"] is None:  # the first policy (before the burden of proof)
         arm["evidence_z"] = 0.0
     return arm
@@ -481,7 +491,7 @@ def _shown(arm: dict) -> str | None:
     if not preset:
         return None
     if arm.get("generator_check"):
-        return "preset with the generator check"
+        return "preset with the generator check" + (", retire_below 0.03" if arm.get("retire_below") else "")
     if arm.get("steps_follow_kappa"):
         return "preset, max_rise 0.05, steps follow kappa"
     return "preset, max_rise 0.05" if arm.get("max_rise") else "preset without max_rise"
@@ -505,7 +515,7 @@ def _plot(arms: list[dict], out: Path) -> None:
                 "10 of 40 clients per round": lambda a: a["clients"] == 40}
     colors = {"FedAvg": "black", "FedAvg, BN re-estimated": "grey", "GenFL, constant kappa 0.3": "C3",
               "preset without max_rise": "C0", "preset, max_rise 0.05": "C2", "preset, max_rise 0.05, steps follow kappa": "C1",
-              "preset with the generator check": "C4"}
+              "preset with the generator check": "C4", "preset with the generator check, retire_below 0.03": "C5"}
     for title, chosen in settings.items():
         shown = [(name, a) for a in arms if chosen(a) and (name := _shown(a))]
         seeds = sorted({r["seed"] for _, a in shown for r in a["runs"] if isinstance(r["seed"], int)})

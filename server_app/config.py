@@ -257,11 +257,12 @@ def adaptive_kappa(cfg: DictConfig):
         _check(_number(m[key]), f"mix.{key}", "must be a number", m[key])
     return AdaptiveKappa(current=float(cfg.strategy.kappa_aug), candidates=tuple(m.candidates), step=float(m.step),
                          low=float(m.low), high=float(m.high), evidence_z=float(m.evidence_z),
-                         max_rise=_max_rise(m.get("max_rise")))
+                         max_rise=_unit_or_null(m.get("max_rise"), "mix.max_rise"),
+                         retire_below=_unit_or_null(m.get("retire_below"), "mix.retire_below"))
 
 
-def _max_rise(value):
-    _check(value is None or (_number(value) and 0 <= value <= 1), "mix.max_rise", "must be null or a number in [0, 1]", value)
+def _unit_or_null(value, key: str):
+    _check(value is None or (_number(value) and 0 <= value <= 1), key, "must be null or a number in [0, 1]", value)
     return None if value is None else float(value)
 
 

@@ -199,7 +199,7 @@ class GenFL(Strategy):
             finally:
                 random.setstate(state)
             self._sent = self._with_histograms(server_round, grid, config)
-        if kappa_aug > 0 or self.adaptive is not None:  # adaptive: kappa_aug 0 now may rise again
+        if kappa_aug > 0 or (self.adaptive is not None and not self.adaptive.retired):  # kappa 0 may rise again
             self._augmented = self.augmenter.start({k: v.copy() for k, v in self._current.items()}, server_round,
                                                    class_weights=self._class_weights(), trust=self._trust())
         return self._sent
@@ -496,6 +496,10 @@ class GenFL(Strategy):
         stats.update(kappa_probe={f"{k:g}": round(float(v), 5) for k, v in zip(self._probe, federated)},
                      kappa_probe_error={f"{k:g}": round(float(v), 5) for k, v in zip(self._probe, errors)},
                      kappa_best=best, kappa_next=self.adaptive.current, probe_nodes=len(usable))
+        if self.adaptive.retired:
+            stats.synthetic_retired = True
+            log(WARNING, "round %d: kappa_aug fell below mix.retire_below=%s: the synthetic data is retired for the "
+                "rest of the run (no augmented model, no probe)", server_round, self.adaptive.retire_below)
         log(INFO, "round %d: adaptive kappa: federated loss by kappa_aug %s -> kappa_aug %s %s", server_round,
             stats.kappa_probe, self.adaptive.current, "this round" if self.choose_now else "next round")
 
@@ -524,6 +528,7 @@ class GenFL(Strategy):
             "nodes": self.ledger.state(self._identity),
             "base": base_state(self.base),  # server optimiser moments, an adaptive clipping norm
             "adaptive_kappa": self.adaptive.current if self.adaptive else None,
+            "adaptive_retired": self.adaptive.retired if self.adaptive else None,
             "generator_check": self.generator_check,
         }
 
@@ -535,5 +540,6 @@ class GenFL(Strategy):
         load_base_state(self.base, state["base"])
         if self.adaptive is not None and state.get("adaptive_kappa") is not None:
             self.adaptive.current = float(state["adaptive_kappa"])
+            self.adaptive.retired = bool(state.get("adaptive_retired"))
         self.generator_check = state.get("generator_check")
         self._resumed = {k: state[k] for k in ("global_histogram", "benched_until", "nodes")}

@@ -84,6 +84,11 @@ class AdaptiveKappa:
     ``max_rise`` caps how far kappa_aug may climb in one round (falling is never capped): one round's
     evidence from a few nodes cannot put a large synthetic share back into a model that has outgrown
     it (measured: late jumps from ~0 to 0.25-0.4 preceded GenFL's worst rounds below FedAvg).
+
+    ``retire_below``: once kappa_aug falls below it, the synthetic data is retired for the rest of the
+    run (kappa_aug 0, no augmented model, no probe): the run is then the base strategy from a better
+    start, and its rounds follow the base's own (same nodes, same seeds) instead of a small synthetic
+    pull that leaves them to drift apart. For generators that failed the generator check.
     """
 
     current: float  # kappa_aug of the next round
@@ -93,6 +98,8 @@ class AdaptiveKappa:
     high: float
     evidence_z: float = 1.0
     max_rise: float | None = None  # most kappa_aug may rise per round; None: no cap
+    retire_below: float | None = None  # kappa_aug below this retires the synthetic data; None: never
+    retired: bool = False
 
     def __post_init__(self):
         self.candidates = tuple(float(c) for c in self.candidates)
@@ -110,6 +117,8 @@ class AdaptiveKappa:
             raise KappaError(f"mix.evidence_z must be a number >= 0 (got {self.evidence_z!r})")
         if self.max_rise is not None and not (isinstance(self.max_rise, (int, float)) and 0 <= self.max_rise <= 1):
             raise KappaError(f"mix.max_rise must be null or a number in [0, 1] (got {self.max_rise!r})")
+        if self.retire_below is not None and not (isinstance(self.retire_below, (int, float)) and 0 <= self.retire_below <= 1):
+            raise KappaError(f"mix.retire_below must be null or a number in [0, 1] (got {self.retire_below!r})")
         if not self.low <= self.current <= self.high:
             raise KappaError(f"the starting strategy.kappa_aug={self.current} must lie in [mix.low, mix.high] = "
                              f"[{self.low}, {self.high}]")
@@ -133,6 +142,8 @@ class AdaptiveKappa:
     def choose(self, losses: dict[float, float], errors: dict[float, float] | None = None) -> float:
         """Move toward the best candidate; returns it. Best: the lowest loss among kappa 0 and the mixes
         whose advantage over kappa 0 exceeds ``evidence_z`` standard errors (ties: the smaller kappa)."""
+        if self.retired:
+            return 0.0
         base = losses[0.0]
         errors = errors or {}
         eligible = [k for k in losses if k == 0.0 or losses[k] + self.evidence_z * errors.get(k, 0.0) < base]
@@ -141,4 +152,6 @@ class AdaptiveKappa:
         if self.max_rise is not None:
             moved = min(moved, self.current + self.max_rise)
         self.current = round(min(max(moved, self.low), self.high), 6)
+        if self.retire_below is not None and self.current < self.retire_below:
+            self.current, self.retired = 0.0, True
         return best

@@ -30,6 +30,7 @@ class RoundStats:
     kappa_probe_error: dict | None = None  # candidate -> standard error of its loss difference to kappa 0 across nodes
     kappa_best: float | None = None  # the chosen candidate: lowest loss among those that beat kappa 0 by mix.evidence_z errors
     kappa_next: float | None = None  # kappa_aug for the next round (moved toward kappa_best, bounded)
+    synthetic_retired: bool | None = None  # mix.retire_below: True in the round whose evidence retired the synthetic data
     probe_nodes: int | None = None  # nodes whose scores were used
     # BatchNorm running statistics re-estimated on the clients (model.bn_stats=reestimate)
     bn_nodes: int | None = None  # nodes whose statistics were combined

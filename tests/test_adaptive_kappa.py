@@ -67,6 +67,37 @@ def test_max_rise_caps_how_fast_kappa_climbs_but_not_how_fast_it_falls():
     assert uncapped.current == pytest.approx(0.25)
 
 
+def test_kappa_falling_below_retire_below_retires_the_synthetic_data_for_good():
+    policy = AdaptiveKappa(current=0.1, candidates=(0.0, 0.5), step=0.5, low=0.0, high=0.5, retire_below=0.03)
+    hurts, helps = {0.0: 0.1, 0.5: 1.0}, {0.0: 1.0, 0.5: 0.1}
+    policy.choose(hurts)
+    assert (policy.current, policy.retired) == (0.05, False)
+    policy.choose(hurts)
+    assert (policy.current, policy.retired) == (0.0, True)  # 0.05 -> 0.025 < 0.03: retired, kappa 0
+    assert policy.choose(helps) == 0.0 and policy.current == 0.0  # no evidence brings it back
+    never = AdaptiveKappa(current=0.1, candidates=(0.0, 0.5), step=0.5, low=0.0, high=0.5)
+    for _ in range(5):
+        never.choose(hurts)
+    assert not never.retired and never.current == pytest.approx(0.003125)
+
+
+def test_a_retired_generator_costs_nothing_more_and_the_retirement_is_checkpointed():
+    grid = LocalGrid({i: scoring_node([5, 5, 5], i, lambda g: _state(TARGET)) for i in range(3)})
+    augmenter = FixedAugmenter(_state([-20.0, 40.0]))
+    strategy = adaptive_genfl(augmenter, rounds=6)
+    strategy.adaptive.retire_below = 0.05  # 0.3 -> 0.15 -> 0.075 -> 0.0375: retired after round 3
+    _start(strategy, grid, 6)
+    rows = [strategy.round_stats[r] for r in range(1, 7)]
+    assert [r.kappa_aug for r in rows] == [0.3, 0.15, 0.075, 0.0, 0.0, 0.0]
+    assert [r.synthetic_retired for r in rows] == [None, None, True, None, None, None]
+    assert [r for r, _ in augmenter.trained_from] == [1, 2, 3]  # no augmented model after retirement
+    assert [r.kappa_probe is not None for r in rows] == [True, True, True, False, False, False]  # nor a probe
+    assert strategy.state_dict()["adaptive_retired"] is True
+    resumed = adaptive_genfl(FixedAugmenter(_state([-20.0, 40.0])), rounds=8)
+    resumed.load_state_dict(strategy.state_dict())
+    assert resumed.adaptive.retired and resumed.adaptive.current == 0.0
+
+
 @pytest.mark.parametrize("kwargs, message", [
     (dict(candidates=(0.1, 0.3)), "must contain 0.0"),
     (dict(candidates=()), "non-empty"),
@@ -76,6 +107,7 @@ def test_max_rise_caps_how_fast_kappa_climbs_but_not_how_fast_it_falls():
     (dict(low=0.4), "must lie in"),
     (dict(evidence_z=-1.0), "evidence_z"),
     (dict(max_rise=-0.1), "mix.max_rise"),
+    (dict(retire_below=2.0), "mix.retire_below"),
 ])
 def test_bad_policy_settings_are_named(kwargs, message):
     settings = dict(current=0.3, candidates=(0.0, 0.3), step=0.5, low=0.0, high=0.5) | kwargs
@@ -409,6 +441,7 @@ def test_the_clientapp_reports_batchnorm_statistics_of_the_received_model():
     (["mix.choose=later"], "mix.choose: must be one of next_round, this_round"),
     (["mix.kappa_policy=adaptive", "mix.max_rise=2"], "mix.max_rise: must be null or a number in [0, 1]"),
     (["mix.kappa_policy=adaptive", "mix.max_rise=fast"], "mix.max_rise: must be null or a number in [0, 1]"),
+    (["mix.kappa_policy=adaptive", "mix.retire_below=-1"], "mix.retire_below: must be null or a number in [0, 1]"),
     (["augmented.max_steps=0"], "augmented.max_steps: must be null"),
     (["augmented.freeze_bn=maybe"], "augmented.freeze_bn: must be true or false"),
     (["augmented.steps_follow_kappa=true", "augmented.max_steps=10"], "augmented.steps_follow_kappa: needs mix.kappa_policy=adaptive"),
