@@ -17,6 +17,7 @@ import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 from logging import INFO, WARNING
 from typing import Protocol
 
@@ -190,14 +191,10 @@ class GenFL(Strategy):
         if kappa_fl > 0:
             if isinstance(innermost(self.base), FedAvgM):
                 innermost(self.base).current_arrays = arrays  # under Eq. (1) the global model is the mix
-            state = random.getstate()  # Flower samples with `random`: seed it per round, leave it as it was
-            random.seed(self.seed * 1_000_003 + server_round)
-            try:
-                needed = max(self.reliability.min_train_replies, innermost(self.base).min_available_nodes)
-                view = OrderedGrid(grid, self._order, skip=self.cooldown.sitting_out(server_round, grid.get_node_ids(), needed))
+            needed = max(self.reliability.min_train_replies, innermost(self.base).min_available_nodes)
+            view = OrderedGrid(grid, self._order, skip=self.cooldown.sitting_out(server_round, grid.get_node_ids(), needed))
+            with self._seeded_sampling(server_round, stream=0):
                 self._sent = list(self.base.configure_train(server_round, arrays, config, view))
-            finally:
-                random.setstate(state)
             self._sent = self._with_histograms(server_round, grid, config)
         if kappa_aug > 0 or (self.adaptive is not None and not self.adaptive.retired):  # kappa 0 may rise again
             self._augmented = self.augmenter.start({k: v.copy() for k, v in self._current.items()}, server_round,
@@ -242,6 +239,17 @@ class GenFL(Strategy):
             self.augmenter.relax()
             if self.fraction_evaluate is not None:
                 innermost(self.base).fraction_evaluate = self.fraction_evaluate
+
+    @contextmanager
+    def _seeded_sampling(self, server_round: int, stream: int):
+        """Flower's strategies sample nodes with the global `random`: seed it for this round and use
+        (training 0, evaluation 1), then leave it as it was, so a seed fixes every sample."""
+        state = random.getstate()
+        random.seed(self.seed * 1_000_003 + server_round + stream * 7_919_993)
+        try:
+            yield
+        finally:
+            random.setstate(state)
 
     def _trust(self) -> float | None:
         """How far the evidence trusts the synthetic data: adaptive kappa_aug over its starting value,
@@ -455,8 +463,9 @@ class GenFL(Strategy):
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
         """The base's evaluation messages; under adaptive kappa they also carry this round's two parts
         of Eq. (1) and the candidate kappas, for the nodes to score on their own data."""
-        self._sent_evaluate = list(self.base.configure_evaluate(server_round + self.offset, arrays, config,
-                                                                OrderedGrid(grid, self._order)))
+        with self._seeded_sampling(server_round + self.offset, stream=1):  # which nodes score the probe, too
+            self._sent_evaluate = list(self.base.configure_evaluate(server_round + self.offset, arrays, config,
+                                                                    OrderedGrid(grid, self._order)))
         self._probe = None
         if self._parts is not None and self._sent_evaluate:
             records = self._probe_records(*self._parts)

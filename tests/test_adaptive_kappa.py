@@ -327,6 +327,28 @@ def test_this_round_without_usable_scores_the_previous_kappa_stays():
     np.testing.assert_allclose(out["w"], 0.7 * TARGET + 0.3 * np.array([-20.0, 40.0]), rtol=1e-5)
 
 
+def test_the_nodes_that_score_the_probe_are_fixed_by_the_seed_not_by_the_global_random_state():
+    """Flower samples evaluation nodes with the global `random`: unseeded, two runs of the same command
+    asked different nodes for their evidence and moved kappa differently (found in the benchmark)."""
+    import random
+
+    from strategy.bases import innermost
+
+    def run(global_seed):
+        grid = LocalGrid({i: scoring_node([5, 5, 5], i, lambda g: _state(TARGET), loss_of=lambda w, i=i: float(
+            np.sum((w - TARGET) ** 2)) * (1 + i)) for i in range(8)})
+        strategy = adaptive_genfl(FixedAugmenter(_state([-20.0, 40.0])), rounds=4)
+        innermost(strategy.base).fraction_evaluate = 0.5
+        random.seed(global_seed)
+        _start(strategy, grid, 4)
+        asked = [m.metadata.dst_node_id for m in grid.sent_of_type("evaluate")]
+        return asked, [strategy.round_stats[r].kappa_probe for r in range(1, 5)]
+
+    (asked, probes), again = run(1), run(2)
+    assert (asked, probes) == again
+    assert len(asked) == 16 and len({tuple(asked[i:i + 4]) for i in range(0, 16, 4)}) > 1  # 4 of 8, drawn per round
+
+
 def test_the_policy_state_is_checkpointed():
     grid = LocalGrid({i: scoring_node([5, 5, 5], i, lambda g: _state(TARGET)) for i in range(2)})
     strategy = adaptive_genfl(FixedAugmenter(_state([-20.0, 40.0])), rounds=2)

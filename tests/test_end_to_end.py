@@ -165,6 +165,17 @@ def test_the_same_command_gives_the_same_numbers(runs):
 
 
 @pytest.mark.slow
+def test_the_same_adaptive_command_gives_the_same_numbers_when_a_sample_of_nodes_scores_the_probe(runs):
+    """Flower draws the evaluation (probe) nodes from the global `random`; GenFL seeds it per round."""
+    adaptive = (*GENFL_A, "mix.kappa_policy=adaptive", "mix.probe_fraction=0.5")
+    (_, a), (proc, b) = runs("P1", *adaptive), runs("P2", *adaptive)
+    assert proc.returncode == 0, proc.stdout[-3000:]
+    rows = comparable(metrics(a)["rounds"])
+    assert all(0 < r["probe_nodes"] < 3 for r in rows[1:])  # a sample of the 3 nodes scored each round
+    assert rows == comparable(metrics(b)["rounds"])  # the same nodes, the same evidence, the same kappa
+
+
+@pytest.mark.slow
 def test_another_seed_gives_other_numbers(runs):
     (_, a), (proc, c) = runs("A", *GENFL_A), runs("C", "strategy=genfl", "num_rounds=2", "seed=1")
     assert proc.returncode == 0, proc.stdout[-3000:]
