@@ -519,7 +519,8 @@ def _plot(arms: list[dict], out: Path) -> None:
               "preset with the generator check": "C4", "preset with the generator check, retire_below 0.03": "C5"}
     for title, chosen in settings.items():
         shown = [(name, a) for a in arms if chosen(a) and (name := _shown(a))]
-        seeds = sorted({r["seed"] for _, a in shown for r in a["runs"] if isinstance(r["seed"], int)})
+        seeds = sorted({r["seed"] for _, a in shown for r in a["runs"]  # seeds that show GenFL, not FedAvg alone
+                        if isinstance(r["seed"], int) and a["strategy"] != "fedavg"})
         if len(shown) < 2 or not seeds:
             continue
         cols = min(len(seeds), 3)
@@ -534,8 +535,9 @@ def _plot(arms: list[dict], out: Path) -> None:
                     if run["seed"] == seed or mean:
                         curve = run["accuracy_by_round"]
                         # the check's runs retrace constant kappa's or the preset's: dashed, on top
-                        ax.plot(range(len(curve)), curve, color=colors.get(name, f"C{4 + i}"), lw=1.4,
-                                ls=":" if mean else "--" if name == "preset with the generator check" else "-",
+                        checked = name.startswith("preset with the generator check")
+                        ax.plot(range(len(curve)), curve, color=colors.get(name, f"C{4 + i}"), lw=2.0 if checked else 1.4,
+                                ls=":" if mean else "--" if checked else "-", zorder=3 if checked else 2,
                                 label=name + (" (mean of seeds)" if mean else ""))
             ax.set_title(f"seed {seed}")
             ax.set_xlabel("round")
