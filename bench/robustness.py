@@ -501,11 +501,11 @@ def _shown(arm: dict) -> str | None:
               and arm.get("filter") == "confidence" and arm.get("bn_fraction") == 1.0 and arm.get("choose") in (None, "next_round"))
     if not preset:
         return None
-    if arm.get("generator_check"):
-        return "preset with the generator check" + (", retire_below 0.03" if arm.get("retire_below") else "")
-    if arm.get("steps_follow_kappa"):
-        return "preset, max_rise 0.05, steps follow kappa"
-    return "preset, max_rise 0.05" if arm.get("max_rise") else "preset without max_rise"
+    if arm.get("generator_check"):  # the rest of the preset's variants are in the tables only
+        if arm.get("probe_fraction") == 1.0:
+            return "preset: generator check, every node probes"
+        return None if arm.get("retire_below") else "preset with the generator check, half the nodes probe"
+    return "preset, half the nodes probe (unseeded)" if arm.get("max_rise") and not arm.get("steps_follow_kappa") else None
 
 
 def _short(label: str) -> str:
@@ -525,8 +525,9 @@ def _plot(arms: list[dict], out: Path) -> None:
                 "in-distribution generator, 20 clients": lambda a: a["clients"] == 20 and a["generator"] in (None, "digits-public"),
                 "10 of 40 clients per round": lambda a: a["clients"] == 40}
     colors = {"FedAvg": "black", "FedAvg, BN re-estimated": "grey", "GenFL, constant kappa 0.3": "C3",
-              "preset without max_rise": "C0", "preset, max_rise 0.05": "C2", "preset, max_rise 0.05, steps follow kappa": "C1",
-              "preset with the generator check": "C4", "preset with the generator check, retire_below 0.03": "C5"}
+              "preset without max_rise": "C0", "preset, half the nodes probe (unseeded)": "C2", "preset, max_rise 0.05, steps follow kappa": "C1",
+              "preset with the generator check, half the nodes probe": "C4", "preset with the generator check, retire_below 0.03": "C5",
+              "preset: generator check, every node probes": "C6"}
     for title, chosen in settings.items():
         shown = [(name, a) for a in arms if chosen(a) and (name := _shown(a))]
         seeds = sorted({r["seed"] for _, a in shown for r in a["runs"]  # seeds that show GenFL, not FedAvg alone
@@ -545,7 +546,7 @@ def _plot(arms: list[dict], out: Path) -> None:
                     if run["seed"] == seed or mean:
                         curve = run["accuracy_by_round"]
                         # the check's runs retrace constant kappa's or the preset's: dashed, on top
-                        checked = name.startswith("preset with the generator check")
+                        checked = "generator check" in name
                         ax.plot(range(len(curve)), curve, color=colors.get(name, f"C{4 + i}"), lw=2.0 if checked else 1.4,
                                 ls=":" if mean else "--" if checked else "-", zorder=3 if checked else 2,
                                 label=name + (" (mean of seeds)" if mean else ""))
