@@ -216,6 +216,9 @@ PLANS = {
         # (0.956 / 0.919 / 0.947, worst round gaps +0.019 / +0.006 / -0.003: the bar's shifted half) and the
         # in-distribution generator, where the check should leave constant kappa's run unchanged
         (DIGITS, [ADAPTIVE, *RE, "mix.probe_fraction=1.0", STEPS, "augmented.filter.mode=confidence", RISE, CHECK, "seed=0"]),
+        # seeds 3-4 of the shifted generator (FedAvg's exist), after it was chosen
+        (FONTS, [ADAPTIVE, *RE, "mix.probe_fraction=1.0", STEPS, "augmented.filter.mode=confidence", RISE, CHECK, "seed=3"]),
+        (FONTS, [ADAPTIVE, *RE, "mix.probe_fraction=1.0", STEPS, "augmented.filter.mode=confidence", RISE, CHECK, "seed=4"]),
     ],
     # Then: GroupNorm on every seed, both generators, each against FedAvg with GroupNorm of the same seed
     # (GenFL's own constant-kappa runs with GroupNorm last).
