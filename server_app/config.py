@@ -211,10 +211,8 @@ def generator_check(cfg: DictConfig):
     _check(isinstance(c.enabled, bool), "generator_check.enabled", "must be true or false", c.enabled)
     if not c.enabled:
         return None
-    _check(_number(c.min_transfer), "generator_check.min_transfer", "must be a number >= 0", c.min_transfer)
-    _check(_number(c.fraction), "generator_check.fraction", "must be in (0, 1]", c.fraction)
-    try:
-        return GeneratorCheck(epochs=c.epochs, fraction=float(c.fraction), min_transfer=float(c.min_transfer))
+    try:  # GeneratorCheck validates its own settings (one place for the rules and their messages)
+        return GeneratorCheck(epochs=c.epochs, fraction=c.fraction, min_transfer=c.min_transfer)
     except ValueError as err:
         raise ConfigError(str(err)) from err
 
