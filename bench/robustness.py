@@ -12,6 +12,7 @@
     python bench/robustness.py run generator_check  # then: the preset with the generator check, both generators
     python bench/robustness.py run retire     # then: with the fonts generator retired once kappa falls below 0.03
     python bench/robustness.py run full_probe # then: every node scores the probe every round
+    python bench/robustness.py run default    # then: the default (the check on, generator_check.on_fail below the line)
     python bench/robustness.py report         # bench/results/robustness.json/.md and the plots
 
 Setting: bench/convergence.py's (digits, 20 clients, alpha 0.1, 30 rounds, ResNet-18 with BatchNorm),
@@ -220,6 +221,19 @@ PLANS = {
         (FONTS, [ADAPTIVE, *RE, "mix.probe_fraction=1.0", STEPS, "augmented.filter.mode=confidence", RISE, CHECK, "seed=3"]),
         (FONTS, [ADAPTIVE, *RE, "mix.probe_fraction=1.0", STEPS, "augmented.filter.mode=confidence", RISE, CHECK, "seed=4"]),
     ],
+    # Then: the default a user gets (the check on; generator_check.on_fail = the full-probe preset's settings):
+    # it should retrace full_probe's fonts runs and constant kappa's in-distribution runs, number for number.
+    # (robust_* pieces switch the check off for the paper's arms: CHECK turns the default back on.)
+    "default": [
+        (FONTS, [CHECK, "seed=0"]),
+        (DIGITS, [CHECK, "seed=0"]),
+        (FONTS, [CHECK, "seed=1"]),
+        (FONTS, [CHECK, "seed=2"]),
+        (DIGITS, [CHECK, "seed=1"]),
+        (DIGITS, [CHECK, "seed=2"]),
+        (FONTS, [CHECK, "seed=4"]),  # new: full_probe's seed 4 was never run
+        (FONTS, [CHECK, "seed=3"]),
+    ],
     # Then: GroupNorm on every seed, both generators, each against FedAvg with GroupNorm of the same seed
     # (GenFL's own constant-kappa runs with GroupNorm last).
     "groupnorm_seeds": [
@@ -264,10 +278,10 @@ ARM = {"strategy": "strategy.name", "generator": "generator.corpus", "clients": 
        "aug_steps": "augmented.max_steps", "choose": "mix.choose", "step": "mix.step", "norm": "model.norm",
        "lr": "client.lr", "bn_fraction": "mix.bn_fraction", "max_rise": "mix.max_rise",
        "steps_follow_kappa": "augmented.steps_follow_kappa", "generator_check": "generator_check.enabled",
-       "retire_below": "mix.retire_below"}
+       "retire_below": "mix.retire_below", "on_fail": "generator_check.on_fail.mix.kappa_policy"}
 DEFAULTS = {("filter", "none"), ("round_aware", False), ("freeze_bn", False), ("fraction_train", 1.0),
             ("choose", "next_round"), ("step", 0.5), ("norm", "batch"), ("lr", 0.02), ("bn_fraction", 0.25),
-            ("steps_follow_kappa", False), ("generator_check", False), ("generator_check", None)}  # left out of
+            ("steps_follow_kappa", False), ("generator_check", False), ("generator_check", None), ("on_fail", None)}  # left out of
 # labels (bn_fraction: the default when the first re-estimation arm ran; it says 1.0 where it was)
 REFERENCE_LR = {"batch": 0.02, "group": 0.005}  # FedAvg's lr per norm (conf default; control_groupnorm's)
 FROM_ROUND = 5  # "never more than 0.02 below FedAvg at any round from round 5 on"
@@ -277,8 +291,10 @@ def _arm(run) -> dict:
     arm = {name: run.config.get(key) for name, key in ARM.items()}
     if arm["strategy"] == "fedavg":  # no synthetic data: the mix settings mean nothing, but re-estimated statistics do
         arm.update(generator=None, kappa_policy=None, filter=None, round_aware=None, freeze_bn=None, aug_steps=None,
-                   steps_follow_kappa=None, generator_check=None,
+                   steps_follow_kappa=None, generator_check=None, on_fail=None,
                    choose=None, step=None, bn_stats="reestimate" if arm["bn_stats"] == "reestimate" else None)
+    if not arm["generator_check"] or arm["kappa_policy"] == "adaptive":  # on_fail: what the default switches to
+        arm["on_fail"] = None
     if arm["bn_stats"] != "reestimate":
         arm["bn_fraction"] = None
     if arm["kappa_policy"] != "adaptive":
@@ -496,6 +512,8 @@ def _shown(arm: dict) -> str | None:
         return None
     if arm["strategy"] == "fedavg":
         return "FedAvg, BN re-estimated" if arm.get("bn_stats") == "reestimate" else "FedAvg"
+    if arm.get("on_fail"):
+        return "default: generator check, on_fail below the line"
     earlier = "constant, bn_stats=mixed (convergence" in arm["label"]  # convergence.json's arms name it in the label
     if earlier or (arm.get("kappa_policy") == "constant" and arm.get("bn_stats") == "mixed" and not arm.get("aug_steps")
                    and arm.get("filter") in (None, "none")):
@@ -530,7 +548,7 @@ def _plot(arms: list[dict], out: Path) -> None:
     colors = {"FedAvg": "black", "FedAvg, BN re-estimated": "grey", "GenFL, constant kappa 0.3": "C3",
               "preset without max_rise": "C0", "preset, half the nodes probe (unseeded)": "C2", "preset, max_rise 0.05, steps follow kappa": "C1",
               "preset with the generator check, half the nodes probe": "C4", "preset with the generator check, retire_below 0.03": "C5",
-              "preset: generator check, every node probes": "C6"}
+              "preset: generator check, every node probes": "C6", "default: generator check, on_fail below the line": "C9"}
     for title, chosen in settings.items():
         shown = [(name, a) for a in arms if chosen(a) and (name := _shown(a))]
         seeds = sorted({r["seed"] for _, a in shown for r in a["runs"]  # seeds that show GenFL, not FedAvg alone

@@ -118,9 +118,10 @@ def run(overrides: list[str]) -> int:
     """Validate, run one simulation, check its outcome; returns the process exit code."""
     try:
         if overrides[:1] == ["--resume"]:
-            if len(overrides) != 2:
-                raise ConfigError("usage: genfl-run --resume <results folder> (the run's own settings are reused)")
-            overrides = resume_overrides(overrides[1])
+            if len(overrides) < 2 or "=" in overrides[1]:
+                raise ConfigError("usage: genfl-run --resume <results folder> [key=value ...] (the run's own settings "
+                                  "are reused; the checkpoint refuses any that would change its results)")
+            overrides = resume_overrides(overrides[1]) + overrides[2:]
         cfg, run_dir, overrides = validated(overrides)
     except ConfigError as err:
         print(f"genfl-run: config error: {err}", file=sys.stderr)

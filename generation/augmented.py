@@ -83,13 +83,9 @@ class AugmentedModelTrainer:
         self.seed = seed
         self.cache_dir = cache_dir
         self.synthetic: Split | None = None
-        self.filter = filter if filter is not None and filter.active else None
         self.num_classes = _num_classes(model)
         self.class_names = None if class_names is None else tuple(class_names)
-        if self.filter is not None and self.filter.mode == "clip" and not self.class_names:
-            raise ValueError("augmented.filter.mode=clip needs the class names (class_names) to prompt CLIP with")
-        self.steps_follow_trust = steps_follow_trust
-        self._selection: Selection | None = None
+        self.configure(max_steps=settings.max_steps, filter=filter, steps_follow_trust=steps_follow_trust)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="augmented-model") if overlap else None
 
     def prepare(self, global_histogram: Sequence[int], plan: dict[int, int] | None = None) -> dict:
@@ -202,11 +198,14 @@ class AugmentedModelTrainer:
         _, accuracy = evaluate(self.model, self.synthetic, self.device, self.eval_batch_size, self.settings.fast_cuda)
         return state_to_numpy(self.model), accuracy
 
-    def relax(self) -> None:
-        """A generator that passed the check: the augmented model trains as in the paper from now on
-        (every batch of every epoch, every image), whatever caution the configuration asked for."""
-        self.settings = replace(self.settings, max_steps=None)
-        self.filter, self.steps_follow_trust, self._selection = None, False, None
+    def configure(self, *, max_steps: int | None, filter: FilterSettings | None, steps_follow_trust: bool) -> None:
+        """How far and on which images the augmented model trains from the next round on (the generator
+        check switches a trusted generator to the run's own settings); a new filter selects afresh."""
+        filter = filter if filter is not None and filter.active else None
+        if filter is not None and filter.mode == "clip" and not self.class_names:
+            raise ValueError("augmented.filter.mode=clip needs the class names (class_names) to prompt CLIP with")
+        self.settings = replace(self.settings, max_steps=max_steps)
+        self.filter, self.steps_follow_trust, self._selection = filter, steps_follow_trust, None
 
     def _settings(self, images: int, trust: float | None) -> TrainSettings:
         """This round's training settings: the step cap scaled by ``trust`` when steps follow it."""

@@ -18,10 +18,11 @@ from generation.augmented import AugmentedModelTrainer
 from generation.factory import build_generator
 from server_app import checkpoint, tracking
 from server_app.config import (adaptive_kappa, class_names, filter_settings, generator_check, load_config,
-                               overrides_from_run_config, run_directory, to_yaml)
+                               on_fail_config, on_fail_problem, overrides_from_run_config, run_directory, to_yaml)
 from server_app.nodes import WatchedGrid, wait_for_federation
 from server_app.results import SYNTHETIC_SAMPLES, RunReport, eta_seconds
 from strategy.bases import build_base
+from strategy.generator_check import Regime
 from strategy.genfl import GenFL
 from strategy.replies import Reliability
 from strategy.kappa import KappaSchedule
@@ -80,9 +81,15 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
     model = seeded_model(cfg.seed, **model_spec)
     st = cfg.strategy
     kappa = KappaSchedule(st.kappa_aug, st.kappa_schedule, st.kappa_aug_final, cfg.num_rounds)
-    augmenter = _augmenter(cfg, seeded_model(cfg.seed, **model_spec), device, test) if kappa.uses_synthetic_data else None
+    # With the generator check the run starts with generator_check.on_fail's cautious settings and a
+    # trusted generator switches to the configured ones before round 1 (strategy/generator_check.py).
+    check = generator_check(cfg) if kappa.uses_synthetic_data else None
+    start = (on_fail_config(cfg) if check is not None else None) or cfg
+    if check is not None and start is cfg:
+        log(INFO, "generator check: reports only (%s)", on_fail_problem(cfg))
+    augmenter = _augmenter(start, seeded_model(cfg.seed, **model_spec), device, test) if kappa.uses_synthetic_data else None
     strategy = GenFL(
-        base_strategy(cfg, num_nodes=len(list(grid.get_node_ids()))),
+        base_strategy(start, num_nodes=len(list(grid.get_node_ids()))),
         num_classes=ds.num_classes,
         kappa=kappa,
         augmenter=augmenter,
@@ -91,14 +98,14 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
         seed=cfg.seed,
         reliability=reliability(cfg),
         first_round=resumed["round"] + 1 if resumed else 1,
-        adaptive=adaptive_kappa(cfg),
-        bn_stats=cfg.mix.bn_stats,
-        bn_fraction=cfg.mix.bn_fraction,
-        choose=cfg.mix.choose,
-        probe_fraction=cfg.mix.probe_fraction,
+        adaptive=adaptive_kappa(start),
+        bn_stats=start.mix.bn_stats,
+        bn_fraction=start.mix.bn_fraction,
+        choose=start.mix.choose,
+        probe_fraction=start.mix.probe_fraction,
         round_aware_floor=cfg.augmented.round_aware_floor if cfg.augmented.round_aware else None,
-        check=generator_check(cfg),
-        fraction_evaluate=fed.fraction_evaluate,
+        check=check,
+        trusted=None if start is cfg else regime(cfg),
     )
     initial = ArrayRecord(model.state_dict())
     if resumed:
@@ -177,13 +184,27 @@ def _quality_report(cfg: DictConfig, report: RunReport, model: torch.nn.Module, 
         short(scores.get("separability_auc")), SYNTHETIC_SAMPLES)
 
 
+def evaluation_fraction(cfg: DictConfig) -> float:
+    """The base strategy's share of nodes in the evaluation step (the next_round probe rides on it)."""
+    fraction = cfg.federation.fraction_evaluate
+    if cfg.mix.kappa_policy == "adaptive" and cfg.mix.choose == "next_round":
+        fraction = max(fraction, cfg.mix.probe_fraction)
+    return fraction
+
+
+def regime(cfg: DictConfig) -> Regime:
+    """How ``cfg`` mixes the synthetic data (what a trusted generator switches to)."""
+    return Regime(adaptive=adaptive_kappa(cfg), bn_stats=cfg.mix.bn_stats, bn_fraction=cfg.mix.bn_fraction,
+                  choose=cfg.mix.choose, probe_fraction=cfg.mix.probe_fraction,
+                  fraction_evaluate=evaluation_fraction(cfg),
+                  augmented=dict(max_steps=cfg.augmented.max_steps, filter=filter_settings(cfg),
+                                 steps_follow_trust=cfg.augmented.steps_follow_kappa))
+
+
 def base_strategy(cfg: DictConfig, num_nodes: int):
     """The configured Flower strategy for the client part of Eq. (1), DP-wrapped if asked."""
     fed = cfg.federation
-    fraction_evaluate = fed.fraction_evaluate
-    if cfg.mix.kappa_policy == "adaptive" and cfg.mix.choose == "next_round":  # the probe rides on the evaluation step
-        fraction_evaluate = max(fraction_evaluate, cfg.mix.probe_fraction)
-    sampling = dict(fraction_train=fed.fraction_train, fraction_evaluate=fraction_evaluate,
+    sampling = dict(fraction_train=fed.fraction_train, fraction_evaluate=evaluation_fraction(cfg),
                     min_train_nodes=fed.min_train_nodes, min_evaluate_nodes=fed.min_evaluate_nodes,
                     # Sampling waits for this many nodes: a node that vanished mid-run must not stall it.
                     min_available_nodes=max(fed.min_train_nodes, fed.min_evaluate_nodes))

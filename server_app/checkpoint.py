@@ -71,23 +71,35 @@ def load(run_dir: Path, config: dict) -> dict:
         raise CheckpointError(f"{path} is not a {FORMAT} checkpoint")
     differences = _differences(payload["config"], config)
     if differences:
-        raise CheckpointError(f"cannot resume {run_dir}: the config differs from the checkpoint's in "
-                              f"{', '.join(differences)}; resume with the original settings (genfl-run --resume DIR)")
+        switched = [g for g in _switched_on(payload["config"], config) if any(d.split(".")[0] == g for d in differences)]
+        named = [d for d in differences if d.split(".", 1)[0] not in switched] + [f"{g} (on now, off in the checkpoint)"
+                                                                               for g in switched]
+        how = (f"resume as it ran with genfl-run --resume {run_dir} " + " ".join(f"{g}.enabled=false" for g in switched)
+               if switched and len(named) == len(switched) else "resume with the original settings (genfl-run --resume DIR)")
+        raise CheckpointError(f"cannot resume {run_dir}: the config differs from the checkpoint's in {', '.join(named)}; {how}")
     return payload
+
+
+def _switched_on(saved: dict, current: dict) -> list[str]:
+    """Top-level groups whose ``enabled`` switch is on now and was off, or not there yet, in the checkpoint
+    (a group that came to conf/ on by default, such as generator_check)."""
+    return sorted(g for g, group in current.items() if isinstance(group, dict) and group.get("enabled") is True
+                  and not (isinstance(saved.get(g), dict) and saved[g].get("enabled") is True))
 
 
 def _differences(saved: dict, current: dict) -> list[str]:
     """Flattened config keys that differ, except those that do not change results (paths, devices, ...).
     A setting added to conf/ after the checkpoint was written is no difference while it is off (null or
-    false), nor are the other settings of a group added with it whose ``enabled`` is false: an upgrade
-    must not strand interrupted runs."""
+    false), nor is one inside a group whose ``enabled`` is false: an upgrade must not strand interrupted
+    runs (a group added on by default is named, and `load` says how to resume without it)."""
     saved, current = flatten(saved), flatten(current)
     keys = sorted(k for k in set(saved) | set(current) if not result_neutral(k))
 
     def off(key: str) -> bool:
-        group_switch = key.rsplit(".", 1)[0] + ".enabled" if "." in key else None
-        return current.get(key, "<missing>") in (None, False) or (
-            group_switch is not None and group_switch not in saved and current.get(group_switch) is False)
+        parts = key.split(".")
+        switches = [".".join(parts[:i]) + ".enabled" for i in range(1, len(parts))]
+        return current.get(key, "<missing>") in (None, False) or any(
+            current.get(s) is False and s != key for s in switches)
 
     added_off = {k for k in keys if k not in saved and off(k)}
     return [k for k in keys if k not in added_off and saved.get(k, "<missing>") != current.get(k, "<missing>")]

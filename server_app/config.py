@@ -123,6 +123,7 @@ def validate(cfg: DictConfig) -> None:
 
     if why := problem(OmegaConf.to_container(cfg, resolve=True)):
         raise ConfigError(why)
+    on_fail_config(cfg)  # the settings a generator that fails the check would run with, valid too (last: the rest is)
 
 
 def _validate_nodes(cfg: DictConfig) -> None:
@@ -212,9 +213,64 @@ def generator_check(cfg: DictConfig):
     if not c.enabled:
         return None
     try:  # GeneratorCheck validates its own settings (one place for the rules and their messages)
-        return GeneratorCheck(epochs=c.epochs, fraction=c.fraction, min_transfer=c.min_transfer)
+        check = GeneratorCheck(epochs=c.epochs, fraction=c.fraction, min_transfer=c.min_transfer)
     except ValueError as err:
         raise ConfigError(str(err)) from err
+    return check
+
+
+def _switchable(key: str) -> bool:
+    """What the check can change before round 1: the mix (strategy/generator_check.py's Regime) and how
+    far and on which images the augmented model trains."""
+    return key.startswith(("mix.", "augmented.filter.")) or key in ("augmented.max_steps", "augmented.steps_follow_kappa")
+
+
+def on_fail_problem(cfg: DictConfig) -> str | None:
+    """Why ``generator_check.on_fail`` does not apply to this run (the check then only warns), or None."""
+    st, on_fail = cfg.strategy, cfg.generator_check.get("on_fail")
+    if not cfg.generator_check.enabled:
+        return "generator_check.enabled is false"
+    if on_fail is None:
+        return "generator_check.on_fail is null"
+    if not 0 < st.kappa_aug < 1:
+        return f"strategy={st.name} (kappa_aug {st.kappa_aug}) mixes no client part with the augmented model"
+    if st.kappa_schedule != "constant":
+        return f"strategy.kappa_schedule={st.kappa_schedule} fixes kappa_aug's course"
+    return None
+
+
+def on_fail_config(cfg: DictConfig) -> DictConfig | None:
+    """``cfg`` with ``generator_check.on_fail`` over it, validated: the settings a run whose generator fails
+    the check keeps (it starts with them; a trusted generator switches to ``cfg``'s). None when
+    `on_fail_problem` says it does not apply."""
+    on_fail = cfg.generator_check.get("on_fail")
+    if on_fail is not None and not isinstance(on_fail, DictConfig):
+        raise ConfigError(f"generator_check.on_fail: must be a mapping of settings or null (got {on_fail!r})")
+    if on_fail_problem(cfg) is not None:
+        return None
+    for key in _leaves(OmegaConf.to_container(on_fail)):
+        value = OmegaConf.select(on_fail, key)
+        _check(OmegaConf.select(cfg, key, default="<missing>") != "<missing>", f"generator_check.on_fail.{key}",
+               f"no such setting ({key}): check the spelling against conf/config.yaml", value)
+        _check(_switchable(key), f"generator_check.on_fail.{key}", "not a setting the check can switch (mix.*, "
+               "augmented.max_steps, augmented.steps_follow_kappa, augmented.filter.*)", value)
+    if cfg.model.norm != "batch" and on_fail.get("mix") is not None:  # GroupNorm: no running statistics to form
+        on_fail = OmegaConf.merge(on_fail, {"mix": {"bn_stats": cfg.mix.bn_stats, "bn_fraction": cfg.mix.bn_fraction}})
+    try:
+        cautious = OmegaConf.merge(cfg, on_fail)
+        cautious.generator_check.on_fail = None
+        validate(cautious)
+    except (ConfigError, OmegaConfBaseException) as err:
+        raise ConfigError(f"generator_check.on_fail: {_one_line(err)}") from err
+    return cautious
+
+
+def _leaves(tree: dict, prefix: str = "") -> list[str]:
+    out = []
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        out += _leaves(value, path + ".") if isinstance(value, dict) and value else [path]
+    return out
 
 
 def filter_settings(cfg: DictConfig):

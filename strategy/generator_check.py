@@ -4,15 +4,18 @@ A ResNet trained on the synthetic set alone is scored by the nodes on their own 
 no new client code, no real data on the server). ``transfer`` = its federated accuracy on real data
 over its accuracy on the synthetic set: ~0.94 for the in-distribution digits generator, ~0.5-0.65 for
 the domain-shifted fonts one (measured, README). A generator at or above ``min_transfer`` is trusted:
-the run mixes it as the paper does (constant kappa_aug, statistics mixed like the weights, the
-augmented model uncapped and unfiltered); below it the configured cautious policy runs. Plain Python.
+the run goes on with the user's settings (the paper's constant kappa_aug by default); below it the
+run keeps the cautious settings of ``generator_check.on_fail`` it started with (a `Regime` each).
+Plain Python.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+from strategy.kappa import AdaptiveKappa
 
 
 @dataclass(frozen=True)
@@ -43,3 +46,17 @@ class GeneratorCheck:
                 "transfer": None if transfer is None else round(transfer, 4),
                 "min_transfer": self.min_transfer, "nodes": len(accuracies),
                 "trusted": transfer is not None and transfer >= self.min_transfer}
+
+
+@dataclass(frozen=True)
+class Regime:
+    """How GenFL mixes the synthetic data, as a whole: what the check switches between (one from the
+    run's settings, one from them with ``generator_check.on_fail`` over them)."""
+
+    adaptive: AdaptiveKappa | None  # None: the constant (or scheduled) kappa_aug
+    bn_stats: str = "mixed"
+    bn_fraction: float = 1.0
+    choose: str = "next_round"
+    probe_fraction: float = 1.0
+    fraction_evaluate: float = 0.0  # the base strategy's evaluation share (the next_round probe rides on it)
+    augmented: dict = field(default_factory=dict)  # the augmenter's `configure` arguments

@@ -33,7 +33,7 @@ from client_app.contract import (AUGMENTED, BN_QUERY, BN_RECORD, CLIENT_PART, MI
 from strategy.aggregation import like
 from strategy.bases import base_state, dp_wrapper, innermost, load_base_state
 from strategy.cooldown import Cooldown
-from strategy.generator_check import GeneratorCheck
+from strategy.generator_check import GeneratorCheck, Regime
 from strategy.grids import OrderedGrid
 from strategy.guard import update_problem
 from strategy.histograms import Survey, survey
@@ -61,7 +61,7 @@ class Augmenter(Protocol):
 
     def reference(self, initial_state: dict[str, np.ndarray], epochs: int) -> tuple[dict[str, np.ndarray], float]: ...
 
-    def relax(self) -> None: ...
+    def configure(self, *, max_steps: int | None, filter, steps_follow_trust: bool) -> None: ...
 
     def close(self) -> None: ...
 
@@ -82,7 +82,7 @@ class GenFL(Strategy):
                  reliability: Reliability, first_round: int = 1, adaptive: AdaptiveKappa | None = None,
                  bn_stats: str = "mixed", bn_fraction: float = 1.0, round_aware_floor: float | None = None,
                  choose: str = "next_round", probe_fraction: float = 1.0, check: GeneratorCheck | None = None,
-                 fraction_evaluate: float | None = None):
+                 trusted: Regime | None = None):
         if kappa.uses_synthetic_data and augmenter is None:
             raise ValueError("kappa_aug > 0 needs an augmenter (the server's synthetic-data trainer)")
         self.base, self.num_classes, self.kappa, self.augmenter = base, num_classes, kappa, augmenter
@@ -93,10 +93,10 @@ class GenFL(Strategy):
         # very mix it picks); next_round: it rides on the evaluation step and sets the next round's kappa.
         self.choose_now, self.probe_fraction = choose == "this_round", probe_fraction
         self.round_aware_floor = round_aware_floor  # None: the augmented model sees the synthetic set's own mix
-        # The generator check: under adaptive kappa a trusted generator runs without the policy and the evaluation
-        # step goes back to the federation's own share (``fraction_evaluate``; None: as it is); under a constant
-        # kappa it only reports (a warning for a generator that does not carry over).
-        self.check, self.fraction_evaluate = check, fraction_evaluate
+        # The generator check. The settings above are the cautious ones a generator that fails it keeps;
+        # ``trusted`` is the regime one that passes switches to (the run's own settings). Without it the
+        # check only reports (a warning for a generator that does not carry over).
+        self.check, self.trusted = check, trusted
         self.generator_check: dict | None = None  # its result (a resumed run keeps the checkpoint's)
         keys = innermost(base)
         self.weighted_by_key, self.configrecord_key = keys.weighted_by_key, keys.configrecord_key
@@ -203,8 +203,8 @@ class GenFL(Strategy):
 
     def _check_generator(self, config: ConfigRecord) -> None:
         """Before round 1 (strategy/generator_check.py): the nodes score a model of the synthetic set
-        alone on their data; a generator that carries over is trusted and the cautious policy is dropped
-        (a constant kappa stays: the check then only reports). A resumed run applies the checkpoint's
+        alone on their data; a generator that carries over is trusted and the run switches to the
+        ``trusted`` regime (without one the check only reports). A resumed run applies the checkpoint's
         verdict instead of checking again."""
         if self.generator_check is None:
             started = time.monotonic()
@@ -223,22 +223,32 @@ class GenFL(Strategy):
                                                          [float(m[self.weighted_by_key]) for m in scores],
                                                          synthetic_accuracy),
                                     "seconds": round(time.monotonic() - started, 2)}
-        result, adaptive = self.generator_check, self.adaptive is not None
+            trusted = self.generator_check["trusted"]  # which settings the run goes on with
+            self.generator_check["settings"] = ("as configured" if trusted else "on_fail" if self.trusted is not None
+                                                else "as configured (the check only reports)")
+        result = self.generator_check
         if result["trusted"]:
-            outcome = "trusted, mixed as in the paper (constant kappa_aug, BatchNorm statistics mixed)"
-        elif adaptive:
-            outcome = "not trusted, the adaptive policy runs"
+            outcome = "trusted, mixed as configured"
+        elif self.trusted is not None:
+            outcome = (f"not trusted, the cautious settings of generator_check.on_fail run ("
+                       f"{'adaptive kappa_aug' if self.adaptive else 'constant kappa_aug'}, BatchNorm statistics "
+                       f"{self.bn_stats})")
         else:
-            outcome = ("not trusted, but kappa_aug is constant: the synthetic data may pull the model below FedAvg "
-                       "(+experiment=untrusted_generator sets the mix from the clients' evidence instead)")
+            outcome = ("not trusted, but mixed as configured (generator_check.on_fail does not apply to this run): "
+                       "the synthetic data may pull the model below FedAvg")
         log(INFO if result["trusted"] else WARNING, "generator check: a model of the synthetic set alone scores %s on "
             "%d nodes' real data, %s on the synthetic set (transfer %s, trusted at >= %s): %s", result["real_accuracy"],
             result["nodes"], result["synthetic_accuracy"], result["transfer"], result["min_transfer"], outcome)
-        if result["trusted"] and adaptive:
-            self.adaptive, self.bn_stats = None, "mixed"
-            self.augmenter.relax()
-            if self.fraction_evaluate is not None:
-                innermost(self.base).fraction_evaluate = self.fraction_evaluate
+        if result["trusted"] and self.trusted is not None:
+            self._use(self.trusted)
+        self.trusted = None  # decided for the rest of the run
+
+    def _use(self, regime: Regime) -> None:
+        """Mix the synthetic data the way ``regime`` says from this round on."""
+        self.adaptive, self.bn_stats, self.bn_fraction = regime.adaptive, regime.bn_stats, regime.bn_fraction
+        self.choose_now, self.probe_fraction = regime.choose == "this_round", regime.probe_fraction
+        innermost(self.base).fraction_evaluate = regime.fraction_evaluate
+        self.augmenter.configure(**regime.augmented)
 
     @contextmanager
     def _seeded_sampling(self, server_round: int, stream: int):
@@ -547,8 +557,9 @@ class GenFL(Strategy):
         self.rounds_succeeded = state["rounds_succeeded"]
         self.consecutive_failures = state["consecutive_failures"]
         load_base_state(self.base, state["base"])
-        if self.adaptive is not None and state.get("adaptive_kappa") is not None:
-            self.adaptive.current = float(state["adaptive_kappa"])
-            self.adaptive.retired = bool(state.get("adaptive_retired"))
+        for policy in (self.adaptive, self.trusted.adaptive if self.trusted else None):  # the check's verdict
+            if policy is not None and state.get("adaptive_kappa") is not None:         # picks one of them
+                policy.current = float(state["adaptive_kappa"])
+                policy.retired = bool(state.get("adaptive_retired"))
         self.generator_check = state.get("generator_check")
         self._resumed = {k: state[k] for k in ("global_histogram", "benched_until", "nodes")}

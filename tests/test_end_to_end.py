@@ -44,7 +44,10 @@ def runs(tmp_path_factory):
     return get
 
 
-GENFL_A = ("strategy=genfl", "num_rounds=2", "seed=0")
+GENFL = ("strategy=genfl", "num_rounds=2", "seed=0")
+# The paper's mix as configured, without the generator check (on by default): the runs that test Eq. (1)'s
+# mechanics compare numbers with runs built here by hand.
+GENFL_A = (*GENFL, "generator_check.enabled=false")
 
 
 @pytest.mark.slow
@@ -94,19 +97,25 @@ def test_adaptive_kappa_and_reestimated_batchnorm_statistics_in_a_real_simulatio
 
 
 @pytest.mark.slow
-def test_the_untrusted_generator_preset_caps_kappas_climb_and_scales_the_augmented_steps_in_a_real_simulation(runs):
-    """The preset (+ steps_follow_kappa) through real ClientApps: kappa_aug falls at mix.step's pace but
-    climbs at most mix.max_rise per round; the augmented model's step cap follows kappa_aug / 0.3."""
+def test_a_generator_that_fails_the_default_check_runs_on_fails_settings_in_a_real_simulation(runs):
+    """The default run (no mix setting given) with a generator below the line, through real ClientApps:
+    generator_check.on_fail's settings run (+ steps_follow_kappa, a key added to on_fail on the command line):
+    kappa_aug falls at mix.step's pace but climbs at most on_fail's max_rise per round; the augmented model's
+    step cap (on_fail's: client.max_steps) follows kappa_aug / 0.3; statistics re-estimated on every node."""
     from torchcore.train import batch_bounds
 
-    proc, run_dir = runs("preset", "strategy=genfl", "num_rounds=3", "seed=0", "+experiment=untrusted_generator",
-                         "augmented.steps_follow_kappa=true", "mix.probe_fraction=1.0",
-                         "generator_check.min_transfer=10")  # no generator passes: the adaptive policy runs
+    proc, run_dir = runs("untrusted", "strategy=genfl", "num_rounds=3", "seed=0",
+                         "+generator_check.on_fail.augmented.steps_follow_kappa=true",
+                         "generator_check.min_transfer=10")  # no generator passes
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = metrics(run_dir)
     assert result["generator_check"]["trusted"] is False and result["generator_check"]["nodes"] == 3
-    assert result["config"]["mix"]["max_rise"] == 0.05 and result["config"]["augmented"]["max_steps"] == 10
+    assert result["config"]["mix"]["kappa_policy"] == "constant"  # the user's settings, as given, are what is recorded
+    assert "not trusted, the cautious settings of generator_check.on_fail run" in proc.stdout + proc.stderr
+    on_fail = result["config"]["generator_check"]["on_fail"]
+    assert on_fail["mix"]["max_rise"] == 0.05 and on_fail["augmented"]["max_steps"] == 10
     rows = result["rounds"][1:]
+    assert all(r["bn_nodes"] == 3 and r["probe_nodes"] == 3 for r in rows)
     assert len(rows) == 3 and rows[0]["kappa_aug"] == 0.3
     for row in rows:
         toward = row["kappa_aug"] + 0.5 * (row["kappa_best"] - row["kappa_aug"])
@@ -120,10 +129,10 @@ def test_the_untrusted_generator_preset_caps_kappas_climb_and_scales_the_augment
 
 @pytest.mark.slow
 def test_a_generator_that_passes_the_check_runs_as_constant_kappa_number_for_number_in_a_real_simulation(runs):
-    """The preset's generator check through real ClientApps: every node scores the synthetic-only model on its
-    data before round 1; a trusted generator's run is then the paper's GenFL (run A), to the last digit."""
-    (_, constant), (proc, run_dir) = runs("A", *GENFL_A), runs("checked", *GENFL_A, "+experiment=untrusted_generator",
-                                                                 "generator_check.min_transfer=0.0")
+    """The default generator check through real ClientApps: every node scores the synthetic-only model on its
+    data before round 1; a trusted generator's run is then the paper's GenFL without the check (run A), to the
+    last digit, though it started with on_fail's cautious settings."""
+    (_, constant), (proc, run_dir) = runs("A", *GENFL_A), runs("checked", *GENFL, "generator_check.min_transfer=0.0")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     result = metrics(run_dir)
     check = result["generator_check"]
@@ -177,7 +186,7 @@ def test_the_same_adaptive_command_gives_the_same_numbers_when_a_sample_of_nodes
 
 @pytest.mark.slow
 def test_another_seed_gives_other_numbers(runs):
-    (_, a), (proc, c) = runs("A", *GENFL_A), runs("C", "strategy=genfl", "num_rounds=2", "seed=1")
+    (_, a), (proc, c) = runs("A", *GENFL_A), runs("C", "strategy=genfl", "num_rounds=2", "seed=1", "generator_check.enabled=false")
     assert proc.returncode == 0, proc.stdout[-3000:]
     rows_a, rows_c = metrics(a)["rounds"], metrics(c)["rounds"]
     assert metrics(a)["global_label_histogram"] == metrics(c)["global_label_histogram"]  # same data, other split

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from local_grid import LocalGrid
-from strategy.generator_check import GeneratorCheck
+from strategy.generator_check import GeneratorCheck, Regime
+from strategy.kappa import AdaptiveKappa
 from test_adaptive_kappa import TARGET, _start, adaptive_genfl, scoring_node
 from test_genfl_strategy import FixedAugmenter, _state
 
@@ -35,19 +36,23 @@ def test_bad_check_settings_are_named(kwargs, message):
 
 
 class CheckedAugmenter(FixedAugmenter):
-    """A fixed augmented model plus the check's synthetic-only model (``reference``) and `relax`."""
+    """A fixed augmented model plus the check's synthetic-only model (``reference``) and `configure`."""
 
     def __init__(self, state, reference_state, synthetic_accuracy=1.0):
         super().__init__(state)
         self.reference_state, self.synthetic_accuracy = reference_state, synthetic_accuracy
-        self.references, self.relaxed = [], False
+        self.references, self.configured = [], []
 
     def reference(self, initial_state, epochs):
         self.references.append((len(self.trained_from), epochs))
         return self.reference_state, self.synthetic_accuracy
 
-    def relax(self):
-        self.relaxed = True
+    def configure(self, **settings):
+        self.configured.append(settings)
+
+    @property
+    def relaxed(self):
+        return self.configured == [PAPER.augmented]
 
 
 def accuracy_node(histogram, partition, accuracy_of, probe_reply=None):
@@ -65,10 +70,18 @@ def accuracy_node(histogram, partition, accuracy_of, probe_reply=None):
     return handle
 
 
-def checked_genfl(augmenter, rounds, min_transfer=0.8, fraction_evaluate=0.0, **kwargs):
+# The configured (trusted) regime of the default run: the paper's constant kappa, statistics mixed like the
+# weights, no evaluation step, the augmented model uncapped and unfiltered.
+PAPER = Regime(adaptive=None, bn_stats="mixed", fraction_evaluate=0.0,
+               augmented=dict(max_steps=None, filter=None, steps_follow_trust=False))
+
+
+def checked_genfl(augmenter, rounds, min_transfer=0.8, trusted=PAPER, **kwargs):
+    """GenFL as server_app builds it with the check: started with generator_check.on_fail's cautious settings
+    (``kwargs``: adaptive kappa, ...), ``trusted`` the configured ones a generator that passes switches to."""
     strategy = adaptive_genfl(augmenter, rounds, **kwargs)
     strategy.check = GeneratorCheck(epochs=2, fraction=1.0, min_transfer=min_transfer)
-    strategy.fraction_evaluate = fraction_evaluate
+    strategy.trusted = trusted
     return strategy
 
 
@@ -82,20 +95,39 @@ def test_the_check_runs_before_round_1_and_decides_the_regime(reference, trusted
     augmenter = CheckedAugmenter(_state([-20.0, 40.0]), _state(reference))
     strategy = checked_genfl(augmenter, rounds=3, bn_stats="reestimate")
     _start(strategy, grid, 3)
+    assert strategy.trusted is None  # decided for the rest of the run
     kinds = [m.metadata.message_type for m in grid.sent]
     first_train = kinds.index("train")
     assert kinds[first_train - 3:first_train] == ["query.kappa_probe"] * 3  # every node, before any training
     assert augmenter.references == [(0, 2)]  # once, before the first augmented model, with the configured epochs
     result = strategy.generator_check
     assert result["nodes"] == 3 and result["real_accuracy"] == (0.95 if trusted else 0.4) and result["trusted"] is trusted
+    assert result["settings"] == ("as configured" if trusted else "on_fail")
     rows = [strategy.round_stats[r] for r in (1, 2, 3)]
     assert augmenter.relaxed is trusted
-    if trusted:  # the paper's GenFL: constant kappa, no probe, no BatchNorm query, evaluation back to the federation's share
+    if trusted:  # as configured (the paper's GenFL): constant kappa, no probe, no BatchNorm query, no evaluation
         assert [r.kappa_aug for r in rows] == [0.3, 0.3, 0.3] and all(r.kappa_probe is None for r in rows)
         assert "query.bn_statistics" not in kinds and "evaluate" not in kinds and strategy.bn_stats == "mixed"
         assert augmenter.trust == [None, None, None]
-    else:  # the adaptive policy turns the harmful augmented model down, statistics re-estimated
+    else:  # on_fail's adaptive policy turns the harmful augmented model down, statistics re-estimated
         assert [r.kappa_aug for r in rows] == [0.3, 0.15, 0.075] and kinds.count("query.bn_statistics") == 9
+
+
+def test_a_trusted_generator_switches_to_the_configured_regime_whatever_it_is():
+    """The configured regime may itself be adaptive (the user's own policy): a trusted generator gets it, with the
+    user's parameters, not on_fail's; its kappa starts where the run started."""
+    grid = LocalGrid({i: accuracy_node([5, 5, 5], i, good_at) for i in range(3)})
+    own = AdaptiveKappa(0.3, (0.0, 0.3), 1.0, 0.0, 0.3)  # step 1.0: straight to the best candidate
+    mine = Regime(adaptive=own, bn_stats="clients", fraction_evaluate=1.0,
+                  augmented=dict(max_steps=7, filter=None, steps_follow_trust=False))
+    augmenter = CheckedAugmenter(_state([-20.0, 40.0]), _state(TARGET))
+    strategy = checked_genfl(augmenter, rounds=2, trusted=mine, bn_stats="reestimate")
+    _start(strategy, grid, 2)
+    assert strategy.generator_check["trusted"] is True and strategy.adaptive is own and strategy.bn_stats == "clients"
+    assert augmenter.configured == [mine.augmented]
+    kinds = [m.metadata.message_type for m in grid.sent]
+    assert "query.bn_statistics" not in kinds and kinds.count("evaluate") == 6  # the user's probe, every node
+    assert [strategy.round_stats[r].kappa_aug for r in (1, 2)] == [0.3, 0.0]  # the harmful model: straight down
 
 
 def test_a_node_claiming_an_impossible_accuracy_is_left_out_of_the_verdict():
@@ -123,17 +155,18 @@ def test_a_resumed_run_applies_the_checkpoints_verdict_without_checking_again():
 
 
 @pytest.mark.parametrize("reference", [TARGET, [-20.0, 40.0]])
-def test_under_a_constant_kappa_the_check_only_reports(reference, caplog):
+def test_without_on_fail_the_check_only_reports(reference, caplog):
     from test_genfl_strategy import genfl
 
     grid = LocalGrid({i: accuracy_node([5, 5, 5], i, good_at) for i in range(2)})
     augmenter = CheckedAugmenter(_state([-20.0, 40.0]), _state(reference))
-    strategy = genfl(0.7, 0.3, augmenter=augmenter, rounds=2)
+    strategy = genfl(0.7, 0.3, augmenter=augmenter, rounds=2)  # no trusted regime: nothing to switch between
     strategy.check = CHECK
     with caplog.at_level("INFO", logger="flwr"):
         _start(strategy, grid, 2)
     trusted = strategy.generator_check["trusted"]
-    assert trusted is (reference is TARGET) and augmenter.references == [(0, 2)] and not augmenter.relaxed
+    assert trusted is (reference is TARGET) and augmenter.references == [(0, 2)] and augmenter.configured == []
+    assert strategy.generator_check["settings"].startswith("as configured")
     assert [strategy.round_stats[r].kappa_aug for r in (1, 2)] == [0.3, 0.3]
     warned = "may pull the model below FedAvg" in caplog.text
     assert warned is not trusted
@@ -161,7 +194,7 @@ def test_the_reference_model_trains_on_the_synthetic_set_alone_and_leaves_the_ro
         np.testing.assert_array_equal(with_check[k], without[k])
     again, accuracy_again = trainer.reference(initial, epochs=2)
     assert accuracy_again == accuracy and all(np.array_equal(again[k], state[k]) for k in state)  # reproducible
-    trainer.relax()  # trusted: every batch from now on, whatever the cap and trust
+    trainer.configure(max_steps=None, filter=None, steps_follow_trust=False)  # trusted, the paper's: every batch
     assert trainer.settings.max_steps is None and trainer.filter is None and not trainer.steps_follow_trust
     _, metrics = trainer.train(initial, server_round=2, trust=0.0)
     assert "augmented_steps" not in metrics and metrics["images_used"] == 40
@@ -186,9 +219,87 @@ def test_a_checkpoint_written_before_the_check_existed_still_resumes():
     from server_app.checkpoint import _differences
 
     saved = {"mix": {"kappa_policy": "adaptive"}}
+    on_fail = {"mix": {"kappa_policy": "adaptive", "max_rise": 0.05}, "augmented": {"filter": {"mode": "confidence"}}}
     current = {"mix": {"kappa_policy": "adaptive"},
-               "generator_check": {"enabled": False, "epochs": 3, "fraction": 1.0, "min_transfer": 0.8}}
-    assert _differences(saved, current) == []
+               "generator_check": {"enabled": False, "epochs": 3, "fraction": 1.0, "min_transfer": 0.8, "on_fail": on_fail}}
+    assert _differences(saved, current) == []  # off: nothing inside it (on_fail's nested settings included) counts
     current["generator_check"]["enabled"] = True  # switched on: a different run, named
-    assert _differences(saved, current) == ["generator_check.enabled", "generator_check.epochs",
-                                            "generator_check.fraction", "generator_check.min_transfer"]
+    assert _differences(saved, current)[:4] == ["generator_check.enabled", "generator_check.epochs",
+                                                "generator_check.fraction", "generator_check.min_transfer"]
+
+
+@pytest.mark.parametrize("saved_check", [None, {"enabled": False, "epochs": 3, "fraction": 1.0, "min_transfer": 0.8}])
+def test_resuming_a_checkpoint_from_before_the_check_was_on_by_default_says_how(tmp_path, saved_check):
+    """A run started without the check (before it existed, or before it was on by default) is refused with the
+    one override that resumes it as it ran; with that override it resumes."""
+    from server_app import checkpoint
+
+    saved = {"seed": 0, **({"generator_check": saved_check} if saved_check else {})}
+    checkpoint.save(tmp_path, server_round=1, arrays={}, strategy={}, rounds=[], config=saved)
+    now = {"seed": 0, "generator_check": {"enabled": True, "epochs": 3, "fraction": 1.0, "min_transfer": 0.8,
+                                          "on_fail": {"mix": {"max_rise": 0.05}}}}
+    with pytest.raises(checkpoint.CheckpointError) as err:
+        checkpoint.load(tmp_path, now)
+    assert str(err.value).endswith(f"in generator_check (on now, off in the checkpoint); resume as it ran with "
+                                   f"genfl-run --resume {tmp_path} generator_check.enabled=false")
+    now["generator_check"]["enabled"] = False
+    assert checkpoint.load(tmp_path, now)["round"] == 1
+    now.update(seed=1, generator_check={**now["generator_check"], "enabled": True})  # another difference too: no hint
+    with pytest.raises(checkpoint.CheckpointError, match="in seed, generator_check .*original settings"):
+        checkpoint.load(tmp_path, now)
+
+
+# -- the default: the check on, generator_check.on_fail's settings for a generator below the line ------------
+def test_the_default_run_starts_cautious_and_a_trusted_generator_switches_to_the_configured_settings(make_config):
+    from server_app.app import regime
+    from server_app.config import on_fail_config
+
+    cfg = make_config()
+    assert cfg.generator_check.enabled is True and cfg.mix.kappa_policy == "constant"  # paper defaults, check on
+    start = on_fail_config(cfg)
+    assert (start.mix.kappa_policy, start.mix.probe_fraction, start.mix.max_rise, start.mix.bn_stats) == (
+        "adaptive", 1.0, 0.05, "reestimate")
+    assert start.augmented.max_steps == cfg.client.max_steps == 10 and start.augmented.filter.mode == "confidence"
+    cautious, trusted = regime(start), regime(cfg)
+    assert cautious.adaptive is not None and cautious.adaptive.max_rise == 0.05 and cautious.fraction_evaluate == 1.0
+    assert trusted == Regime(adaptive=None, bn_stats="mixed", bn_fraction=1.0, choose="next_round", probe_fraction=0.5,
+                             fraction_evaluate=0.0, augmented=dict(max_steps=None, filter=trusted.augmented["filter"],
+                                                                   steps_follow_trust=False))
+    assert not trusted.augmented["filter"].active
+    assert on_fail_config(make_config("client.max_steps=null")).augmented.max_steps is None  # follows the clients
+
+
+@pytest.mark.parametrize("overrides, why", [
+    (["strategy=aigc_only"], "strategy=aigc_only (kappa_aug 1.0) mixes no client part"),
+    (["strategy.kappa_schedule=linear", "strategy.kappa_aug_final=0.1"], "strategy.kappa_schedule=linear"),
+    (["generator_check.on_fail=null"], "generator_check.on_fail is null"),
+    (["generator_check.enabled=false"], "generator_check.enabled is false"),
+    (["+experiment=paper_cifar10"], "generator_check.on_fail is null"),  # the method as published: it only reports
+])
+def test_where_on_fail_does_not_apply_the_check_only_reports(make_config, overrides, why):
+    from server_app.config import on_fail_config, on_fail_problem
+
+    cfg = make_config(*overrides)
+    assert on_fail_config(cfg) is None and why in on_fail_problem(cfg)
+
+
+def test_with_groupnorm_on_fail_keeps_the_configured_statistics(make_config):
+    from server_app.config import on_fail_config
+
+    start = on_fail_config(make_config("model.norm=group"))  # no running statistics: nothing to re-estimate
+    assert start.mix.bn_stats == "mixed" and start.mix.kappa_policy == "adaptive"
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["+generator_check.on_fail.client.lr=0.1"], "generator_check.on_fail.client.lr: not a setting the check can switch"),
+    (["+generator_check.on_fail.mix.stepp=1"], "generator_check.on_fail.mix.stepp: no such setting"),
+    (["generator_check.on_fail.mix.max_rise=2"], "generator_check.on_fail: mix.max_rise: must be null or a number"),
+    (["generator_check.on_fail.augmented.filter.mode=sharp"], "generator_check.on_fail: augmented.filter.mode"),
+    (["generator_check.on_fail=5"], "generator_check.on_fail: must be a mapping of settings or null"),
+])
+def test_bad_on_fail_settings_are_one_line_config_errors(make_config, overrides, message):
+    from server_app.config import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        make_config(*overrides)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
