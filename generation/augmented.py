@@ -4,7 +4,8 @@ Plain PyTorch behind a NumPy-state interface, so the strategy can call it withou
 or diffusers. Synthetic images are produced once (plan -> generator -> cache) before round 1; the
 strategy may call `train` from a background thread while the clients train.
 
-Two optional refinements (issue 16), both off by default (then training is bit for bit as before):
+Two optional refinements (issue 16), both off in the configured settings (then training is bit for bit
+as before; the filter is part of generator_check.on_fail's cautious ones, see `configure`):
 ``filter`` (`generation.filtering`) leaves out the synthetic images the current global model (or CLIP,
 zero-shot) is least sure belong to their class; ``class_weights`` (round-aware augmentation) re-weights
 the class mix the augmented model samples in one round, e.g. toward what that round's clients lack.

@@ -123,8 +123,9 @@ class GenFL(Strategy):
     def summary(self) -> None:
         k = self.kappa
         policy = "adaptive" if self.adaptive else f"{k.schedule} schedule, final {k.kappa_aug_final}"
-        log(INFO, "\t├── GenFL: kappa_aug=%s (%s), BatchNorm statistics %s, base %s", k.kappa_aug, policy,
-            self.bn_stats, type(self.base).__name__)
+        log(INFO, "\t├── GenFL: kappa_aug=%s (%s), BatchNorm statistics %s%s, base %s", k.kappa_aug, policy,
+            self.bn_stats, " (generator_check.on_fail's, until the generator passes the check)" if self.trusted else "",
+            type(self.base).__name__)
         self.base.summary()
 
     def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3, timeout: float = 3600,
