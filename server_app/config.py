@@ -213,10 +213,9 @@ def generator_check(cfg: DictConfig):
     if not c.enabled:
         return None
     try:  # GeneratorCheck validates its own settings (one place for the rules and their messages)
-        check = GeneratorCheck(epochs=c.epochs, fraction=c.fraction, min_transfer=c.min_transfer)
+        return GeneratorCheck(epochs=c.epochs, fraction=c.fraction, min_transfer=c.min_transfer)
     except ValueError as err:
         raise ConfigError(str(err)) from err
-    return check
 
 
 def _switchable(key: str) -> bool:
