@@ -114,14 +114,20 @@ def resume_overrides(run_dir: str) -> list[str]:
     return [o for o in overrides if not o.startswith("output.resume=")] + ["output.resume=true"]
 
 
+def resumed_command(args: list[str]) -> list[str]:
+    """``--resume DIR [key=value ...]``: the run's own overrides, then these (the later wins; the
+    checkpoint refuses any that would change the run's results)."""
+    if len(args) < 2 or "=" in args[1]:
+        raise ConfigError("usage: genfl-run --resume <results folder> [key=value ...] (the run's own settings "
+                          "are reused; the checkpoint refuses any that would change its results)")
+    return resume_overrides(args[1]) + args[2:]
+
+
 def run(overrides: list[str]) -> int:
     """Validate, run one simulation, check its outcome; returns the process exit code."""
     try:
         if overrides[:1] == ["--resume"]:
-            if len(overrides) < 2 or "=" in overrides[1]:
-                raise ConfigError("usage: genfl-run --resume <results folder> [key=value ...] (the run's own settings "
-                                  "are reused; the checkpoint refuses any that would change its results)")
-            overrides = resume_overrides(overrides[1]) + overrides[2:]
+            overrides = resumed_command(overrides)
         cfg, run_dir, overrides = validated(overrides)
     except ConfigError as err:
         print(f"genfl-run: config error: {err}", file=sys.stderr)

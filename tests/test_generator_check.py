@@ -303,3 +303,20 @@ def test_bad_on_fail_settings_are_one_line_config_errors(make_config, overrides,
     with pytest.raises(ConfigError) as err:
         make_config(*overrides)
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_resume_takes_the_runs_own_overrides_then_the_ones_given(tmp_path):
+    import json
+
+    from cli.run import resumed_command
+    from server_app.config import ConfigError, load_config
+    from server_app.results import RUN_CONFIG
+
+    (tmp_path / RUN_CONFIG).write_text(f"overrides = {json.dumps(json.dumps(['seed=3', 'output.resume=false']))}\n")
+    overrides = resumed_command(["--resume", str(tmp_path), "generator_check.enabled=false"])
+    assert overrides == ["seed=3", "output.resume=true", "generator_check.enabled=false"]
+    cfg = load_config(overrides)
+    assert cfg.seed == 3 and cfg.output.resume is True and cfg.generator_check.enabled is False
+    for bad in (["--resume"], ["--resume", "seed=1"]):
+        with pytest.raises(ConfigError, match="usage: genfl-run --resume <results folder> \\[key=value"):
+            resumed_command(bad)
