@@ -72,6 +72,9 @@ def make_tls(out: Path, sans: list[str], days: int, force: bool = False) -> list
         raise CertError("give at least one --san: the IP address or host name SuperNodes and the flwr CLI use to reach the SuperLink")
     if days < 1:
         raise CertError(f"--days must be >= 1 (got {days})")
+    for name in sans:
+        if not (_is_ip(name) or _HOST_NAME.fullmatch(name)):
+            raise CertError(f"--san {name!r}: not an IP address or a host name (letters, digits, '-' and '.')")
     sans = [*sans, *(name for name in LOOPBACK_SANS if name not in sans)]
     now = datetime.datetime.now(datetime.timezone.utc)
     start, end = now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=days)  # tolerate small clock skew
@@ -130,6 +133,25 @@ def make_node_key(out: Path, name: str, force: bool = False) -> tuple[Path, Path
     return private_path, public_path
 
 
+# Characters nginx would not read back as they are inside a quoted string: quotes and backslashes
+# (escapes), `$` (a variable in ssl_certificate, access_log ...), glob characters (`include`) and
+# control characters (a newline would also end the comment that names the command).
+_NGINX_UNSAFE = re.compile(r"[\"'\\$*?\[\]\x00-\x1f\x7f]")
+# What a certificate's DNS name may be in `server_name` (letters, digits, hyphens, dots, a leading wildcard).
+_HOST_NAME = re.compile(r"(\*\.)?[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?)*\.?")
+
+
+def nginx_path(path: Path, what: str) -> str:
+    """``path`` as one double-quoted nginx token, so that a space, `;`, `{` or `#` in a folder name stays part
+    of the path instead of ending the directive (or starting a new one); paths nginx cannot take are refused."""
+    text = str(path)
+    bad = sorted(set(_NGINX_UNSAFE.findall(text)))
+    if bad:
+        raise CertError(f"{what} {text!r}: nginx cannot be given a path containing {' '.join(repr(c) for c in bad)}; "
+                        "use a folder without them")
+    return f'"{text}"'
+
+
 def _fill(template: str, values: dict[str, str]) -> str:
     """Replace every {{name}} of ``template``; an unknown or unfilled placeholder is a bug, not output."""
     names = set(re.findall(r"{{(\w+)}}", template))
@@ -153,6 +175,14 @@ def _certificate_names(certs: Path) -> list[str]:
     return names
 
 
+def _is_ip(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
 def render_nginx(certs: Path, out: Path, listen: str = str(PROXY_PORT), superlink_port: int = SUPERLINK_PORT,
                  standalone: Path | None = None, force: bool = False) -> list[Path]:
     """The proxy's nginx site for the certificates in ``certs`` (and, with ``standalone``, a complete
@@ -163,23 +193,39 @@ def render_nginx(certs: Path, out: Path, listen: str = str(PROXY_PORT), superlin
     listening = re.fullmatch(r"(\[[0-9a-fA-F:.]+\]:|[\w.-]+:)?(\d{1,5})", listen)
     if not listening or not 1 <= int(listening.group(2)) <= 65535:
         raise CertError(f"--listen must be PORT or ADDRESS:PORT (got {listen!r})")
+    prefix = standalone.resolve() if standalone is not None else None
+    quoted = {"server_pem": nginx_path(certs / "server.pem", "--certs"), "server_key": nginx_path(certs / "server.key", "--certs"),
+              "ca_crt": nginx_path(certs / "ca.crt", "--certs"), "site": nginx_path(out, "--out")}
+    if prefix is not None:
+        quoted |= {name: nginx_path(prefix / name.replace("_", "."), "--standalone")
+                   for name in ("nginx_pid", "error_log", "access_log")}
+        quoted |= {f"temp_{kind}": nginx_path(prefix / "temp" / kind, "--standalone")
+                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")}
     names = [name for name in _certificate_names(certs) if name not in LOOPBACK_SANS]
+    for name in names:
+        if not (_HOST_NAME.fullmatch(name) or _is_ip(name)):
+            raise CertError(f"{certs / 'server.pem'} names {name!r}, which is not a host name nginx can serve: make the "
+                            f"certificates again with plain --san names (genfl-certs tls --out {certs} --san <server address> --force)")
     command = shlex.join([PROG, "nginx", "--certs", str(certs), "--out", str(out), "--listen", listen,
-                          "--superlink-port", str(superlink_port), *(["--standalone", str(standalone.resolve())] if standalone else [])])
+                          "--superlink-port", str(superlink_port), *(["--standalone", str(prefix)] if prefix else [])])
     files = {out: _fill((NGINX_TEMPLATES / "genfl-fleet.conf.template").read_text(), {
-        "command": command, "listen": listen, "superlink_port": str(superlink_port), "certs": str(certs),
+        "command": command, "listen": listen, "superlink_port": str(superlink_port),
+        "server_pem": quoted["server_pem"], "server_key": quoted["server_key"], "ca_crt": quoted["ca_crt"],
         "server_names": " ".join(names) or "_", "max_body": PROXY_MAX_BODY,
     })}
-    if standalone is not None:
-        prefix = standalone.resolve()
-        files[prefix / "nginx.conf"] = _fill((NGINX_TEMPLATES / "standalone.conf.template").read_text(),
-                                             {"command": command, "prefix": str(prefix), "site": str(out)})
-        (prefix / "temp").mkdir(parents=True, exist_ok=True)  # nginx makes its temp folders in it (owned by its workers)
+    if prefix is not None:
+        files[prefix / "nginx.conf"] = _fill((NGINX_TEMPLATES / "standalone.conf.template").read_text(), {
+            "command": command, "prefix_sh": shlex.quote(str(prefix)), "conf_sh": shlex.quote(str(prefix / "nginx.conf")),
+            "error_log_sh": shlex.quote(str(prefix / "error.log")), "pid_sh": shlex.quote(str(prefix / "nginx.pid")),
+            **{key: value for key, value in quoted.items() if key not in ("server_pem", "server_key", "ca_crt")},
+        })
     for path, text in files.items():
         if path.exists() and not force:
             raise CertError(f"{path} exists; pass --force to replace it")
     for path, text in files.items():
         _write(path, text.encode(), secret=False, force=True)
+    if prefix is not None:
+        (prefix / "temp").mkdir(parents=True, exist_ok=True)  # nginx makes its temp folders in it (owned by its workers)
     return list(files)
 
 

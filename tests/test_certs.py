@@ -68,8 +68,9 @@ def test_nginx_site_forwards_only_the_fleet_api_to_the_superlink_on_loopback(tmp
     assert "{{" not in text and "}}" not in text
     assert re.search(r"^\s*listen 9092 ssl;$", text, re.MULTILINE) and "server_name 192.168.1.10 gpu.lan;" in text
     assert "server 127.0.0.1:9193;" in text and "proxy_pass https://genfl_superlink;" in text
-    assert f"ssl_certificate     {tmp_path / 'certs' / 'server.pem'};" in text
-    assert f"proxy_ssl_trusted_certificate {tmp_path / 'certs' / 'ca.crt'};" in text
+    certs_dir = tmp_path / "certs"
+    assert f'ssl_certificate     "{certs_dir / "server.pem"}";' in text  # quoted: a space or `;` stays in the path
+    assert f'proxy_ssl_trusted_certificate "{certs_dir / "ca.crt"}";' in text
     # one forwarding location, the Fleet API's; everything else is refused
     assert re.findall(r"location (\S+) \{", text) == ["/v1/fleet/", "/"]
     assert re.search(r"location / \{[^}]*return 403", text)
@@ -101,7 +102,7 @@ def test_the_rendered_standalone_config_passes_nginx_t(tmp_path):
     proc = subprocess.run([nginx, "-t", "-p", str(prefix), "-c", str(prefix / "nginx.conf"), "-e", str(prefix / "error.log")],
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
-    assert f"pid {prefix}/nginx.pid;" in (prefix / "nginx.conf").read_text()
+    assert f'pid "{prefix}/nginx.pid";' in (prefix / "nginx.conf").read_text()
 
 
 def test_keys_and_certificates_are_git_ignored():

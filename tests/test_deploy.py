@@ -102,11 +102,12 @@ def test_boxes_reach_the_fleet_api_only_and_the_control_api_is_refused_at_the_pr
     assert len(control) == 3 and all('" 403 ' in line for line in control), control
     # Nothing of the Control API reached the SuperLink from the proxy (the admin's calls come from 127.0.0.1 directly).
     assert "127.0.0.1:0 - \"POST /v1/control/" not in dep.log("superlink")
-    # Dot segments and encodings are resolved before nginx matches the path; other methods, the docs and
-    # the Runtime API are refused too. An unsigned Fleet call gets through to the SuperLink, which refuses it.
+    # Dot segments and encoded slashes or dots are refused before nginx forwards anything (400); other methods,
+    # the docs and the Runtime API are refused too. An unsigned Fleet call gets through to the SuperLink, which refuses it.
     context = ssl.create_default_context(cafile=str(dep.certs / "ca.crt"))
-    for method, path, status in [("POST", "/v1/fleet/../control/list-runs", 403), ("POST", "/v1/fleet/%2e%2e/control/list-runs", 403),
-                                 ("POST", "/v1/fleet/..%2fcontrol/list-runs", 403), ("GET", "/v1/fleet/get-run", 403),
+    for method, path, status in [("POST", "/v1/fleet/../control/list-runs", 400), ("POST", "/v1/fleet/%2e%2e/control/list-runs", 400),
+                                 ("POST", "/v1/fleet/..%2fcontrol/list-runs", 400), ("POST", "/v1/fleet%2fcontrol/list-runs", 400),
+                                 ("POST", "/v1/fleet/x/../pull-messages", 400), ("GET", "/v1/fleet/get-run", 403),
                                  ("GET", "/docs", 403), ("POST", "/v1/runtime/pull-task-input", 403),
                                  ("POST", "/v1/fleet/pull-messages", 401)]:
         conn = http.client.HTTPSConnection(BOX_HOST, dep.proxy_port, context=context, timeout=30)
