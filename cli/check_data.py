@@ -2,7 +2,8 @@
 
 Reads the folder the way the ClientApp will (`torchcore.imagefolder`, the data set's classes, image
 size and channels from conf/dataset/), lists every problem at once (a missing folder, a class folder
-whose name is not a class, a file outside the class folders, an unreadable image), prints the image
+whose name is not a class, with the class it is a close misspelling of, a file outside the class
+folders, an unreadable image), always names the files skipped for their suffix, prints the image
 sizes found and the label histogram the box would report, and exits 1 if anything would fail.
 It needs only what an edge box has (requirements/edge.txt): run it from the clone there with
 ``python -m cli.check_data ~/genfl-data --dataset digits``.
@@ -18,7 +19,7 @@ from pathlib import Path
 import yaml  # comes with flwr, so it is on every box
 
 from torchcore.classes import BUILTIN_CLASS_NAMES
-from torchcore.imagefolder import ImageFolderError, folder_problems, read_image_folder
+from torchcore.imagefolder import IMAGE_SUFFIXES, ImageFolderError, _files, folder_problems, read_image_folder
 from torchcore.partition import label_histogram
 
 
@@ -28,11 +29,35 @@ def _dataset(name: str) -> dict:
     return yaml.safe_load((conf_dir / "dataset" / f"{name}.yaml").read_text())
 
 
+def skipped_files(folder: Path, names: list[str]) -> list[Path]:
+    """Files in the class folders that the ClientApp skips for their suffix (it only logs a warning)."""
+    if not folder.is_dir():
+        return []
+    return [path for name in names if (folder / name).is_dir()
+            for path in _files(folder / name) if path.suffix.lower() not in IMAGE_SUFFIXES]
+
+
+def other_dataset(folder: Path, dataset: str) -> str | None:
+    """The built-in data set whose classes the folder's class folders are, when they are not ``dataset``'s."""
+    if not folder.is_dir():
+        return None
+    found = {p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    if not found or found <= set(BUILTIN_CLASS_NAMES[dataset]):
+        return None
+    return next((name for name, classes in sorted(BUILTIN_CLASS_NAMES.items())
+                 if name != dataset and found <= set(classes)), None)
+
+
 def check(folder: Path, dataset: str) -> int:
     spec, names = _dataset(dataset), list(BUILTIN_CLASS_NAMES[dataset])
     problems, sizes = folder_problems(folder, names)
     for size, count in sorted(sizes.items()):
         print(f"{count} image(s) of {size[0]}x{size[1]} {size[2]}")
+    skipped = skipped_files(folder, names)
+    if skipped:  # reported whatever else is wrong: a box owner may have meant them as images
+        print(f"genfl-check-data: {len(skipped)} file(s) skipped, not an image suffix ({' '.join(IMAGE_SUFFIXES)}): "
+              + ", ".join(str(path) for path in skipped[:10]) + (f", ... ({len(skipped)} in all)" if len(skipped) > 10 else ""),
+              file=sys.stderr)
     if not problems:
         try:
             data = read_image_folder(folder, names, spec["channels"], spec["image_size"])
@@ -43,6 +68,10 @@ def check(folder: Path, dataset: str) -> int:
             print(f"genfl-check-data: {problem}", file=sys.stderr)
         print(f"genfl-check-data: {folder}: {len(problems)} problem(s); the ClientApp would refuse this folder",
               file=sys.stderr)
+        meant = other_dataset(folder, dataset)
+        if meant:
+            print(f"genfl-check-data: its class folders are all classes of {meant}, not of {dataset}: if the federation "
+                  f"trains on {meant}, check with --dataset {meant}", file=sys.stderr)
         return 1
     histogram = label_histogram(data.labels.numpy(), len(names))
     print(f"{folder}: {len(data)} images, read as {spec['channels']}x{spec['image_size']}x{spec['image_size']} "

@@ -9,17 +9,17 @@ names the file or folder at fault.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import io
 import logging
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from torchcore.data import Split
 
@@ -107,8 +107,8 @@ def folder_problems(root: str | os.PathLike, class_names: Sequence[str]) -> tupl
         if not entry.is_dir():
             problems.append(f"{entry}: a file outside the class folders; put every image in the sub-folder of its class")
         elif entry.name not in class_names:
-            close = difflib.get_close_matches(entry.name, class_names, n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else f" (its classes: {_preview(class_names)})"
+            close = close_spelling(entry.name, class_names)
+            hint = f"; did you mean {close!r}?" if close else f" (its classes: {_preview(class_names)})"
             problems.append(f"{entry}: the federation has no class {entry.name!r}{hint}")
         else:
             for path in _files(entry):
@@ -120,9 +120,37 @@ def folder_problems(root: str | os.PathLike, class_names: Sequence[str]) -> tupl
                         key = (*image.size, image.mode)
                     sizes[key] = sizes.get(key, 0) + 1
                 except Exception as err:  # PIL raises many types for broken files; each one is named
-                    problems.append(str(err) if isinstance(err, ImageFolderError) else
-                                    f"{path}: not a readable image ({type(err).__name__}: {err})")
+                    problems.append(str(err) if isinstance(err, ImageFolderError) else _unreadable(path, err))
     return problems, sizes
+
+
+def close_spelling(name: str, candidates: Sequence[str]) -> str | None:
+    """The candidate ``name`` is a misspelling of (case, one slip in a short name, two in a longer one,
+    a swap of neighbours counting as one), or None: 'eigth' -> 'eight', but not 'three' -> 'horse'."""
+    limit = 1 if len(name) <= 4 else 2
+    scored = sorted((_edits(name.casefold(), c.casefold()), i) for i, c in enumerate(candidates))
+    return candidates[scored[0][1]] if scored and scored[0][0] <= limit else None
+
+
+def _edits(a: str, b: str) -> int:
+    """Optimal-string-alignment distance: insertions, deletions, substitutions and adjacent swaps."""
+    rows = [list(range(len(b) + 1))]
+    for i in range(1, len(a) + 1):
+        row = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            row[j] = min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + (a[i - 1] != b[j - 1]))
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                row[j] = min(row[j], rows[-2][j - 2] + 1)
+        rows.append(row)
+    return rows[-1][-1]
+
+
+def _unreadable(path: Path, err: Exception) -> str:
+    """What is wrong with an image file, in words (PIL's own message names an in-memory buffer, not the file)."""
+    if isinstance(err, UnidentifiedImageError):
+        return f"{path}: not a readable image (not an image format Pillow recognises, or damaged beyond its header)"
+    detail = re.sub(r"<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "the file", str(err))
+    return f"{path}: not a readable image ({type(err).__name__}: {detail})"
 
 
 def _files(folder: Path) -> list[Path]:
@@ -150,7 +178,7 @@ def _decode(path: Path, data: bytes, mode: str, size: int) -> np.ndarray:
             image.load()  # decode now, so a truncated file fails here and not later
             image = image.convert(mode)
     except Exception as err:  # PIL raises many types for broken files; all mean the same to the operator
-        raise ImageFolderError(f"{path}: not a readable image ({type(err).__name__}: {err})") from err
+        raise ImageFolderError(_unreadable(path, err)) from err
     if image.size != (size, size):
         image = image.resize((size, size), RESAMPLE)
     return np.asarray(image, dtype=np.uint8)
