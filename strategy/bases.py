@@ -7,6 +7,7 @@ GenFL adds the histogram step, the augmented model and the Eq. (1) mix around it
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 
 from flwr.serverapp.strategy import (
@@ -122,10 +123,21 @@ def base_state(strategy: Strategy) -> list[dict]:
 
 
 def load_base_state(strategy: Strategy, state: list[dict]) -> None:
-    """Restore `base_state` into a strategy built from the same configuration."""
+    """Restore `base_state` into a strategy built from the same configuration. A learnt attribute
+    the state lacks was not learnt yet (None, e.g. FedAvgM's momentum before its first round)."""
     chain = _chain(strategy)
     if len(chain) != len(state):
         raise ValueError(f"the checkpoint's base strategy has {len(state)} layers, this one {len(chain)}")
     for layer, values in zip(chain, state):
-        for name, value in values.items():
-            setattr(layer, name, value)
+        for name in LEARNT_STATE:
+            if name in values:
+                setattr(layer, name, values[name])
+            elif getattr(layer, name, None) is not None:
+                setattr(layer, name, None)
+
+
+def snapshot_base_state(strategy: Strategy) -> list[dict]:
+    """A copy of `base_state` that the base's next aggregation cannot touch: a round whose model is
+    rejected puts it back with `load_base_state`, so the rejected update leaves no trace in the
+    server optimiser's moments or the adaptive clipping norm (nor in the checkpoint)."""
+    return copy.deepcopy(base_state(strategy))

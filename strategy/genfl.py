@@ -31,7 +31,7 @@ from flwr.serverapp.strategy import FedAvgM, Result, Strategy
 from client_app.contract import (AUGMENTED, BN_QUERY, BN_RECORD, CLIENT_PART, MIX_ACC, MIX_LOSS, PROBE, PROBE_BN_STATS,
                                  PROBE_CANDIDATES, PROBE_QUERY)
 from strategy.aggregation import like
-from strategy.bases import base_state, dp_wrapper, innermost, load_base_state
+from strategy.bases import base_state, dp_wrapper, innermost, load_base_state, snapshot_base_state
 from strategy.cooldown import Cooldown
 from strategy.generator_check import GeneratorCheck, Regime
 from strategy.grids import OrderedGrid
@@ -310,6 +310,7 @@ class GenFL(Strategy):
         states, weights, metrics, cause = [], [], None, None
         client_part = augmented = None
         self._parts = None
+        learnt = self._learnt()  # what a rejected round must leave as it was
         if kappa_fl > 0:
             client_part, metrics, cause = self._aggregate_clients(server_round, list(replies), stats)
             if client_part is not None:
@@ -336,6 +337,7 @@ class GenFL(Strategy):
             cause = cause and f"the new global model was rejected: {cause}"
         gc.collect()  # the round's replies (one model each) sit in reference cycles otherwise
         if cause is not None:
+            self._restore(learnt)
             return self._round_failed(server_round, cause), None
         self.consecutive_failures = 0
         self.rounds_succeeded += 1
@@ -402,6 +404,19 @@ class GenFL(Strategy):
             reports.append((dict(zip(record.keys(), record.to_numpy_ndarrays())),
                             float(next(iter(reply.content.metric_records.values()))[self.weighted_by_key])))
         return {**mixed, **combine_bn_statistics(reports)}
+
+    def _learnt(self) -> tuple:
+        """What the strategy learns from a round besides the model: the base's state (server optimiser
+        moments, an adaptive clipping norm) and the adaptive kappa_aug a this_round probe moves."""
+        kappa = (self.adaptive.current, self.adaptive.retired) if self.adaptive is not None else None
+        return snapshot_base_state(self.base), kappa
+
+    def _restore(self, learnt: tuple) -> None:
+        """Put back `_learnt`'s snapshot: a rejected round's update must not steer the next rounds."""
+        base, kappa = learnt
+        load_base_state(self.base, base)
+        if kappa is not None:
+            self.adaptive.current, self.adaptive.retired = kappa
 
     def _round_failed(self, server_round: int, cause: str) -> None:
         self.round_stats[server_round].update(round_accepted=False, round_failure=cause)
