@@ -43,6 +43,7 @@ PACKAGES = {"mlflow": "mlflow", "tensorboard": "tensorboard", "wandb": "wandb"}
 TAG_KEYS = {"strategy": "strategy.name", "dataset": "dataset.name", "alpha": "partition.alpha", "seed": "seed",
             "generator": "generator.backend", "aggregation": "aggregation.name"}
 DEFAULT_EXPERIMENT = "genfl"
+STORE_LOCK_SUFFIX = ".lock"  # mlflow.db.lock beside a SQLite store: serialises its creation
 
 
 class TrackingError(RuntimeError):
@@ -182,7 +183,8 @@ def artifact_files(run_dir: Path) -> list[Path]:
     and .csv, the plots, the logs, the run's config), not the checkpoint, Flower's home, temporaries or a
     sweep's job record (still "running" when this is called)."""
     return sorted(p for p in run_dir.iterdir() if p.is_file() and not p.name.endswith(".tmp")
-                  and p.name not in (MLFLOW_STORE, JOB_RECORD) and not p.name.startswith("."))
+                  and p.name not in (MLFLOW_STORE, MLFLOW_STORE + STORE_LOCK_SUFFIX, JOB_RECORD)
+                  and not p.name.startswith("."))
 
 
 def _scalar_leaves(value, prefix: str) -> dict[str, str]:
@@ -372,10 +374,10 @@ class MLflowTracker(Tracker):
 
         _quiet()
         uri, artifact_location = self.store()
-        if uri.startswith("sqlite:") and (db := _sqlite_path(uri)) is not None:
-            db.parent.mkdir(parents=True, exist_ok=True)
         with _few_retries():
-            client = MlflowClient(tracking_uri=uri)
+            with _creating(uri):  # parallel sweep jobs share one new store: one creates it, the others wait
+                client = MlflowClient(tracking_uri=uri)
+                client.search_experiments(max_results=1)  # opens the store: its tables and schema migrations
             experiment_name = self.settings.experiment or self.settings.group or DEFAULT_EXPERIMENT
             run, continued = None, False
             if resume is not None and resume.get("uri") == uri:
@@ -439,6 +441,23 @@ class MLflowTracker(Tracker):
             for path in artifact_files(self.run_dir):
                 self.client.log_artifact(self.run_id, str(path), artifact_path="results")
         self.client.set_terminated(self.run_id, status="FINISHED" if status == "completed" else "FAILED")
+
+
+@contextmanager
+def _creating(uri: str):
+    """Hold an exclusive lock beside a SQLite store while it is opened. MLflow creates a new store's tables
+    and runs its schema migrations without a lock, so jobs that open one new store at once (a sweep's
+    jobs under the joblib launcher) fail with "table _alembic_tmp_metrics already exists" and the like."""
+    db = _sqlite_path(uri) if uri.startswith("sqlite:") else None
+    if db is None:
+        yield
+        return
+    import fcntl
+
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + STORE_LOCK_SUFFIX), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file is closed, also if this process dies
+        yield
 
 
 def _key(name: str) -> str:

@@ -13,6 +13,7 @@ import json
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -462,6 +463,44 @@ def test_progress_goes_to_the_log_in_the_server_app(monkeypatch):
         progress.use_log(None)
     assert lines and lines[0].startswith("pretrain generator: 5/5 steps (100%), ")
     assert progress.duration(3725) == "1:02:05" and progress.duration(None) == "?"
+
+
+_OPEN_AT_ONCE = """
+import sys, time
+from pathlib import Path
+import mlflow  # imported before the barrier: the processes meet where the store is created
+from server_app import tracking
+root, number = Path(sys.argv[1]), int(sys.argv[2])
+config = {"tracking": {"backend": "mlflow", "root": str(root), "group": "parallel", "artifacts": False}, "seed": number}
+tracker = tracking.build(config, root / f"job{number}")
+(root / f"ready{number}").touch()
+while not (root / "go").exists():
+    time.sleep(0.005)
+tracker.start({"run_id": number})
+tracker.finish("completed")
+"""
+
+
+def test_three_jobs_opening_one_new_mlflow_store_at_once_all_start(tmp_path):
+    """Issue 26, item 7: parallel sweep jobs (joblib launcher) share the sweep's new SQLite store; MLflow
+    creates its tables and migrates them without a lock, so most of them failed to start ("table
+    _alembic_tmp_metrics already exists"). Three real processes open it at the same moment."""
+    jobs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT_ONCE, str(tmp_path), str(n)], cwd=REPO,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for n in range(3)]
+    try:
+        while len(list(tmp_path.glob("ready*"))) < 3 and all(job.poll() is None for job in jobs):
+            time.sleep(0.02)
+        (tmp_path / "go").touch()
+        outputs = [job.communicate(timeout=300)[0] for job in jobs]
+    finally:
+        for job in jobs:
+            job.kill()
+    failed = [out[-600:] for job, out in zip(jobs, outputs) if job.returncode != 0]
+    assert failed == []
+    client = _mlflow(tmp_path)
+    runs = client.search_runs([client.get_experiment_by_name("parallel").experiment_id])
+    assert sorted(r.data.tags["flwr_run_id"] for r in runs) == ["0", "1", "2"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
 
 
 # -- a real sweep ---------------------------------------------------------------------------------
