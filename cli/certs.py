@@ -229,8 +229,18 @@ def render_nginx(certs: Path, out: Path, listen: str = str(PROXY_PORT), superlin
     return list(files)
 
 
+EXAMPLES = """examples (docs/deploy.md, steps 2-4):
+  genfl-certs tls --out certificates --san 192.168.1.10 --san gpu-server.lan
+  genfl-certs node-key --out keys --name edge-0
+  python cli/certs.py node-key --out keys --name edge-1   # on an edge box, from its clone
+  genfl-certs nginx --certs certificates --listen 9092 --superlink-port 9093
+  genfl-certs nginx --certs certificates --listen 192.168.1.10:9092 --out proxy/genfl-fleet.conf --standalone proxy
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Certificates and keys for a secure GenFL deployment (docs/deploy.md).")
+    parser = argparse.ArgumentParser(prog=PROG, description="Certificates and keys for a secure GenFL deployment (docs/deploy.md).",
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
     tls = commands.add_parser("tls", help="a CA plus the SuperLink's TLS certificate")
     tls.add_argument("--out", type=Path, default=Path("certificates"), help="folder to write into (default: certificates)")

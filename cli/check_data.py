@@ -81,8 +81,15 @@ def check(folder: Path, dataset: str) -> int:
     return 0
 
 
+EXAMPLES = """examples:
+  genfl-check-data ~/genfl-data --dataset digits
+  python -m cli.check_data ~/genfl-data --dataset cifar10   # on an edge box, from its clone
+"""
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="genfl-check-data", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="genfl-check-data", description=__doc__.splitlines()[0], epilog=EXAMPLES,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("folder", type=Path, help="the folder the SuperNode's data-path will name")
     parser.add_argument("--dataset", required=True, choices=sorted(BUILTIN_CLASS_NAMES),
                         help="the federation's data set (its classes and image size)")

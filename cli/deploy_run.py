@@ -68,10 +68,18 @@ def check_transport(name: str, settings: dict, allow_insecure: bool) -> None:
     )
 
 
+EXAMPLES = """examples (docs/deploy.md, step 9):
+  genfl-deploy-run genfl-edge federation.expected_nodes=3 output.root=$HOME/genfl-results
+  genfl-deploy-run genfl-edge num_rounds=10 strategy=fedavg
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description="Run GenFL on a SuperLink connection; exit non-zero if the run failed.")
+    parser = argparse.ArgumentParser(prog=PROG, description="Run GenFL on a SuperLink connection; exit non-zero if the run failed.",
+                                     epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("connection", help="a [superlink.NAME] connection in $FLWR_HOME/config.toml")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for genfl-run (num_rounds=10 nodes.expected=3 ...)")
+    parser.add_argument("overrides", nargs="*",
+                        help="Hydra overrides, as for genfl-run (num_rounds=10 federation.expected_nodes=3 ...)")
     parser.add_argument("--app", type=Path, default=None, help="the Flower app folder (default: this checkout or installation)")
     parser.add_argument("--federation-config", default=None, help="passed to `flwr run` (simulation SuperLinks only)")
     parser.add_argument("--insecure", action="store_true", help="allow an insecure (plain HTTP) connection to another machine")

@@ -19,15 +19,22 @@ from client_app.contract import ClientConfig
 from server_app.config import ConfigError, load_config
 
 
+EXAMPLES = """examples:
+  genfl-export-partitions --num-partitions 3 --out exported
+  genfl-export-partitions --num-partitions 5 --only 0,2 --out exported-skewed seed=1 partition.alpha=0.1
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="genfl-export-partitions",
         description="Export a built-in data set's Dirichlet partitions as ImageFolder-style PNG folders.",
+        epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--num-partitions", type=int, required=True, help="N: how many partitions to cut (one per SuperNode)")
     parser.add_argument("--out", type=Path, required=True, help="folder to write partition-<i>/ into")
     parser.add_argument("--only", default=None, help="comma-separated partition ids to write (default: all N)")
-    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for genfl-run (dataset=..., seed=..., partition.alpha=...)")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for genfl-run (seed=1 partition.alpha=0.1)")
     return parser
 
 
