@@ -11,6 +11,10 @@ every message. No created_at-based early refusal is kept, because no clock skew 
 trusted on such boxes; the cost is small: a message that waited in a SuperNode queue past the
 server's round is at worst run once more and abandoned at its own budget (the server has already
 moved on and drops the late reply).
+
+Both mods find the run's config by its record key (`RUN_CONFIG`), never by counting ConfigRecords: the
+heaviest messages (an evaluation with the adaptive-kappa probe, ``query.kappa_probe``, the generator
+check) carry a second one, the probe's, and must be bounded like the rest.
 """
 
 from __future__ import annotations
@@ -18,18 +22,22 @@ from __future__ import annotations
 import threading
 import time
 
-from flwr.app import Context, Message
+from flwr.app import Context, Message, MessageType
 from flwr.app.error import Error
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.common.constant import ErrorCode
 
 from client_app.contract import ADAPTIVE_CLIPPING, CLIPPING_NORM, TIME_BUDGET
 
+# The key of the run's ConfigRecord in every message the server sends (Flower's ``configrecord_key``,
+# which the ServerApp leaves at its default); the ClientApp's handlers read it under the same key.
+RUN_CONFIG = "config"
 
 
 def _config(msg: Message) -> dict:
-    records = msg.content.config_records
-    return dict(next(iter(records.values()))) if len(records) == 1 else {}
+    """The run's config of ``msg`` (``{}`` if it has none), whatever other ConfigRecords it carries."""
+    record = msg.content.config_records.get(RUN_CONFIG)
+    return dict(record) if record is not None else {}
 
 
 def _error(msg: Message, reason: str) -> Message:
@@ -62,10 +70,11 @@ def time_budget_mod(msg: Message, context: Context, call_next) -> Message:
 
 
 def dp_clipping_mod(msg: Message, context: Context, call_next) -> Message:
-    """Flower's client-side clipping mods, applied only to messages that carry a clipping norm
-    (a bare clipping mod rejects every other message, e.g. the histogram query)."""
+    """Flower's client-side clipping mods, applied only to training messages that carry a clipping norm
+    (a bare clipping mod rejects every other message, e.g. the histogram query; and the server's
+    queries that reuse the training config, such as the BatchNorm query, carry the norm too)."""
     config = _config(msg)
-    if CLIPPING_NORM not in config:
+    if msg.metadata.message_type.split(".", 1)[0] != MessageType.TRAIN or CLIPPING_NORM not in config:
         return call_next(msg, context)
     mod = adaptiveclipping_mod if config.get(ADAPTIVE_CLIPPING) else fixedclipping_mod
     return mod(msg, context, call_next)
