@@ -41,7 +41,7 @@ from strategy.kappa import AdaptiveKappa, KappaSchedule
 from strategy.round_aware import lack_weights
 from strategy.ledger import Ledger
 from strategy.replies import (Reliability, bn_reply_problem, cap_weight, changed, evaluate_reply_problem, screen,
-                              sender, train_reply_problem, weigh)
+                              sender, train_reply_problem, unreachable, weigh)
 from strategy.stats import RoundStats
 from torchcore.mixing import bn_statistic_names, combine_bn_statistics, mix
 
@@ -190,10 +190,12 @@ class GenFL(Strategy):
         self.round_stats[server_round] = RoundStats(server_round, kappa_fl=kappa_fl, kappa_aug=kappa_aug)
         self._sent = []
         if kappa_fl > 0:
+            connected = list(grid.get_node_ids())
+            self.ledger.presence(server_round, connected)
             if isinstance(innermost(self.base), FedAvgM):
                 innermost(self.base).current_arrays = arrays  # under Eq. (1) the global model is the mix
             needed = max(self.reliability.min_train_replies, innermost(self.base).min_available_nodes)
-            view = OrderedGrid(grid, self._order, skip=self.cooldown.sitting_out(server_round, grid.get_node_ids(), needed))
+            view = OrderedGrid(grid, self._order, skip=self.cooldown.sitting_out(server_round, connected, needed))
             with self._seeded_sampling(server_round, stream=0):
                 self._sent = list(self.base.configure_train(server_round, arrays, config, view))
             self._sent = self._with_histograms(server_round, grid, config)
@@ -437,10 +439,11 @@ class GenFL(Strategy):
         self.cooldown.bench(server_round, [m.metadata.dst_node_id for m in self._sent if m.metadata.dst_node_id not in answered],
                             "no reply within the round timeout")
         usable, failed, excluded = screen(server_round, replies, self._sent, "training", self._train_problem, self._order)
-        errors = {sender(reply, self._sent): reply.error.reason for reply in failed}
-        self.cooldown.bench(server_round, errors, "its last reply was an error")
-        self.ledger.round([m.metadata.dst_node_id for m in self._sent], [sender(r, self._sent) for r in usable],
-                          errors, excluded)
+        errors = {sender(reply, self._sent): reply.error.reason for reply in failed if not unreachable(reply)}
+        gone = {sender(reply, self._sent): reply.error.reason for reply in failed if unreachable(reply)}
+        self.cooldown.bench(server_round, errors, "its last reply was an error")  # not `gone`: see strategy/cooldown.py
+        self.ledger.round(server_round, [m.metadata.dst_node_id for m in self._sent],
+                          [sender(r, self._sent) for r in usable], errors, excluded, gone)
         missing = max(len(self._sent) - len(replies), 0)
         stats.update(clients_trained=len(usable), clients_failed=len(failed), clients_excluded=len(excluded),
                      clients_missing=missing)

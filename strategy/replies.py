@@ -15,6 +15,7 @@ from logging import WARNING
 
 import numpy as np
 from flwr.app import Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.common.logger import log
 
 
@@ -125,6 +126,12 @@ def sender(reply: Message, sent: list[Message]) -> int:
         if msg.metadata.message_id == reply.metadata.reply_to_message_id:
             return msg.metadata.dst_node_id
     return reply.metadata.src_node_id
+
+
+def unreachable(reply: Message) -> bool:
+    """An error reply that says the node went away (the SuperLink's "node unavailable", sent about
+    ~60 s after a SuperNode died or lost its connection), not that its ClientApp failed."""
+    return reply.has_error() and reply.error.code == ErrorCode.NODE_UNAVAILABLE
 
 
 def changed(reply: Message, reference: dict[str, np.ndarray]) -> bool:
