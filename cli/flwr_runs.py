@@ -72,6 +72,39 @@ def results_of(run_dir: Path, run_id: int) -> dict | None:
     return metrics if metrics.get("run_id") == run_id else None
 
 
+def mark_interrupted(run_dir: Path, run_id: int | None, was_running: bool) -> dict | None:
+    """After the launcher stopped an interrupted run (every process it started is gone): its metrics.json,
+    which still says "running" (the ServerApp was stopped from outside, mid-round), now says
+    "interrupted". A run whose metrics.json said "running" when the interrupt came (``was_running``) and
+    "failed" after it failed while being stopped: interrupted too, its error kept as ``error_while_stopping``.
+    Returns metrics.json (None: no readable metrics.json of this run; ``run_id`` None: of whichever run)."""
+    path = run_dir / METRICS
+    try:
+        metrics = read_json(path)
+    except CorruptFileError:
+        return None
+    if not metrics or (run_id is not None and metrics.get("run_id") != run_id):
+        return None
+    status = metrics.get("status")
+    if status == "running" or (was_running and status == "failed"):
+        if status == "failed" and "error" in metrics:
+            metrics["error_while_stopping"] = metrics.pop("error")
+        metrics["status"] = "interrupted"
+        tmp = path.with_name(f"{METRICS}.tmp")
+        tmp.write_text(json.dumps(metrics, indent=2))
+        os.replace(tmp, path)
+    return metrics
+
+
+def is_running(run_dir: Path, run_id: int | None) -> bool:
+    """metrics.json says run ``run_id`` (None: any run) is running."""
+    try:
+        metrics = read_json(run_dir / METRICS)
+    except CorruptFileError:
+        return False
+    return metrics.get("status") == "running" and (run_id is None or metrics.get("run_id") == run_id)
+
+
 def outcome(prog: str, run_dir: Path, run_id: int, status: str, details: str, require_results: bool = True) -> int:
     """0 when the SuperLink says the run completed and (if required) this run's metrics.json says so too."""
     metrics = results_of(run_dir, run_id)

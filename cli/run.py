@@ -4,25 +4,46 @@ It validates the config (conf/ + Hydra overrides) before anything starts, runs t
 SuperLink (its own FLWR_HOME and free ports, started and stopped by PID), sizes the simulation from
 ``federation.num_clients``, streams the logs, and exits non-zero unless the SuperLink says this run
 completed and this run's metrics.json says so too (`flwr run` itself exits 0 when the ServerApp crashes).
+Ctrl-C (or SIGTERM) stops everything the run started, marks its metrics.json "interrupted" and prints
+how to resume it (`genfl-run --resume DIR`, which continues DIR wherever it now lies); exit 130 (143).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import pickle
+import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import psutil
 
-from cli.flwr_runs import RunError, flower_app, flower_env, outcome, run_status, start_run, stream_logs, validated
+from cli.flwr_runs import (RunError, flower_app, flower_env, is_running, mark_interrupted, outcome, quoted, run_status,
+                           start_run, stream_logs, validated)
+from server_app.checkpoint import checkpoint_path
 from server_app.config import ConfigError
-from server_app.results import FLWR_HOME, RUN_CONFIG, SUPERLINK_LOG
+from server_app.results import FLWR_HOME, METRICS, RUN_CONFIG, SUPERLINK_LOG, CorruptFileError, read_json
 
+SIGINT_EXIT, SIGTERM_EXIT = 130, 143  # the shell's codes for a command stopped by Ctrl-C / SIGTERM
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT) or SIGTERM stopped genfl-run. When it is raised, everything the run started is
+    stopped and its metrics.json says "interrupted"; the message says how to resume; ``code`` is the exit code."""
+
+    def __init__(self, message: str, code: int = SIGINT_EXIT, run_dir: Path | None = None):
+        super().__init__(message)
+        self.code, self.run_dir = code, run_dir
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: stopped like Ctrl-C, exit 143."""
 
 
 def _free_port() -> int:
@@ -103,28 +124,124 @@ def simulation_config(cfg) -> str:
     return " ".join(parts)
 
 
+def ray_env(cfg) -> dict[str, str]:
+    """The SuperLink's extra environment for ``federation.ray_address``: Flower's Ray backend calls
+    ``ray.init()`` without an address, and Ray then joins the cluster named in ``RAY_ADDRESS``."""
+    address = cfg.federation.ray_address
+    return {"RAY_ADDRESS": str(address)} if address else {}
+
+
+USAGE = ("usage: genfl-run --resume <results folder> [key=value ...] (the run's own settings are reused; the "
+         "checkpoint refuses any that would change its results)")
+
+
+def _key(override: str) -> str:
+    return override.lstrip("+~").split("=", 1)[0]
+
+
+def _path_value(override: str) -> Path | None:
+    """The folder a saved ``key=value`` override names, as Hydra reads it (quotes removed), resolved."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        value = OverridesParser.create().parse_overrides([override])[0].value()
+    except Exception:  # not a plain value: not a folder this code pinned
+        return None
+    return Path(str(value)).expanduser().resolve() if isinstance(value, str) and value else None
+
+
 def resume_overrides(run_dir: str) -> list[str]:
-    """The overrides an interrupted run was started with, plus ``output.resume=true``."""
+    """The overrides the run in ``run_dir`` was started with, pointed at ``run_dir`` wherever it now lies.
+
+    The saved ones pin the folder the run first ran in (``output.dir``) and, for a sweep job, the
+    tracking store beside it (``tracking.root``): a copied or moved run must not write into the original's
+    checkpoint, metrics.json or store. Both are dropped and ``output.dir`` names ``run_dir``."""
     import tomllib
 
-    path = Path(run_dir).expanduser().resolve() / RUN_CONFIG
+    folder = Path(run_dir).expanduser().resolve()
+    path = folder / RUN_CONFIG
     if not path.is_file():
         raise ConfigError(f"--resume {run_dir}: no {path.name} there; give the results folder of a genfl-run run")
-    overrides = json.loads(tomllib.loads(path.read_text())["overrides"])
-    return [o for o in overrides if not o.startswith("output.resume=")] + ["output.resume=true"]
+    saved = json.loads(tomllib.loads(path.read_text())["overrides"])
+    first = [_path_value(o) for o in saved if _key(o) == "output.dir"]
+    beside = first[-1].parent if first and first[-1] is not None else None  # the original folder's parent
+    kept = [o for o in saved if _key(o) not in ("output.dir", "output.resume")
+            and not (_key(o) == "tracking.root" and beside is not None and _path_value(o) == beside)]
+    return [*kept, f"output.dir={quoted(folder)}"]
 
 
 def resumed_command(args: list[str]) -> list[str]:
-    """``--resume DIR [key=value ...]``: the run's own overrides, then these (the later wins; the
-    checkpoint refuses any that would change the run's results)."""
-    if len(args) < 2 or "=" in args[1]:
-        raise ConfigError("usage: genfl-run --resume <results folder> [key=value ...] (the run's own settings "
-                          "are reused; the checkpoint refuses any that would change its results)")
-    return resume_overrides(args[1]) + args[2:]
+    """``--resume DIR [key=value ...]``: the run's own overrides, pointed at DIR (its name may hold '='
+    and ','), then these (the later wins; the checkpoint refuses any that would change the run's
+    results). DIR continues from its checkpoint; a run stopped before its first checkpoint starts again."""
+    if len(args) < 2 or ("=" in args[1] and not Path(args[1]).expanduser().is_dir()):
+        raise ConfigError(USAGE)
+    given = args[2:]
+    elsewhere = [o for o in given if _key(o) == "output.dir"]
+    if elsewhere:
+        raise ConfigError(f"--resume {args[1]} {elsewhere[0]}: a resumed run continues in the folder given to "
+                          "--resume; to continue it elsewhere, copy the folder there and resume the copy")
+    overrides = resume_overrides(args[1])
+    folder = Path(args[1]).expanduser().resolve()
+    if checkpoint_path(folder).is_file():
+        return [*overrides, "output.resume=true", *given]
+    try:
+        status = read_json(folder / METRICS).get("status")
+    except CorruptFileError as err:
+        raise ConfigError(f"--resume {args[1]}: {err}") from err
+    if status == "completed":
+        raise ConfigError(f"--resume {args[1]}: the run completed and left no checkpoint "
+                          f"({checkpoint_path(folder)}): nothing to continue")
+    print(f"genfl-run: {folder} has no checkpoint (the run stopped before its first round ended): running it "
+          "again from round 1", file=sys.stderr)
+    return [*overrides, *given]
 
 
-def run(overrides: list[str]) -> int:
-    """Validate, run one simulation, check its outcome; returns the process exit code."""
+def run(overrides: list[str], raise_interrupt: bool = False) -> int:
+    """Validate, run one simulation, check its outcome; returns the process exit code.
+
+    Ctrl-C or SIGTERM: everything the run started is stopped, its metrics.json says "interrupted", and
+    one line says how to resume it (exit 130 / 143); ``raise_interrupt`` (genfl-sweep) raises
+    `RunInterrupted` with that line instead."""
+    handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    # A terminated launcher must still stop the SuperLink tree: SIGTERM is handled like Ctrl-C.
+    signal.signal(signal.SIGTERM, _terminated)
+    try:
+        return _launch(overrides)
+    except KeyboardInterrupt as stop:
+        if not isinstance(stop, RunInterrupted):  # before anything was started
+            stop = RunInterrupted("interrupted before the run started", _exit_code(stop))
+        if raise_interrupt:
+            raise stop from None
+        print(f"genfl-run: {stop}", file=sys.stderr)
+        return stop.code
+    finally:
+        for sig, handler in zip((signal.SIGINT, signal.SIGTERM), handlers):
+            if handler is not None:
+                signal.signal(sig, handler)
+
+
+def _terminated(*_) -> None:
+    raise _Terminated()
+
+
+def _exit_code(stop: BaseException) -> int:
+    return SIGTERM_EXIT if isinstance(stop, _Terminated) else SIGINT_EXIT
+
+
+@contextmanager
+def _signals_held():
+    """Stopping the run's processes must finish: a second Ctrl-C (or SIGTERM) meanwhile is ignored (the
+    stop is bounded: SIGTERM, then SIGKILL after 15 s)."""
+    saved = signal.signal(signal.SIGINT, signal.SIG_IGN), signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, saved[0])
+        signal.signal(signal.SIGTERM, saved[1])
+
+
+def _launch(overrides: list[str]) -> int:
     try:
         if overrides[:1] == ["--resume"]:
             overrides = resumed_command(overrides)
@@ -139,17 +256,15 @@ def run(overrides: list[str]) -> int:
         f'[superlink]\ndefault = "genfl"\n\n[superlink.genfl]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
     )
     env = flower_env(flwr_home)
-    # A terminated launcher must still stop the SuperLink tree: turn SIGTERM into SystemExit so the
-    # `finally` below runs (Ctrl-C already arrives as KeyboardInterrupt).
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     (flwr_home / "state.db").unlink(missing_ok=True)  # a resumed run starts a fresh SuperLink
     log_file = open(run_dir / SUPERLINK_LOG, "a")
-    superlink = subprocess.Popen(
-        ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
-         "--host", "127.0.0.1", "--port", str(port), "--database", str(flwr_home / "state.db")],
-        env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
-    )
+    superlink, run_id, interrupted = None, None, None
     try:
+        superlink = subprocess.Popen(
+            ["flower-superlink", "--insecure", "--simulation", "--isolation", "subprocess",
+             "--host", "127.0.0.1", "--port", str(port), "--database", str(flwr_home / "state.db")],
+            env=env, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        )
         _wait_for_port(port, superlink, timeout=60)
         run_config = run_dir / RUN_CONFIG
         run_config.write_text(f"overrides = {json.dumps(json.dumps(overrides))}\n")
@@ -159,10 +274,44 @@ def run(overrides: list[str]) -> int:
     except RunError as err:
         print(f"genfl-run: run FAILED: {err}; SuperLink log: {run_dir / SUPERLINK_LOG}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (_terminated)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        interrupted = (_exit_code(stop), is_running(run_dir, run_id))
     finally:
-        _stop(superlink, flwr_home)
-        log_file.close()
+        with _signals_held():  # the stop must finish
+            if superlink is not None:
+                _stop(superlink, flwr_home)
+            log_file.close()
+    if interrupted is not None:
+        code, was_running = interrupted
+        raise RunInterrupted(_interrupted(run_dir, run_id, was_running), code, run_dir)
     return outcome("genfl-run", run_dir, run_id, status, details)
+
+
+def _interrupted(run_dir: Path, run_id: int | None, was_running: bool) -> str:
+    """Mark the stopped run's metrics.json "interrupted"; one line: where it stopped and how to resume it."""
+    metrics = mark_interrupted(run_dir, run_id, was_running) or {}
+    which = f"run {run_id}" if run_id is not None else "the run"
+    if metrics.get("status") == "completed":
+        return f"interrupted after {which} completed; results in {run_dir}"
+    resume = f"genfl-run --resume {shlex.quote(str(run_dir))}"
+    done = _checkpoint_round(run_dir)
+    if done is None:
+        return (f"interrupted ({which}, stopped before its first round ended: no checkpoint); everything it started "
+                f"is stopped; run it again with: {resume}")
+    total = (metrics.get("config") or {}).get("num_rounds")
+    return (f"interrupted ({which}, after round {done}{f' of {total}' if total else ''}); everything it started is "
+            f"stopped; results so far in {run_dir}; resume with: {resume}")
+
+
+def _checkpoint_round(run_dir: Path) -> int | None:
+    """The last round the run's checkpoint holds (None: no readable checkpoint)."""
+    try:
+        with open(checkpoint_path(run_dir), "rb") as handle:
+            return int(pickle.load(handle)["round"])
+    except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError, KeyError, TypeError, ValueError):
+        return None
 
 
 def main() -> None:

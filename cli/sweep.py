@@ -18,6 +18,8 @@ folder, ``<hydra.sweep.dir>/<its overrides>/``. Around that:
 - each job starts with a line ``job k of N [overrides]: running`` (or ``continuing from its checkpoint``,
   ``already complete, skipped``) with the sweep's skipped and continued counts so far and, with the
   basic launcher, the ETA from the jobs run so far;
+- Ctrl-C (or SIGTERM) stops the running job's processes, marks the job (``genfl_job.json``) and its
+  metrics.json "interrupted", and ends the sweep with one line saying how to continue it (exit 130 / 143);
 - with experiment tracking (``tracking=mlflow|tensorboard|wandb``) the sweep is one MLflow experiment /
   W&B group (``tracking.group``, the sweep folder's name) with one tracked run per job, in a store in
   the sweep folder (``tracking.root``); a continued job logs into its earlier tracked run.
@@ -46,7 +48,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from cli.flwr_runs import quoted
-from cli.run import run
+from cli.run import SIGINT_EXIT, RunInterrupted, run
 from conf import CONF_DIR
 from generation.progress import duration
 from server_app import tracking
@@ -258,8 +260,13 @@ def run_job(overrides: list[str], job_dir: Path, position: Position | None = Non
     try:
         with _outside_hydra():
             code = run([*overrides, *extra, f"output.dir={quoted(job_dir)}",
-                        *(["output.resume=true"] if resume else [])])
+                        *(["output.resume=true"] if resume else [])], raise_interrupt=True)
         error = None
+    except RunInterrupted as stop:  # the sweep stops here; running it again continues this job
+        record.update(status="interrupted", exit_code=stop.code, seconds=round(time.monotonic() - started, 1),
+                      error=None, interrupted=str(stop))
+        _write_json(job_dir / JOB_RECORD, record)
+        raise SweepInterrupted(overrides, job_dir, stop.code) from None
     except Exception as err:  # the sweep goes on; the record says what happened, error.txt where
         (job_dir / ERROR_FILE).write_text(traceback.format_exc())
         code, error = 1, f"{type(err).__name__}: {err} (traceback in {job_dir / ERROR_FILE})"
@@ -288,12 +295,20 @@ def _refuse_job(overrides: list[str], job_dir: Path, err: CorruptFileError) -> i
     return 1
 
 
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM stopped the sweep in this job (its processes are stopped, its record says so)."""
+
+    def __init__(self, overrides: list[str], job_dir: Path, code: int):
+        super().__init__(f"job [{' '.join(overrides)}] in {job_dir}")
+        self.code = code
+
+
 def should_resume(job_dir: Path, overrides: list[str]) -> bool:
-    """An earlier attempt of this very job was stopped mid-run (its record still says running) after
-    writing a checkpoint. An attempt that ended in failure starts afresh: resuming it would step
+    """An earlier attempt of this very job was stopped mid-run (its record says running, or interrupted)
+    after writing a checkpoint. An attempt that ended in failure starts afresh: resuming it would step
     over the failed round."""
     previous = read_json(job_dir / JOB_RECORD)
-    return (previous.get("status") == "running" and sorted(previous.get("overrides", [])) == sorted(overrides)
+    return (previous.get("status") in ("running", "interrupted") and sorted(previous.get("overrides", [])) == sorted(overrides)
             and checkpoint_path(job_dir).is_file())
 
 
@@ -330,7 +345,22 @@ HYDRA_INFO_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Validate the command line's grid, let Hydra run the sweep, then report and set the exit code."""
+    """Validate the command line's grid, let Hydra run the sweep, then report and set the exit code.
+    Ctrl-C: one line that says where the sweep stopped and how to continue it (exit 130)."""
+    try:
+        return _main(argv)
+    except KeyboardInterrupt as stop:
+        where = f" in {stop}" if isinstance(stop, SweepInterrupted) else ""
+        if _STATE.sweep_dir is None:
+            print(f"genfl-sweep: interrupted{where} before any job started", file=sys.stderr)
+        else:
+            print(f"genfl-sweep: interrupted{where}; everything it started is stopped; re-run the same command with "
+                  f"hydra.sweep.dir={_STATE.sweep_dir} to continue (completed jobs are skipped, an interrupted one "
+                  "continues from its checkpoint)", file=sys.stderr)
+        return getattr(stop, "code", SIGINT_EXIT)
+
+
+def _main(argv: list[str] | None) -> int:
     args = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("-m", "--multirun")]
     informational = any(a.split("=")[0] in HYDRA_INFO_FLAGS for a in args)
     if not informational:

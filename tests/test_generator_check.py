@@ -313,8 +313,10 @@ def test_resume_takes_the_runs_own_overrides_then_the_ones_given(tmp_path):
     from server_app.results import RUN_CONFIG
 
     (tmp_path / RUN_CONFIG).write_text(f"overrides = {json.dumps(json.dumps(['seed=3', 'output.resume=false']))}\n")
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / "latest.pkl").write_bytes(b"")
     overrides = resumed_command(["--resume", str(tmp_path), "generator_check.enabled=false"])
-    assert overrides == ["seed=3", "output.resume=true", "generator_check.enabled=false"]
+    assert overrides == ["seed=3", f"output.dir='{tmp_path}'", "output.resume=true", "generator_check.enabled=false"]
     cfg = load_config(overrides)
     assert cfg.seed == 3 and cfg.output.resume is True and cfg.generator_check.enabled is False
     for bad in (["--resume"], ["--resume", "seed=1"]):
