@@ -18,7 +18,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -52,6 +52,8 @@ class AugmentedModelTrainer:
     prompts CLIP with ``class_names`` (in label order) and scores the set once, on ``device``.
     Rounds are trained one at a time (one worker thread, or the caller's); the filter's selection is
     replaced, never changed in place, so `selection`/`kept_mask` can be read from another thread.
+    `state_dict` / `load_state_dict`: the selection travels with a run's checkpoint, so a resumed run
+    reuses it in the rounds between rescorings exactly as the uninterrupted run does.
     """
 
     def __init__(
@@ -84,6 +86,8 @@ class AugmentedModelTrainer:
         self.seed = seed
         self.cache_dir = cache_dir
         self.synthetic: Split | None = None
+        self._cache_key: str | None = None  # the synthetic set's (a restored selection must be of the same one)
+        self._restored: dict | None = None  # a checkpoint's selection, until it is adopted or a round trains
         self.num_classes = _num_classes(model)
         self.class_names = None if class_names is None else tuple(class_names)
         self.configure(max_steps=settings.max_steps, filter=filter, steps_follow_trust=steps_follow_trust)
@@ -105,13 +109,15 @@ class AugmentedModelTrainer:
         on_gpu = self.device.type == "cuda"
         self.synthetic = Split(images.to(self.device), labels.to(self.device)) if on_gpu else Split(images, labels)
         self._selection = None  # scores belong to one synthetic set
+        self._cache_key = cache_key(generator, plan, self.seed)
+        self._adopt_restored()
         return {
             "plan": plan,
             "images_requested": requested,
             "images_synthesized": 0 if hit else len(labels),
             "images_available": len(labels),
             "cache_hit": hit,
-            "cache_key": cache_key(generator, plan, self.seed),
+            "cache_key": self._cache_key,
             "generation_seconds": round(time.perf_counter() - started, 2),
         }
 
@@ -161,6 +167,10 @@ class AugmentedModelTrainer:
         load_numpy_state(self.model, global_state)
         started = time.perf_counter()
         data, metrics = self.synthetic, {}
+        restored, self._restored = self._restored, None  # from this round on the run's own selections count
+        if restored is not None and self.filter is not None and self._selection is None:
+            logger.warning("the checkpoint's filter selection (round %s) does not fit this run's synthetic set or "
+                           "filter: round %d scores the images afresh", restored["round"], server_round)
         if self.filter is not None:
             data, metrics = self._filtered(server_round)
         sample_weights = None
@@ -181,7 +191,7 @@ class AugmentedModelTrainer:
             "augmented_train_loss": loss,
             "augmented_test_accuracy": test_accuracy,
             "augmented_train_seconds": round(seconds, 2),
-            "images_used": len(data) * self.settings.epochs,
+            "images_used": images_trained(len(data), settings),
             **metrics,
         }
         return state_to_numpy(self.model), metrics
@@ -207,6 +217,35 @@ class AugmentedModelTrainer:
             raise ValueError("augmented.filter.mode=clip needs the class names (class_names) to prompt CLIP with")
         self.settings = replace(self.settings, max_steps=max_steps)
         self.filter, self.steps_follow_trust, self._selection = filter, steps_follow_trust, None
+        self._adopt_restored()
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs from the trainer (plain data, for the checkpoint): the filter's latest
+        selection, with the filter and the synthetic set it belongs to. With ``refresh_every > 1`` (or
+        CLIP, which scores once) the rounds between rescorings reuse it; rescored afresh after a resume,
+        it would come from another round's global model and the resumed run would differ."""
+        selection = self._selection
+        if selection is None or self.filter is None:
+            return {"selection": None}
+        return {"selection": {"round": selection.round, "confidence": selection.confidence.numpy().copy(),
+                              "kept": selection.kept.numpy().copy(), "filter": asdict(self.filter),
+                              "cache_key": self._cache_key}}
+
+    def load_state_dict(self, state: dict | None) -> None:
+        """Restore `state_dict`'s selection (a checkpoint without one, or ``None``: nothing to restore).
+        It is adopted once the same synthetic set is prepared and the same filter configured (the
+        generator check may switch filters before round 1); a set or filter that differs rescores."""
+        self._restored = (state or {}).get("selection")
+        self._adopt_restored()
+
+    def _adopt_restored(self) -> None:
+        saved = self._restored
+        if saved is None or self._selection is not None or self.synthetic is None or self.filter is None:
+            return
+        if (saved["filter"] == asdict(self.filter) and saved["cache_key"] == self._cache_key
+                and len(saved["kept"]) == len(self.synthetic)):
+            self._selection = Selection(int(saved["round"]), torch.from_numpy(np.asarray(saved["confidence"]).copy()),
+                                        torch.from_numpy(np.asarray(saved["kept"], dtype=bool).copy()))
 
     def _settings(self, images: int, trust: float | None) -> TrainSettings:
         """This round's training settings: the step cap scaled by ``trust`` when steps follow it."""
@@ -270,6 +309,14 @@ class AugmentedModelTrainer:
         if not all(math.isfinite(w) and w >= 0 for w in weights) or not sum(weights) > 0:
             raise ValueError(f"class_weights: need finite weights >= 0 with a positive sum, got {weights}")
         return weights
+
+
+def images_trained(n: int, settings: TrainSettings) -> int:
+    """How many images `torchcore.train.train` passes through the model for a set of ``n``: its batches
+    (`batch_bounds`) over every epoch, stopped after ``settings.max_steps`` of them. The count metrics.json
+    reports as ``images_used``: with a step cap, not the whole set times the epochs."""
+    sizes = [end - start for start, end in batch_bounds(n, settings.batch_size)] * settings.epochs
+    return sum(sizes if settings.max_steps is None else sizes[: settings.max_steps])
 
 
 def _num_classes(model: torch.nn.Module) -> int | None:

@@ -38,7 +38,7 @@ class FilterSettings:
     images are there because the federation lacks that class, so it is never silently emptied).
     ``start_round``: the first round that filters; earlier rounds train on every image.
     ``refresh_every``: rescore in rounds ``start_round + k * refresh_every`` and reuse that selection
-    in between (a run resumed in between rescores in its first round). Ignored by ``clip``.
+    in between (a resumed run too: the selection travels with the checkpoint). Ignored by ``clip``.
     ``clip_model`` (Hub id or local folder), ``clip_prompt`` (``{}`` = the class name) and
     ``clip_batch_size``: used by ``mode="clip"`` only (whether the model is there: `clip_filter.clip_problem`).
     """

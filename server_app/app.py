@@ -33,6 +33,7 @@ from torchcore.privacy import total_noise_bound
 from torchcore.train import TrainSettings, evaluate, load_numpy_state, resolve_device
 
 app = ServerApp()
+AUGMENTER_STATE = "augmenter"  # the augmented-model trainer's state, saved beside the strategy's in a checkpoint
 
 
 class NotEnoughContributorsError(RuntimeError):
@@ -110,6 +111,8 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
     initial = ArrayRecord(model.state_dict())
     if resumed:
         strategy.load_state_dict(resumed["strategy"])
+        if augmenter is not None:  # the filter's selection (a checkpoint written before it was kept: none)
+            augmenter.load_state_dict(resumed["strategy"].get(AUGMENTER_STATE))
         initial = ArrayRecord({k: Array(v) for k, v in resumed["arrays"].items()})
         log(INFO, "resuming after round %d from %s", resumed["round"], checkpoint.checkpoint_path(report.run_dir))
     started = time.monotonic() - (report.data["rounds"][-1]["wall_seconds"] if report.data["rounds"] else 0.0)
@@ -137,7 +140,9 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
         if cfg.checkpoint.enabled and server_round > 0 and not strategy.stopping:
             checkpoint.save(report.run_dir, server_round=server_round,
                             arrays=dict(zip(arrays.keys(), arrays.to_numpy_ndarrays())),
-                            strategy=strategy.state_dict(), rounds=report.data["rounds"], config=report.data["config"])
+                            strategy={**strategy.state_dict(),
+                                      AUGMENTER_STATE: augmenter.state_dict() if augmenter is not None else None},
+                            rounds=report.data["rounds"], config=report.data["config"])
         return MetricRecord({"test-accuracy": accuracy, "test-loss": loss})
 
     strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.num_rounds, timeout=fed.round_timeout,
