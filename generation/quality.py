@@ -7,6 +7,10 @@
   and per class, beside the mean probability it gives the synthetic label ("confidence") and, for
   reference, its accuracy on the real test images (``real_accuracy``). Agreement far below that real
   accuracy means images that do not look like their class (to a model that learnt the class from real data).
+  A class whose agreement is below ``DISAGREEMENT_SHARE`` (half) of the model's accuracy on that class's
+  real images (``real_accuracy_per_class``) is listed in ``disagreeing_classes``, with what the model
+  calls its synthetic images (``predicted_per_class``): the generator's label for it does not match the
+  federation's (swapped classes, a wrong prompt or class order); `disagreement_warning` says so in words.
 * **Real-vs-synthetic separability** (the paper's domain-shift analysis): how well a linear probe (ridge
   regression on +-1 targets over standardised features, i.e. a regularised Fisher discriminant: one
   linear solve per fold, so seconds even on a CPU) tells real test images from synthetic ones, measured
@@ -44,6 +48,11 @@ MAX_IMAGES = 1_000
 FOLDS = 5
 L2 = 1e-2  # the probe's ridge penalty per training sample (features standardised)
 POOLED = 8  # pixel features: each channel average-pooled to POOLED x POOLED
+# A class's synthetic images disagree with the federation when the final model gives them their label
+# less than this share as often as it gets the class's real images right (0.41 vs 0.95 is flagged; a merely
+# weaker generator, 0.7 vs 0.95, is not), judged on at least DISAGREEMENT_MIN_IMAGES scored images.
+DISAGREEMENT_SHARE = 0.5
+DISAGREEMENT_MIN_IMAGES = 5
 
 # The grid's geometry (fixed, so its pixel size is known: see `grid_size`).
 CELL_INCHES = 0.8
@@ -86,6 +95,8 @@ def synthetic_quality(
         "agreement": None, "agreement_per_class": [None] * num_classes,
         "confidence": None, "confidence_per_class": [None] * num_classes,
         "agreement_dropped": None, "agreement_all": None, "real_accuracy": None,
+        "real_accuracy_per_class": [None] * num_classes, "predicted_per_class": [None] * num_classes,
+        "disagreeing_classes": [],
         "separability_auc": None, "separability_accuracy": None,
         "pixel_separability_auc": None, "pixel_separability_accuracy": None,
     }
@@ -114,15 +125,23 @@ def synthetic_quality(
     # by a model, so their agreement alone flatters the generator.
     n_kept = int(kept.sum())
     result["agreement_all"] = (result["agreement"] * n_kept + (result["agreement_dropped"] or 0.0) * (n_total - n_kept)) / n_total
+    predicted = probs.argmax(1)
     for c in range(num_classes):
         of_class = syn_labels == c
         if of_class.any():
             result["agreement_per_class"][c] = hit[of_class].mean().item()
             result["confidence_per_class"][c] = confidence[of_class].mean().item()
+            result["predicted_per_class"][c] = int(torch.bincount(predicted[of_class], minlength=num_classes).argmax())
     if len(real_idx) == 0:
         return result
     real_logits, real_features = _forward(model, real_images, device, batch_size)
-    result["real_accuracy"] = (real_logits.argmax(1) == real_labels).double().mean().item()
+    real_hit = (real_logits.argmax(1) == real_labels).double()
+    result["real_accuracy"] = real_hit.mean().item()
+    for c in range(num_classes):
+        if (real_labels == c).any():
+            result["real_accuracy_per_class"][c] = real_hit[real_labels == c].mean().item()
+    counts = torch.bincount(syn_labels, minlength=num_classes).tolist()
+    result["disagreeing_classes"] = _disagreeing(result, counts)
     result["images"]["real_scored"] = len(real_idx)
     if real_features is not None:
         auc, accuracy = separability(real_features, syn_features, seed=seed)
@@ -130,6 +149,43 @@ def synthetic_quality(
     auc, accuracy = separability(pixel_features(real_images), pixel_features(syn_images), seed=seed)
     result["pixel_separability_auc"], result["pixel_separability_accuracy"] = auc, accuracy
     return result
+
+
+def _disagreeing(result: dict, counts: Sequence[int]) -> list[int]:
+    """The classes whose synthetic agreement is below DISAGREEMENT_SHARE of the model's real accuracy on
+    them (the overall real accuracy for a class without real images in the sample)."""
+    found = []
+    for c, agreement in enumerate(result["agreement_per_class"]):
+        real = result["real_accuracy_per_class"][c]
+        real = result["real_accuracy"] if real is None else real
+        if agreement is not None and real and counts[c] >= DISAGREEMENT_MIN_IMAGES \
+                and agreement < DISAGREEMENT_SHARE * real:
+            found.append(c)
+    return found
+
+
+def disagreement_warning(scores: dict, class_names: Sequence[str] | None = None) -> str | None:
+    """One line naming the classes in ``scores["disagreeing_classes"]`` (`synthetic_quality`'s result),
+    with their agreement, the model's real accuracy on them and what it calls their images; None if none."""
+    classes = scores.get("disagreeing_classes") or []
+    if not classes:
+        return None
+
+    def name(c: int | None) -> str:
+        if c is None:
+            return "?"
+        return f"{c} ({class_names[c]})" if class_names is not None and c < len(class_names) else str(c)
+
+    def rate(value) -> str:
+        return "?" if value is None else f"{value:.2f}"
+
+    real = scores.get("real_accuracy_per_class") or [None] * (max(classes) + 1)
+    predicted = scores.get("predicted_per_class") or [None] * (max(classes) + 1)
+    parts = [f"class {name(c)}: agreement {rate(scores['agreement_per_class'][c])} vs {rate(real[c])} on real "
+             f"images, mostly taken for {name(predicted[c])}" for c in classes]
+    return (f"synthetic data: the generator's labels disagree with the federation for {len(classes)} class(es): "
+            f"{'; '.join(parts)}. Those images teach the augmented model the wrong class: check the generator's "
+            f"class order or prompts (generator.class_names), or filter them (augmented.filter.mode=confidence)")
 
 
 def _mask(kept_mask, n: int) -> torch.Tensor:

@@ -166,7 +166,7 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
 def _quality_report(cfg: DictConfig, report: RunReport, model: torch.nn.Module, augmenter: AugmentedModelTrainer,
                     test: Split, device: torch.device) -> None:
     """How the synthetic set relates to the real data (generation/quality.py) and the picture of it."""
-    from generation.quality import METRICS_KEY, save_sample_grid, synthetic_quality
+    from generation.quality import METRICS_KEY, disagreement_warning, save_sample_grid, synthetic_quality
     from torchcore.classes import BUILTIN_CLASS_NAMES
 
     kept, ds = augmenter.kept_mask, cfg.dataset
@@ -187,6 +187,8 @@ def _quality_report(cfg: DictConfig, report: RunReport, model: torch.nn.Module, 
     log(INFO, "synthetic data: label agreement with the final model %s (all images; kept ones %s), real-vs-synthetic "
         "separability (AUC) %s; samples in %s", short(scores.get("agreement_all")), short(scores.get("agreement")),
         short(scores.get("separability_auc")), SYNTHETIC_SAMPLES)
+    if (warning := disagreement_warning(scores, class_names(cfg))) is not None:
+        log(WARNING, "%s", warning)
 
 
 def evaluation_fraction(cfg: DictConfig) -> float:
