@@ -14,8 +14,8 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from client_app.contract import (AUGMENTED, BN_QUERY, BN_RECORD, CLIENT_PART, EVAL_ACC, EVAL_LOSS, MIX_ACC, MIX_LOSS,
-                                 PROBE, PROBE_BN_STATS, PROBE_CANDIDATES, PROBE_QUERY, PROXIMAL_MU, SERVER_ROUND,
-                                 ClientConfig)
+                                 PARTITION_QUERY, PROBE, PROBE_BN_STATS, PROBE_CANDIDATES, PROBE_QUERY, PROXIMAL_MU,
+                                 SERVER_ROUND, ClientConfig)
 from client_app.mods import dp_clipping_mod, time_budget_mod
 from torchcore.classes import class_names
 from torchcore.data import Split
@@ -81,6 +81,17 @@ def report_label_histogram(msg: Message, context: Context) -> Message:
     if partition_id != NO_PARTITION:  # a node with its own images has none: the server orders it by node id
         metrics["partition-id"] = partition_id
     return Message(RecordDict({"histogram": metrics}), reply_to=msg)
+
+
+@app.query(PARTITION_QUERY)
+def report_partition(msg: Message, context: Context) -> Message:
+    """The built-in partition this node holds, if any, and nothing else (no data read, nothing released):
+    a resumed server matches it to the label histogram its checkpoint keeps instead of asking again."""
+    node = context.node_config
+    metrics = MetricRecord()
+    if "data-path" not in node and "partition-id" in node:
+        metrics["partition-id"] = int(node["partition-id"])
+    return Message(RecordDict({"partition": metrics}), reply_to=msg)
 
 
 @app.train()

@@ -129,3 +129,7 @@ EVAL_LOSS, EVAL_ACC = "eval-loss", "eval-acc"  # every evaluation reply: the glo
 # and replies with its per-channel running means and variances (ArrayRecord BN_RECORD) and sample count.
 BN_QUERY = "bn_statistics"  # the ClientApp's @app.query name; message type "query.bn_statistics"
 BN_RECORD = "bn-statistics"
+# A resumed run asks a node it does not know by node id which built-in partition it holds, to match it
+# to the label histogram the checkpoint keeps (strategy/histograms.py): the reply is a MetricRecord with
+# "partition-id", empty for a node with its own data; nothing is read, nothing released.
+PARTITION_QUERY = "partition_id"  # the ClientApp's @app.query name; message type "query.partition_id"

@@ -1,7 +1,9 @@
 """Per-round checkpoints of a run, written atomically, and what resuming needs from them.
 
 ``<run dir>/checkpoint/latest.pkl`` holds the global model, the strategy's state (histogram, plan,
-synthetic cache key, benched nodes, base-strategy state) and the metrics rows so far. No RNG state:
+synthetic cache key, benched nodes, base-strategy state, and every node's label histogram with its
+node id and partition, so that a resumed run asks only nodes it never heard from: a histogram is a
+release of the node's data, made once per run) and the metrics rows so far. No RNG state:
 every random draw of a run (sampling, data order, augmentation, generation, server training) comes
 from a generator seeded by the seed and the round, so a resumed round draws what it would have.
 The exception is DP noise (`aggregation.dp`), which Flower draws from NumPy's unseeded global
@@ -20,7 +22,8 @@ import numpy as np
 
 from server_app.results import CHECKPOINT_DIR, flatten, result_neutral
 
-FORMAT = "genfl-checkpoint/2"  # 2: no RNG states, benched nodes by (kind, id)
+FORMAT = "genfl-checkpoint/2"  # 2: no RNG states, benched nodes by (kind, id); "survey" added later (optional:
+# a checkpoint without it resumes by asking every node for its histogram again, as it used to)
 
 
 class CheckpointError(RuntimeError):

@@ -36,7 +36,7 @@ from strategy.cooldown import Cooldown
 from strategy.generator_check import GeneratorCheck, Regime
 from strategy.grids import OrderedGrid
 from strategy.guard import update_problem
-from strategy.histograms import Survey, survey
+from strategy.histograms import Survey, resume_survey, survey
 from strategy.kappa import AdaptiveKappa, KappaSchedule
 from strategy.round_aware import lack_weights
 from strategy.ledger import Ledger
@@ -119,6 +119,7 @@ class GenFL(Strategy):
         self._last_cause = "none"
         self._timeout = histogram_timeout
         self._resumed: dict = {}
+        self.one_time_seconds = 0.0  # one-time work so far (histogram survey, generation, generator check): no round's
 
     def summary(self) -> None:
         k = self.kappa
@@ -156,24 +157,46 @@ class GenFL(Strategy):
 
     # -- before round 1: histograms and synthetic data ---------------------------------------------
     def _prepare(self, grid: Grid, config: ConfigRecord) -> None:
-        """Collect the label histograms (every node), cap them, and let the augmenter synthesise."""
+        """Collect the label histograms (every node; resumed: those the checkpoint lacks), cap them,
+        and let the augmenter synthesise."""
         content = RecordDict({self.configrecord_key: self.histogram_config or config})
         rel = self.reliability
-        self.survey = survey(grid, content, self.histogram_timeout, self.num_classes, rel.max_samples_per_node,
-                             rel.node_cap_factor)
-        self.global_histogram = self.survey.global_histogram
-        self.ledger.histograms(self.survey.histograms, self.survey.problems, self.survey.partitions)
-        if self._resumed:
+        ask = (content, self.histogram_timeout, self.num_classes, rel.max_samples_per_node, rel.node_cap_factor)
+        started = self._phase("histogram survey",
+                              f"asking the nodes for their label histograms (up to {self.histogram_timeout}s)")
+        if self._resumed.get("survey"):
+            self.survey, node_of = resume_survey(grid, self._resumed["survey"], *ask)
+        else:  # a fresh run, or a checkpoint from before histograms were kept (asked again)
+            self.survey = survey(grid, *ask)
             node_of = {self._identity(n): n for n in self.survey.histograms}
+        self._phase_done("histogram survey", started)
+        self.global_histogram = self.survey.global_histogram
+        self.ledger.histograms(self.survey.histograms, self.survey.problems, self.survey.partitions, self.survey.refused)
+        if self._resumed:
             self.cooldown.restore(self._resumed["benched_until"], node_of)
             self.ledger.restore(self._resumed["nodes"], node_of)
             if self._resumed["global_histogram"] != self.global_histogram:
                 log(WARNING, "label histogram differs from the checkpoint's %s: the federation changed; the "
                     "checkpoint's generation plan is kept", self._resumed["global_histogram"])
         if self.kappa.uses_synthetic_data:
+            started = self._phase("generation",
+                                  "planning the synthetic set, then generating it or loading it from the cache")
             self.generation_stats = self.augmenter.prepare(self.global_histogram, plan=self.plan)
+            self._phase_done("generation", started)
             self.plan = self.generation_stats.get("plan")
             log(INFO, "synthetic data: %s", self.generation_stats)
+
+    def _phase(self, name: str, doing: str) -> float:
+        """One-time work before a run's first round starts: say what it does (its end: `_phase_done`)."""
+        log(INFO, "%s: %s", name, doing)
+        return time.monotonic()
+
+    def _phase_done(self, name: str, started: float | None) -> None:
+        """Its seconds, logged and kept apart from the rounds' (`one_time_seconds`: the ETA leaves them out)."""
+        if started is not None:
+            seconds = time.monotonic() - started
+            self.one_time_seconds += seconds
+            log(INFO, "%s: done in %.1fs", name, seconds)
 
     # -- rounds ------------------------------------------------------------------------------
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid) -> Iterable[Message]:
@@ -185,7 +208,11 @@ class GenFL(Strategy):
         self._current = dict(zip(arrays.keys(), arrays.to_numpy_ndarrays()))
         self._grid, self._config = grid, config
         if first and self.check is not None and self.kappa.uses_synthetic_data:
+            started = None if self.generator_check is not None else self._phase(  # resumed: the saved verdict
+                "generator check",
+                f"training a model on the synthetic set alone ({self.check.epochs} epochs); nodes score it")
             self._check_generator(config)
+            self._phase_done("generator check", started)
         kappa_fl, kappa_aug = self._kappas(server_round)
         self.round_stats[server_round] = RoundStats(server_round, kappa_fl=kappa_fl, kappa_aug=kappa_aug)
         self._sent = []
@@ -288,15 +315,17 @@ class GenFL(Strategy):
         """A sampled node without a valid label histogram (it joined late or restarted with a new id)
         is asked for one now, and its claim counts from then on; the generation plan stays as it was
         (the synthetic set is made once). A node that still has none does not train for nothing."""
-        late = [m.metadata.dst_node_id for m in self._sent if m.metadata.dst_node_id not in self.survey.histograms]
-        if late and server_round > self.offset + 1:  # in a run's first round they were just asked
+        late = [m.metadata.dst_node_id for m in self._sent if m.metadata.dst_node_id not in self.survey.histograms
+                and m.metadata.dst_node_id not in self.survey.asked]  # not twice in one round
+        self.survey.asked = set()
+        if late:
             rel = self.reliability
             content = RecordDict({self.configrecord_key: self.histogram_config or config})
             found = self.survey.extend(grid, late, content, self._timeout, self.num_classes, rel.max_samples_per_node,
                                        rel.node_cap_factor)
             self.round_stats[server_round].late_histograms = len(found)
             self.ledger.histograms(found, {n: self.survey.problems[n] for n in late if n not in found},
-                                   self.survey.partitions)
+                                   self.survey.partitions, self.survey.refused)
             self.cooldown.bench(server_round, sorted(set(late) - set(found)), "no valid label histogram")
         return [m for m in self._sent if m.metadata.dst_node_id in self.survey.histograms]
 
@@ -542,22 +571,19 @@ class GenFL(Strategy):
             stats.kappa_probe, self.adaptive.current, "this round" if self.choose_now else "next round")
 
     def _order(self, node: int) -> tuple[int, int]:
-        partition = self.survey.partitions.get(node)
-        return (0, partition) if partition is not None else (1, node)
+        return self.survey.order(node)
 
     def _identity(self, node: int) -> tuple[str, int]:
-        """A node across a restart: its partition (simulation), else its node id (a SuperNode with
-        its own data keeps its id while it runs)."""
-        partition = self.survey.partitions.get(node)
-        return ("partition", partition) if partition is not None else ("node", node)
+        return self.survey.identity(node)
 
     # -- checkpoints -------------------------------------------------------------------------
     def state_dict(self) -> dict:
-        """What a resumed run needs (plain data). Per-node histograms are asked for again, because
-        node ids change when a simulation restarts; only their sum is compared."""
+        """What a resumed run needs (plain data), the nodes' histograms included: a resumed run asks
+        only the nodes it never heard from (strategy/histograms.py)."""
         return {
             "plan": self.plan,
             "global_histogram": self.global_histogram,
+            "survey": self.survey.state(),
             "generation_stats": self.generation_stats,
             "round_stats": {r: s.row() for r, s in self.round_stats.items()},
             "rounds_succeeded": self.rounds_succeeded,
@@ -581,4 +607,4 @@ class GenFL(Strategy):
                 policy.current = float(state["adaptive_kappa"])
                 policy.retired = bool(state.get("adaptive_retired"))
         self.generator_check = state.get("generator_check")
-        self._resumed = {k: state[k] for k in ("global_histogram", "benched_until", "nodes")}
+        self._resumed = {k: state.get(k) for k in ("global_histogram", "benched_until", "nodes", "survey")}

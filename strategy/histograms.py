@@ -3,21 +3,33 @@
 A reply from a client is untrusted input: a malformed or implausible histogram is excluded with a
 reason, and no single node can steer the federation's view of what classes are missing: each
 node's counts are capped at ``node_cap_factor`` times the median node total before they are summed.
+
+A node's ``partition-id`` is self-reported too: a partition belongs to one node at a time (`Survey.claim`).
+
+Each histogram is a release of the node's data (with local DP, one spend of its epsilon; averaging
+several noisy releases would undo the noise), so a node is asked once per run: the checkpoint keeps
+every histogram received, and a resumed run (`resume_survey`) asks only the nodes it never heard from.
+It recognises the others by node id (a deployment's SuperLink keeps them) or, where node ids change
+(a restarted simulation), by the partition each names in a `PARTITION_QUERY`, which reads no data.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import statistics
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from logging import INFO, WARNING
 
 from flwr.app import Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from client_app.contract import PARTITION_QUERY as _PARTITION
+
 LABEL_HISTOGRAM_QUERY = "query.label_histogram"
+PARTITION_QUERY = f"query.{_PARTITION}"
 
 
 def histogram_problem(histogram, num_classes: int, max_total: int | None = None) -> str | None:
@@ -110,9 +122,27 @@ def _histogram_from(reply: Message, num_classes: int, max_total: int | None) -> 
     if "label-histogram" not in record:
         return None, None, "no 'label-histogram' in the reply"
     histogram = record["label-histogram"]
+    return histogram, _partition(record), histogram_problem(histogram, num_classes, max_total)
+
+
+def _partition(record) -> int | None:
     partition = record.get("partition-id")
-    partition = partition if isinstance(partition, int) and not isinstance(partition, bool) else None
-    return histogram, partition, histogram_problem(histogram, num_classes, max_total)
+    return partition if isinstance(partition, int) and not isinstance(partition, bool) and partition >= 0 else None
+
+
+def collect_partitions(grid: Grid, node_ids: Sequence[int], content: RecordDict, timeout: float) -> dict[int, int]:
+    """The built-in partition each of ``node_ids`` names (`PARTITION_QUERY`: no data read, nothing
+    released); a node that fails, does not answer or has none (its own data) is left out."""
+    messages = [Message(content, message_type=PARTITION_QUERY, dst_node_id=n) for n in node_ids]
+    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}  # ids are set when sent
+    claims = {}
+    for reply in replies:
+        node = node_of.get(reply.metadata.reply_to_message_id)
+        records = [] if reply.has_error() else list(reply.content.metric_records.values())
+        if node is not None and len(records) == 1 and (partition := _partition(records[0])) is not None:
+            claims[node] = partition
+    return claims
 
 
 def federation_histogram(histograms: Mapping[int, Sequence[int]], node_cap_factor: float,
@@ -138,11 +168,56 @@ class Survey:
     """What the nodes declared before round 1, and how much each one may count for."""
 
     histograms: dict[int, list[int]] = field(default_factory=dict)  # by node id, validated
-    partitions: dict[int, int] = field(default_factory=dict)  # node -> built-in partition, if it has one
+    partitions: dict[int, int] = field(default_factory=dict)  # node -> built-in partition it holds (`claim`)
     global_histogram: list[int] | None = None  # robust sum: every node capped
     declared: dict[int, int] = field(default_factory=dict)  # node -> total samples it declared
     weight_cap: float = math.inf  # the most samples one node's reply may weigh
     problems: dict[int, str] = field(default_factory=dict)  # node -> why it has no valid histogram
+    refused: dict[int, int] = field(default_factory=dict)  # node -> a partition it claimed that another holds
+    asked: set[int] = field(default_factory=set)  # the nodes asked in the latest exchange (not checkpointed)
+
+    def claim(self, claims: Mapping[int, int], connected: Iterable[int]) -> None:
+        """Record the partition each node names. A partition is one node's place (its order in seeded
+        sampling, its identity across a resume), held by the first node to claim it (in one exchange,
+        the lowest node id). A later claimant is identified by its node id, with a WARNING, while the
+        holder is connected; once the holder has gone, the claimant takes the partition over (a box
+        restarted under a new node id)."""
+        connected = set(connected)
+        for node in sorted(claims):
+            partition, holder = claims[node], self.holder(claims[node])
+            if holder is not None and holder != node and holder in connected:
+                self.refused[node] = partition
+                log(WARNING, "node %s claims partition-id %d, which node %s holds: it is identified by its node id",
+                    node, partition, holder)
+                continue
+            if holder is not None and holder != node:
+                del self.partitions[holder]
+                log(INFO, "node %s takes partition-id %d over from node %s, which is gone", node, partition, holder)
+            self.partitions[node] = partition
+            self.refused.pop(node, None)
+
+    def holder(self, partition: int) -> int | None:
+        return next((n for n, p in self.partitions.items() if p == partition), None)
+
+    def identity(self, node: int) -> tuple[str, int]:
+        """A node across a restart: its partition (simulation), else its node id (a SuperNode with
+        its own data keeps its id while it runs)."""
+        partition = self.partitions.get(node)
+        return ("partition", partition) if partition is not None else ("node", node)
+
+    def order(self, node: int) -> tuple[int, int]:
+        """Partition order (the same on every rerun, whatever the node ids), then node id."""
+        partition = self.partitions.get(node)
+        return (0, partition) if partition is not None else (1, node)
+
+    def state(self) -> dict:
+        """Everything the nodes declared, for the checkpoint (plain data)."""
+        return {k: v for k, v in asdict(self).items() if k != "asked"}
+
+    def rename(self, renamed: Mapping[int, int]) -> None:
+        """Carry what old node ids declared over to their new ids (``renamed``: old -> new)."""
+        for name in ("histograms", "partitions", "declared", "problems", "refused"):
+            setattr(self, name, {renamed.get(n, n): v for n, v in getattr(self, name).items()})
 
     def extend(self, grid: Grid, node_ids: Sequence[int], content: RecordDict, timeout: float, num_classes: int,
                max_total: int | None, node_cap_factor: float) -> list[int]:
@@ -150,8 +225,9 @@ class Survey:
         them from now on, the global histogram (the generation plan's input) does not change.
         Returns the nodes that reported a valid one."""
         histograms, partitions, problems = collect_histograms(grid, node_ids, content, timeout, num_classes, max_total)
+        self.asked = set(node_ids)
         self.histograms.update(histograms)
-        self.partitions.update(partitions)
+        self.claim(partitions, grid.get_node_ids())
         self.problems = {**{n: p for n, p in self.problems.items() if n not in histograms}, **problems}
         _, self.declared, self.weight_cap = federation_histogram(self.histograms, node_cap_factor, num_classes)
         for node in histograms:
@@ -172,4 +248,33 @@ def survey(grid: Grid, content: RecordDict, timeout: float, num_classes: int, ma
     log(INFO, "label histogram: %d of %d nodes reported; federation has %d samples", len(histograms), len(node_ids),
         sum(total))
     log(INFO, "label histogram (global, class 0..%d): %s", num_classes - 1, total)
-    return Survey(histograms, partitions, total, declared, cap, problems)
+    found = Survey(histograms, {}, total, declared, cap, problems, asked=set(node_ids))
+    found.claim(partitions, node_ids)
+    return found
+
+
+def resume_survey(grid: Grid, saved: dict, content: RecordDict, timeout: float, num_classes: int,
+                  max_total: int | None, node_cap_factor: float) -> tuple[Survey, dict[tuple[str, int], int]]:
+    """The checkpoint's survey on the nodes connected now, and each saved identity's node now.
+
+    A node is known by its node id, else by the saved partition it names (`PARTITION_QUERY`; of two
+    nodes naming one partition, the lower node id). Only the nodes the run never heard from are asked
+    for a histogram, as late joiners: the global histogram and the plan stay the checkpoint's."""
+    found = Survey(**copy.deepcopy(saved))
+    before = {node: found.identity(node) for node in {*found.histograms, *found.problems}}
+    connected = sorted(grid.get_node_ids())
+    renamed = {n: n for n in connected if n in before}
+    unknown = [n for n in connected if n not in renamed]
+    vacant = {p: n for n, p in found.partitions.items() if n not in renamed}  # saved partitions without their node
+    if unknown and vacant:
+        for node, partition in sorted(collect_partitions(grid, unknown, content, timeout).items()):
+            if (old := vacant.pop(partition, None)) is not None:
+                renamed[old] = node
+    found.rename(renamed)
+    never = [n for n in connected if n not in renamed.values()]
+    log(INFO, "label histogram: %d of %d nodes known from the checkpoint (not asked again); %d never heard from",
+        len(connected) - len(never), len(connected), len(never))
+    found.asked = set()
+    if never:
+        found.extend(grid, never, content, timeout, num_classes, max_total, node_cap_factor)
+    return found, {before[old]: new for old, new in renamed.items()}

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 class NodeRecord:
     node_id: int
     partition: int | None = None  # simulation / built-in data; None: the node reads its own data-path
+    claimed_partition: int | None = None  # a partition-id it named that another node held: known by its node id
     histogram: str = "not asked"  # "ok", or why the node has no valid label histogram
     rounds_sampled: int = 0
     rounds_trained: int = 0  # its model went into the aggregate
@@ -29,10 +30,12 @@ class Ledger:
     def _of(self, node: int) -> NodeRecord:
         return self.nodes.setdefault(node, NodeRecord(node))
 
-    def histograms(self, valid: Iterable[int], problems: Mapping[int, str], partitions: Mapping[int, int]) -> None:
+    def histograms(self, valid: Iterable[int], problems: Mapping[int, str], partitions: Mapping[int, int],
+                   refused: Mapping[int, int]) -> None:
         for node in valid:
             record = self._of(node)
             record.histogram, record.partition = "ok", partitions.get(node)
+            record.claimed_partition = refused.get(node)
         for node, problem in problems.items():
             record = self._of(node)
             record.histogram = record.last_error = problem
