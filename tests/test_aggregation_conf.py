@@ -1,5 +1,5 @@
 """Every base strategy the code knows has a config in conf/aggregation/, composes, and aggregates the
-ClientApp's replies; every `aggregation` example in the README composes."""
+ClientApp's replies; every `aggregation` example in the README and docs/configuration.md composes."""
 
 import re
 import shlex
@@ -51,7 +51,7 @@ def test_qfedavg_with_batchnorm_is_a_config_error_naming_the_fix():
 
 
 def _readme_aggregation_overrides() -> list[list[str]]:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "README.md").read_text() + (REPO / "docs" / "configuration.md").read_text()
     commands = [shlex.split(line.split("#")[0])[1:] for line in text.splitlines()
                 if line.startswith("genfl-run ") and "aggregation" in line]
     section = text.split("## Aggregation", 1)[1].split("\n## ", 1)[0]
