@@ -219,6 +219,8 @@ class GenFL(Strategy):
         if kappa_fl > 0:
             connected = list(grid.get_node_ids())
             self.ledger.presence(server_round, connected)
+            if promoted := self.survey.reclaim(connected):  # a refused partition-id whose holder has gone
+                self.ledger.histograms(promoted, {}, self.survey.partitions, self.survey.refused)
             if isinstance(innermost(self.base), FedAvgM):
                 innermost(self.base).current_arrays = arrays  # under Eq. (1) the global model is the mix
             needed = max(self.reliability.min_train_replies, innermost(self.base).min_available_nodes)

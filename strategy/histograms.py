@@ -196,6 +196,13 @@ class Survey:
             self.partitions[node] = partition
             self.refused.pop(node, None)
 
+    def reclaim(self, connected: Iterable[int]) -> list[int]:
+        """Refused claimants whose partition's holder has gone take it over now (see `claim`)."""
+        connected = set(connected)
+        waiting = {n: p for n, p in self.refused.items() if n in connected and self.holder(p) not in connected}
+        self.claim(waiting, connected)
+        return sorted(n for n in waiting if n in self.partitions)
+
     def holder(self, partition: int) -> int | None:
         return next((n for n, p in self.partitions.items() if p == partition), None)
 

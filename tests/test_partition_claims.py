@@ -84,3 +84,18 @@ def test_a_box_back_under_a_new_node_id_takes_its_partition_over_once_the_old_id
     assert strategy.survey.partitions == {5: 0, 8: 1} and strategy.survey.refused == {}
     assert strategy._identity(6) == ("node", 6) and strategy._identity(8) == ("partition", 1)
     assert strategy.round_stats[2].clients_trained == 2
+
+
+def test_a_refused_claimant_takes_the_partition_over_once_its_holder_has_gone():
+    """A box restarted under a new node id may be asked before the SuperLink has dropped its old id."""
+    grid = LocalGrid({5: honest(0), 9: honest(0), 7: honest(1)})
+
+    def old_id_dropped(server_round, arrays):
+        if server_round == 1:
+            del grid.nodes[5]
+
+    strategy = genfl(rounds=2)
+    run_rounds(strategy, grid, 2, evaluate_fn=old_id_dropped)
+    assert strategy.survey.partitions == {9: 0, 7: 1} and strategy.survey.refused == {}
+    row = next(r for r in strategy.ledger.rows() if r["node_id"] == 9)
+    assert row["partition"] == 0 and row["claimed_partition"] is None
