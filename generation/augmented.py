@@ -23,6 +23,7 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import torch
 
+from generation import progress
 from generation.base import ImageGenerator
 from generation.cache import cache_key, generate_cached
 from generation.filtering import FilterSettings, per_class, score_confidence, select
@@ -136,11 +137,24 @@ class AugmentedModelTrainer:
               class_weights: Sequence[float] | None = None, trust: float | None = None) -> Future:
         """This round's augmented-model training, as a future of `train`'s result.
 
-        Bad ``class_weights`` raise ValueError here, in the caller's thread."""
+        When its result holds the round up (trained only then, or still training beside the clients),
+        the wait is logged (`progress.phase`). Bad ``class_weights`` raise ValueError here, in the caller's thread."""
         class_weights = self._checked_weights(class_weights)
+        name = f"augmented model, round {server_round}"
         if self._pool is not None:
-            return self._pool.submit(self.train, global_state, server_round, class_weights, trust)
-        return _Deferred(lambda: self.train(global_state, server_round, class_weights, trust))
+            job = self._pool.submit(self.train, global_state, server_round, class_weights, trust)
+
+            def join():  # the round waits only if the training beside the clients has not finished yet
+                if job.done():
+                    return job.result()
+                with progress.phase(name, "the clients are done; waiting for its training on the synthetic set"):
+                    return job.result()
+            return _Deferred(join)
+
+        def run():
+            with progress.phase(name, "training on the synthetic set after the clients (server.overlap=false)"):
+                return self.train(global_state, server_round, class_weights, trust)
+        return _Deferred(run)
 
     def close(self) -> None:
         """Wait for training still running and stop the thread (a failed run must not leave it behind)."""

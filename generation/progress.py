@@ -6,6 +6,8 @@ drawn: work that lasts longer than ``GENFL_PROGRESS_INTERVAL`` seconds (60) prin
 often, e.g. ``generation: 400/1000 images (40%), class 3 40/100, 12.3 images/s, ETA 0:00:49``, and
 one line when it ends; shorter work prints nothing. ``GENFL_PROGRESS=bar|lines|off`` overrides the
 choice; `use_log` sends the lines to a logger instead of stderr (the ServerApp: Flower's log).
+`phase` marks work that holds a run up (the augmented model's training when the round waits for it):
+one line as it starts, one with its seconds as it ends.
 """
 
 from __future__ import annotations
@@ -15,7 +17,8 @@ import math
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 
 _SINK: Callable[[str], None] | None = None  # where lines go instead of stderr (`use_log`)
@@ -62,6 +65,31 @@ def duration(seconds: float | None) -> str:
     if seconds is None or math.isnan(seconds) or seconds < 0:
         return "?"
     return str(timedelta(seconds=round(seconds)))
+
+
+@contextmanager
+def phase(name: str, doing: str) -> Iterator[None]:
+    """``name: doing`` as the work starts and ``name: done in 12.3s`` (or ``failed after``) as it ends,
+    where progress lines go (`use_log`, else stderr); nothing with ``GENFL_PROGRESS=off``."""
+    quiet = mode() == "off"
+    if not quiet:
+        _line(f"{name}: {doing}")
+    started = time.monotonic()
+    try:
+        yield
+    except BaseException:
+        if not quiet:
+            _line(f"{name}: failed after {time.monotonic() - started:.1f}s")
+        raise
+    if not quiet:
+        _line(f"{name}: done in {time.monotonic() - started:.1f}s")
+
+
+def _line(text: str) -> None:
+    if _SINK is not None:
+        _SINK(text)
+    else:
+        print(text, file=sys.stderr, flush=True)
 
 
 class Progress:
@@ -160,7 +188,4 @@ class Progress:
 
     def _emit(self, text: str) -> None:
         self._lines += 1
-        if _SINK is not None:
-            _SINK(text)
-        else:
-            print(text, file=sys.stderr, flush=True)
+        _line(text)

@@ -116,7 +116,8 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
         initial = ArrayRecord({k: Array(v) for k, v in resumed["arrays"].items()})
         log(INFO, "resuming after round %d from %s", resumed["round"], checkpoint.checkpoint_path(report.run_dir))
     started = time.monotonic() - (report.data["rounds"][-1]["wall_seconds"] if report.data["rounds"] else 0.0)
-    last = [started]  # when the previous round ended
+    last = [time.monotonic()]  # when the previous round ended (resumed: the restart, not the first attempt's start)
+    one_time: dict[int, float] = {}  # round -> seconds of one-time work in it (strategy.one_time_seconds): not for the ETA
 
     def evaluate_and_checkpoint(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         """Central evaluation, the metrics row, then the checkpoint: the round is done."""
@@ -127,8 +128,10 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
         stats.update(test_accuracy=accuracy, test_loss=loss, wall_seconds=round(now - started, 2),
                      round_seconds=round(now - last[0], 2) if server_round else None)
         last[0] = now
+        if server_round:
+            one_time[server_round] = strategy.one_time_seconds - sum(one_time.values())
         report.add_round(stats.row())
-        eta = eta_seconds(report.data["rounds"], cfg.num_rounds) if 0 < server_round < cfg.num_rounds else None
+        eta = eta_seconds(report.data["rounds"], cfg.num_rounds, one_time) if 0 < server_round < cfg.num_rounds else None
         log(INFO, "round %d/%d: test accuracy %.4f, test loss %.4f, %s clients trained, %.1fs%s", server_round,
             cfg.num_rounds, accuracy, loss, "-" if stats.clients_trained is None else stats.clients_trained,
             stats.wall_seconds, "" if eta is None else f", ETA {progress.duration(eta)}")

@@ -100,18 +100,22 @@ def _previous_tracking(run_dir: Path) -> dict | None:
     return record if isinstance(record, dict) else None
 
 
-def eta_seconds(rows: list[dict], num_rounds: int) -> float | None:
-    """Seconds until round ``num_rounds`` ends, from the rounds so far: the median of the last (up to)
-    five rounds' times, leaving out round 1 (it also generates the synthetic set) once there are others.
-    None before any timed round, and 0 once the last round is done."""
+def eta_seconds(rows: list[dict], num_rounds: int, one_time: dict[int, float] | None = None) -> float | None:
+    """Seconds until round ``num_rounds`` ends, from per-round times only: each round's ``round_seconds``
+    less the one-time work done in it (``one_time``: round -> seconds of the histogram survey, generation
+    and the generator check, which a run's, or a resumed run's, first round also does), then the median of
+    the last (up to) five times, times the rounds left. Round 1 of an earlier attempt (its one-time work
+    unknown) is left out once there are other rounds. None before any timed round, 0 once the last is done."""
     if not rows:
         return None
     remaining = num_rounds - rows[-1].get("round", 0)
     if remaining <= 0:
         return 0.0
-    timed = [(r["round"], r["round_seconds"]) for r in rows if r.get("round", 0) >= 1 and r.get("round_seconds")]
-    later = [seconds for number, seconds in timed if number > 1]
-    recent = (later or [seconds for _, seconds in timed])[-5:]
+    one_time = one_time or {}
+    timed = [(r["round"], max(0.0, r["round_seconds"] - one_time.get(r["round"], 0.0))) for r in rows
+             if r.get("round", 0) >= 1 and r.get("round_seconds")]
+    known = [seconds for number, seconds in timed if number > 1 or number in one_time]
+    recent = (known or [seconds for _, seconds in timed])[-5:]
     if not recent:
         return None
     recent.sort()
