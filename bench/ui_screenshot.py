@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         store = sweep_dir / "mlflow.db"
         experiment, runs = experiment_of(store)
         port = _free_port()
-        ui = start_ui(store, port, sweep_dir / "mlflow-ui.log")
+        ui = start_ui(store, port, Path(tempfile.gettempdir()) / "genfl-mlflow-ui.log")  # outlives a temporary sweep
         try:
             capture(f"http://127.0.0.1:{port}", experiment, args.out, args.chromium, width, height)
         finally:
