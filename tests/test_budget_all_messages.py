@@ -23,8 +23,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, Reco
 from flwr.serverapp.strategy import FedAvg
 
 from client_app.app import app
-from client_app.contract import (AUGMENTED, BN_QUERY, BN_RECORD, CLIENT_PART, CLIPPING_NORM, PROBE, PROBE_BN_STATS,
-                                 PROBE_CANDIDATES, PROBE_QUERY, TIME_BUDGET)
+from client_app.contract import (AUGMENTED, BN_QUERY, BN_RECORD, CLIENT_PART, CLIPPING_NORM, PARTITION_QUERY, PROBE,
+                                 PROBE_BN_STATS, PROBE_CANDIDATES, PROBE_QUERY, TIME_BUDGET)
 from local_grid import LocalGrid
 from server_app.app import client_config
 from torchcore.classes import class_names
@@ -88,6 +88,8 @@ def messages(cfg) -> dict[str, tuple[str, RecordDict]]:
         "generator check": (f"query.{PROBE_QUERY}", RecordDict({
             CLIENT_PART: arrays, AUGMENTED: arrays, RUN_CONFIG: _config(cfg), PROBE: _probe([0.0])})),
         "BatchNorm query": (f"query.{BN_QUERY}", RecordDict({"arrays": arrays, RUN_CONFIG: _config(cfg)})),
+        # a resumed run asks which partition a node holds, with the label-histogram survey's content
+        "partition query": (f"query.{PARTITION_QUERY}", RecordDict({RUN_CONFIG: _config(cfg)})),
     }
 
 
@@ -136,6 +138,13 @@ def test_every_message_is_abandoned_at_its_time_budget(cfg, hung_node, name):
     reply, seconds = _call(_deliver(message_type, content), hung_node)
     assert reply.has_error() and "gave up" in reply.error.reason, reply.error.reason if reply.has_error() else reply
     assert seconds < BUDGET + 10.0
+
+
+def test_the_partition_query_reads_no_data_and_answers_within_its_budget(cfg, hung_node):
+    """It never touches the (hung) image folder: it answers, where a data read would be abandoned."""
+    message_type, content = messages(cfg)["partition query"]
+    reply, _ = _call(_deliver(message_type, content), hung_node)
+    assert not reply.has_error(), reply.error.reason  # not "gave up": it is under the same budget, and within it
 
 
 # --- client-side DP clipping: training replies only --------------------------------------------------
