@@ -120,7 +120,7 @@ def test_a_generator_that_fails_the_default_check_runs_on_fails_settings_in_a_re
     for row in rows:
         toward = row["kappa_aug"] + 0.5 * (row["kappa_best"] - row["kappa_aug"])
         assert row["kappa_next"] == pytest.approx(min(max(min(toward, row["kappa_aug"] + 0.05), 0.0), 0.5))
-        full = len(batch_bounds(row["images_used"], result["config"]["augmented"]["batch_size"]))  # one epoch
+        full = len(batch_bounds(row["synthetic_kept"], result["config"]["augmented"]["batch_size"]))  # one epoch
         trust = min(1.0, row["kappa_aug"] / 0.3)
         assert row["augmented_steps"] == max(1, round(10 + trust * max(full - 10, 0)))
     assert rows[0]["augmented_steps"] > 10  # full trust in round 1: every batch
@@ -212,7 +212,8 @@ def _killed_after_round_1(runs):
         launcher.send_signal(signal.SIGTERM)
         killed_output = launcher.communicate(timeout=120)[0]
         killed = {"code": launcher.returncode, "rounds": len(metrics(run_dir)["rounds"]),
-                  "status": metrics(run_dir)["status"], "output": killed_output[-2000:]}
+                  "status": metrics(run_dir)["status"], "output": killed_output[-2000:],
+                  "histogram_lines": _histogram_lines(killed_output)}
         with open(run_dir / "checkpoint" / "latest.pkl", "rb") as handle:
             checkpoint = pickle.load(handle)
         killed["checkpoint_round"] = checkpoint["round"]
@@ -221,8 +222,14 @@ def _killed_after_round_1(runs):
         assert_nothing_left_running(run_dir)
         resumed = subprocess.run([sys.executable, "-m", "cli.run", "--resume", str(run_dir)], cwd=REPO,
                                  capture_output=True, text=True, timeout=900)
-        (run_dir / "resumed.json").write_text(json.dumps({"code": resumed.returncode, "output": resumed.stdout[-3000:] + resumed.stderr[-3000:]}))
+        (run_dir / "resumed.json").write_text(json.dumps({"code": resumed.returncode, "output": resumed.stdout[-3000:] + resumed.stderr[-3000:],
+                                                          "histogram_lines": _histogram_lines(resumed.stdout + resumed.stderr)}))
     return json.loads((run_dir / "killed.json").read_text()), json.loads((run_dir / "resumed.json").read_text()), run_dir
+
+
+def _histogram_lines(output: str) -> list[str]:
+    """The server's account of the label-histogram queries it sent (strategy/histograms.py)."""
+    return [line.split("label histogram: ", 1)[1] for line in output.splitlines() if "label histogram: " in line]
 
 
 @pytest.mark.slow
@@ -230,6 +237,11 @@ def test_a_run_killed_after_round_1_resumes_to_the_same_metrics(runs):
     killed, resumed, run_dir = _killed_after_round_1(runs)
     assert killed["code"] != 0 and killed["checkpoint_round"] == 1, killed
     assert resumed["code"] == 0, resumed["output"]
+    # One histogram release per node across the kill and the resume (issue 26 item 2): the resumed run,
+    # on new node ids, recognises every node by its partition and asks none of them again.
+    assert any(line.startswith("3 of 3 nodes reported") for line in killed["histogram_lines"]), killed["histogram_lines"]
+    assert resumed["histogram_lines"] == [
+        "3 of 3 nodes known from the checkpoint (not asked again); 0 never heard from"], resumed["histogram_lines"]
     result = metrics(run_dir)
     assert result["status"] == "completed" and result["resumed_after_round"] >= 1
     _, uninterrupted = runs("A", *GENFL_A)
