@@ -160,7 +160,7 @@ def test_a_stopped_job_continues_from_its_checkpoint_but_a_failed_one_starts_afr
 def test_an_exception_in_a_job_leaves_its_traceback_in_the_job_folder(tmp_path, monkeypatch, capsys):
     from cli.sweep import run_job, summarize
 
-    def superlink_that_dies(overrides):
+    def superlink_that_dies(overrides, **_):
         raise RuntimeError("flower-superlink exited with code 1")
 
     monkeypatch.setattr("cli.sweep.run", superlink_that_dies)
@@ -177,7 +177,7 @@ def test_an_exception_in_a_job_leaves_its_traceback_in_the_job_folder(tmp_path, 
 
 def _launcher_that_must_not_run(monkeypatch) -> list:
     calls = []
-    monkeypatch.setattr("cli.sweep.run", lambda overrides: calls.append(overrides) or 0)
+    monkeypatch.setattr("cli.sweep.run", lambda overrides, **_: calls.append(overrides) or 0)
     return calls
 
 
