@@ -256,6 +256,9 @@ def _launch(overrides: list[str]) -> int:
         f'[superlink]\ndefault = "genfl"\n\n[superlink.genfl]\naddress = "127.0.0.1:{port}"\ninsecure = true\n'
     )
     env = flower_env(flwr_home)
+    if extra := ray_env(cfg):
+        env.update(extra)
+        print(f"genfl-run: ClientApps run on the Ray cluster at {extra['RAY_ADDRESS']} (federation.ray_address)", flush=True)
     (flwr_home / "state.db").unlink(missing_ok=True)  # a resumed run starts a fresh SuperLink
     log_file = open(run_dir / SUPERLINK_LOG, "a")
     superlink, run_id, interrupted = None, None, None

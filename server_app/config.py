@@ -77,6 +77,12 @@ def _number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def _ray_address(address: str) -> bool:
+    """"auto" or host:port (what `ray start --head` prints); Ray Client's ray:// is not Flower's backend."""
+    host, _, port = address.rpartition(":")
+    return address == "auto" or (bool(host.strip("[]")) and "/" not in host and port.isdigit() and 0 < int(port) < 65536)
+
+
 def validate(cfg: DictConfig) -> None:
     """Value checks Hydra's types cannot express. Each failure names its key."""
     _check(isinstance(cfg.seed, int), "seed", "must be an integer", cfg.seed)
@@ -91,6 +97,11 @@ def validate(cfg: DictConfig) -> None:
     _check(_number(fed.client_gpus) and fed.client_gpus >= 0, "federation.client_gpus", "must be >= 0 (a share of one GPU per client, e.g. 0.25)", fed.client_gpus)
     _check(fed.simulation_cpus is None or (isinstance(fed.simulation_cpus, int) and fed.simulation_cpus >= 1),
            "federation.simulation_cpus", "must be null or an integer >= 1", fed.simulation_cpus)
+    _check(fed.ray_address is None or (isinstance(fed.ray_address, str) and _ray_address(fed.ray_address)),
+           "federation.ray_address", "must be null, \"auto\" or a Ray head's host:port, e.g. 10.0.0.5:6379", fed.ray_address)
+    _check(fed.ray_address is None or fed.simulation_cpus is None, "federation.simulation_cpus",
+           "must be null with federation.ray_address: the cluster's nodes declare their cores (ray start --num-cpus)",
+           fed.simulation_cpus)
     for key in ("min_train_nodes", "min_evaluate_nodes"):
         value = fed[key]
         _check(isinstance(value, int) and 0 <= value <= fed.num_clients, f"federation.{key}",

@@ -40,7 +40,7 @@ RESULT_NEUTRAL_KEYS = ("output.", "generation.cache_dir", "client.device", "serv
                        "dataset.root", "dataset.download", "federation.round_timeout", "federation.node_wait_timeout",
                        "federation.histogram_timeout", "server.eval_batch_size", "client.eval_batch_size",
                        "generator.batch_size", "client.threads", "server.threads", "federation.client_cpus",
-                       "federation.client_gpus", "federation.simulation_cpus", "server.overlap", "checkpoint.",
+                       "federation.client_gpus", "federation.simulation_cpus", "federation.ray_address", "server.overlap", "checkpoint.",
                        "tracking.")
 # metrics.json columns that measure time (or whether the image cache was warm), not what was learnt.
 TIMING_COLUMNS = ("wall_seconds", "round_seconds", "augmented_train_seconds", "generation_seconds", "images_synthesized")
