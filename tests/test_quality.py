@@ -30,7 +30,7 @@ CPU = torch.device("cpu")
 
 @pytest.fixture(scope="module")
 def digits(one_thread):
-    """A ResNet-18 after one epoch on 800 real digits (about 70% test accuracy), 200 held-out real digits
+    """A ResNet-18 after three epochs on 800 real digits (well above 80% test accuracy on any CPU: after one epoch it was 70% on one machine type and 40% on another), 200 held-out real digits
     (the "server test split") and 200 other real digits standing in for perfect synthetic images."""
     from torchcore.digits import load_digits_arrays
 
@@ -38,7 +38,7 @@ def digits(one_thread):
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
     fit, real, fake = order[:800], order[800:1000], order[1000:1200]
     model = seeded_model(0, num_classes=10, in_channels=1, mean=[0.3], std=[0.38])
-    settings = TrainSettings(epochs=1, batch_size=16, lr=0.02, momentum=0.9, weight_decay=5e-4, augment=False,
+    settings = TrainSettings(epochs=3, batch_size=16, lr=0.02, momentum=0.9, weight_decay=5e-4, augment=False,
                              proximal_mu=0.0, max_steps=None, fast_cuda=False)
     train(model, Split(images[fit], labels[fit]), settings, CPU, seed=0)
     return model, Split(images[real], labels[real]), Split(images[fake], labels[fake])
