@@ -64,13 +64,13 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout: float) -> None
     raise RuntimeError(f"flower-superlink did not listen on port {port} within {timeout}s")
 
 
-def run_processes(root_pid: int, flwr_home: Path) -> list[psutil.Process]:
-    """The process tree under ``root_pid`` plus anything else carrying this run's private FLWR_HOME
-    (Ray workers can outlive or leave the tree while it is torn down)."""
+def run_processes(root_pid: int | None, flwr_home: Path) -> list[psutil.Process]:
+    """The process tree under ``root_pid`` (None: none) plus anything else carrying this run's private
+    FLWR_HOME (Ray workers can outlive or leave the tree while it is torn down)."""
     found = {}
     try:
-        root = psutil.Process(root_pid)
-        for proc in [root, *root.children(recursive=True)]:
+        root = psutil.Process(root_pid) if root_pid is not None else None
+        for proc in [root, *root.children(recursive=True)] if root is not None else []:
             found[proc.pid] = proc
     except psutil.NoSuchProcess:
         pass

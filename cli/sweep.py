@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -48,14 +49,15 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from cli.flwr_runs import quoted
-from cli.run import SIGINT_EXIT, RunInterrupted, run
+from cli.flwr_runs import mark_interrupted
+from cli.run import SIGINT_EXIT, RunInterrupted, run, run_processes, signal_then_kill
 from conf import CONF_DIR
 from generation.progress import duration
 from server_app import tracking
 from server_app.checkpoint import checkpoint_path
 from server_app.config import ConfigError, load_config
-from server_app.results import (ERROR_FILE, JOB_RECORD, MANIFEST, METRICS, RUN_FILES, CorruptFileError, read_json,
-                                results_files)
+from server_app.results import (ERROR_FILE, FLWR_HOME, JOB_RECORD, MANIFEST, METRICS, RUN_FILES, CorruptFileError,
+                                read_json, results_files)
 
 log = logging.getLogger("genfl-sweep")
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
@@ -299,8 +301,32 @@ class SweepInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM stopped the sweep in this job (its processes are stopped, its record says so)."""
 
     def __init__(self, overrides: list[str], job_dir: Path, code: int):
-        super().__init__(f"job [{' '.join(overrides)}] in {job_dir}")
-        self.code = code
+        super().__init__(overrides, job_dir, code)  # all in args: it pickles (a joblib worker's)
+        self.overrides, self.job_dir, self.code = overrides, job_dir, code
+
+    def __str__(self) -> str:
+        return f"job [{' '.join(self.overrides)}] in {self.job_dir}"
+
+
+def stop_jobs_left_running(sweep_dir: Path) -> list[Path]:
+    """The folders of jobs whose record still says running once the sweep is interrupted, now stopped and
+    marked interrupted. A job run in this process records its own interruption; jobs in other processes
+    (the joblib launcher's workers) are killed by their launcher before they can stop what they started
+    (found by their private FLWR_HOME) or say so in metrics.json and genfl_job.json."""
+    stopped = []
+    for path in sorted(sweep_dir.glob(f"*/{JOB_RECORD}")):
+        try:
+            record = read_json(path)
+        except CorruptFileError:
+            continue
+        if record.get("status") != "running":
+            continue
+        job_dir = path.parent
+        signal_then_kill(run_processes(None, job_dir / FLWR_HOME), signal.SIGTERM, timeout=15)
+        mark_interrupted(job_dir, None, was_running=False)  # a "failed" one stays failed
+        _write_json(path, {**record, "status": "interrupted", "exit_code": SIGINT_EXIT, "error": None})
+        stopped.append(job_dir)
+    return stopped
 
 
 def should_resume(job_dir: Path, overrides: list[str]) -> bool:
@@ -347,10 +373,14 @@ HYDRA_INFO_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "--
 def main(argv: list[str] | None = None) -> int:
     """Validate the command line's grid, let Hydra run the sweep, then report and set the exit code.
     Ctrl-C: one line that says where the sweep stopped and how to continue it (exit 130)."""
+    handler = signal.getsignal(signal.SIGINT)
     try:
         return _main(argv)
     except KeyboardInterrupt as stop:
-        where = f" in {stop}" if isinstance(stop, SweepInterrupted) else ""
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # what the jobs left is stopped first
+        stopped = stop_jobs_left_running(_STATE.sweep_dir) if _STATE.sweep_dir is not None else []
+        where = f" in {stop}" if isinstance(stop, SweepInterrupted) else (
+            f" in {len(stopped)} running job(s) ({', '.join(p.name for p in stopped)})" if stopped else "")
         if _STATE.sweep_dir is None:
             print(f"genfl-sweep: interrupted{where} before any job started", file=sys.stderr)
         else:
@@ -358,6 +388,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"hydra.sweep.dir={_STATE.sweep_dir} to continue (completed jobs are skipped, an interrupted one "
                   "continues from its checkpoint)", file=sys.stderr)
         return getattr(stop, "code", SIGINT_EXIT)
+    finally:
+        if handler is not None:
+            signal.signal(signal.SIGINT, handler)
 
 
 def _main(argv: list[str] | None) -> int:

@@ -138,3 +138,55 @@ def test_ctrl_c_in_a_sweep_is_one_line_without_traceback_and_the_job_continues_l
     assert json.loads((job_dir / METRICS).read_text())["status"] == "interrupted"
     assert should_resume(job_dir, record["overrides"])
     assert_nothing_left_running(job_dir)
+
+
+def test_jobs_that_other_processes_ran_are_stopped_and_marked_interrupted_when_the_sweep_is(tmp_path):
+    """Under the joblib launcher the jobs run in worker processes, which joblib kills on Ctrl-C before they
+    can stop what they started or record it: the sweep does both for every job still marked running."""
+    import psutil
+
+    from cli.sweep import stop_jobs_left_running
+
+    sweep = tmp_path / "sweep"
+    running, done = sweep / "seed=0", sweep / "seed=1"
+    for job, status in ((running, "running"), (done, "completed")):
+        _metrics(job, status=status)
+        (job / JOB_RECORD).write_text(json.dumps({"overrides": [job.name], "status": status, "exit_code": None}))
+    (running / "flwr-home").mkdir()
+    orphan = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True,
+                              env=dict(os.environ, FLWR_HOME=str(running / "flwr-home")))  # a Ray worker, say
+    try:
+        deadline = time.monotonic() + 30  # its environment is readable once it runs
+        while time.monotonic() < deadline and psutil.Process(orphan.pid).environ().get("FLWR_HOME") is None:
+            time.sleep(0.05)
+        assert stop_jobs_left_running(sweep) == [running]
+        assert orphan.wait(timeout=30) is not None
+    finally:
+        orphan.kill()
+    assert (_read(running)["status"], json.loads((running / JOB_RECORD).read_text())["status"]) == ("interrupted",) * 2
+    assert (_read(done)["status"], json.loads((done / JOB_RECORD).read_text())["status"]) == ("completed",) * 2
+
+
+@pytest.mark.slow
+def test_ctrl_c_of_a_sweep_under_joblib_stops_and_marks_every_running_job(tmp_path):
+    from cli.sweep import should_resume
+    from tests.sim import assert_nothing_left_running, faulty_app
+
+    app_dir = faulty_app(tmp_path, {p: "stall2" for p in range(2)})
+    sweep, out, err = tmp_path / "sweep", tmp_path / "out.txt", tmp_path / "err.txt"
+    launcher = _start([sys.executable, "-m", "cli.sweep", *TINY, "seed=0,1", f"hydra.sweep.dir={sweep}",
+                       "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], app_dir, out, err)
+    code = _interrupt_when(launcher, lambda: len(list(sweep.glob("*/checkpoint/latest.pkl"))) == 2,
+                           "two job checkpoints", out)
+    stdout, stderr = out.read_text(), err.read_text()
+    assert code == 130, stdout[-3000:] + stderr[-3000:]
+    assert "Traceback" not in stdout + stderr, stdout[-3000:] + stderr[-3000:]
+    lines = [line for line in stderr.splitlines() if line.startswith("genfl-sweep:")]
+    assert len(lines) == 1 and lines[0].startswith("genfl-sweep: interrupted in ") and f"hydra.sweep.dir={sweep} " in lines[0]
+    jobs = sorted(p.parent for p in sweep.glob(f"*/{JOB_RECORD}"))
+    assert len(jobs) == 2
+    for job_dir in jobs:
+        record = json.loads((job_dir / JOB_RECORD).read_text())
+        assert (record["status"], json.loads((job_dir / METRICS).read_text())["status"]) == ("interrupted",) * 2
+        assert should_resume(job_dir, record["overrides"])
+        assert_nothing_left_running(job_dir)
