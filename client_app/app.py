@@ -16,7 +16,7 @@ from flwr.clientapp import ClientApp
 from client_app.contract import (AUGMENTED, BN_QUERY, BN_RECORD, CLIENT_PART, EVAL_ACC, EVAL_LOSS, MIX_ACC, MIX_LOSS,
                                  PARTITION_QUERY, PROBE, PROBE_BN_STATS, PROBE_CANDIDATES, PROBE_QUERY, PROXIMAL_MU,
                                  SERVER_ROUND, ClientConfig)
-from client_app.mods import dp_clipping_mod, time_budget_mod
+from client_app.mods import dp_clipping_mod, release_memory_mod, time_budget_mod
 from torchcore.classes import class_names
 from torchcore.data import Split
 from torchcore.bn import bn_statistics
@@ -27,7 +27,7 @@ from torchcore.partition import client_partition, label_histogram
 from torchcore.privacy import privatize_histogram
 from torchcore.train import TrainSettings, evaluate, load_numpy_state, resolve_device, train
 
-app = ClientApp(mods=[time_budget_mod, dp_clipping_mod])
+app = ClientApp(mods=[release_memory_mod, time_budget_mod, dp_clipping_mod])
 
 
 NO_PARTITION = -1  # stands for "no built-in partition": the node trains on its own images

@@ -18,10 +18,9 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-import torch
-from torch import nn
 
-from torchcore.data import Split, as_float
+# torch is imported inside the functions that score or select: the config check (server_app/config.py,
+# run by genfl-run's launcher) builds FilterSettings, and importing torch there cost the launcher ~300 MB.
 
 MODES = ("none", "confidence", "clip")
 CHANCE = "chance"  # threshold: score > 1 / num_classes
@@ -119,7 +118,6 @@ def _template(value) -> bool:
     return True
 
 
-@torch.no_grad()
 def score_confidence(model: nn.Module, data: Split, device: torch.device, batch_size: int) -> torch.Tensor:
     """Softmax probability of each image's own label under ``model``: float32 (N,) on the CPU.
 
@@ -127,15 +125,20 @@ def score_confidence(model: nn.Module, data: Split, device: torch.device, batch_
     fp32 in batches of ``batch_size``, no randomness: the same model and images give the same scores
     (on CUDA, up to cuDNN's choice of kernels). The model's train/eval mode is restored.
     """
+    import torch
+
+    from torchcore.data import as_float
+
     was_training = model.training
     model.to(device).eval()
     scores = []
     try:
-        for start in range(0, len(data), batch_size):
-            x = as_float(data.images[start : start + batch_size]).to(device)
-            y = data.labels[start : start + batch_size].to(device)
-            probabilities = torch.softmax(model(x).float(), dim=1)
-            scores.append(probabilities.gather(1, y[:, None]).squeeze(1).cpu())
+        with torch.no_grad():
+            for start in range(0, len(data), batch_size):
+                x = as_float(data.images[start : start + batch_size]).to(device)
+                y = data.labels[start : start + batch_size].to(device)
+                probabilities = torch.softmax(model(x).float(), dim=1)
+                scores.append(probabilities.gather(1, y[:, None]).squeeze(1).cpu())
     finally:
         model.train(was_training)
     return torch.cat(scores) if scores else torch.zeros(0)
@@ -149,6 +152,8 @@ def select(confidence: torch.Tensor, labels: torch.Tensor, *, keep_ratio: float 
     one). ``threshold``: confidence >= threshold, and a class left empty keeps its most confident
     image. Ties go to the earlier image; a NaN score counts as 0.
     """
+    import torch
+
     if (keep_ratio is None) == (threshold is None):
         raise ValueError("select: give exactly one of keep_ratio / threshold")
     conf = np.nan_to_num(confidence.detach().cpu().double().numpy(), nan=0.0)

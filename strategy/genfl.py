@@ -12,7 +12,6 @@ checks live beside it; the torch/diffusers work stays behind the narrow `Augment
 
 from __future__ import annotations
 
-import gc
 import random
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -41,9 +40,10 @@ from strategy.kappa import AdaptiveKappa, KappaSchedule
 from strategy.round_aware import lack_weights
 from strategy.ledger import Ledger
 from strategy.replies import (Reliability, bn_reply_problem, cap_weight, changed, evaluate_reply_problem, screen,
-                              sender, train_reply_problem, unreachable, weigh)
+                              sender, train_reply_problem, unreachable, weigh, drop_models)
 from strategy.stats import RoundStats
 from torchcore.mixing import bn_statistic_names, combine_bn_statistics, mix
+from torchcore.memory import release_memory
 
 
 class RoundFailedError(RuntimeError):
@@ -346,6 +346,7 @@ class GenFL(Strategy):
         learnt = self._learnt()  # what a rejected round must leave as it was
         if kappa_fl > 0:
             client_part, metrics, cause = self._aggregate_clients(server_round, list(replies), stats)
+            drop_models(replies)  # Flower's loop holds this round's replies until the next round's arrive
             if client_part is not None:
                 states, weights = [client_part], [kappa_fl]
         else:
@@ -368,7 +369,7 @@ class GenFL(Strategy):
             cause, ratio = update_problem(self._current, mixed, self.reliability.max_relative_update)
             stats.update_ratio = round(ratio, 6) if np.isfinite(ratio) else None
             cause = cause and f"the new global model was rejected: {cause}"
-        gc.collect()  # the round's replies (one model each) sit in reference cycles otherwise
+        release_memory()  # reference cycles, then the freed heap back to the OS (torchcore/memory.py)
         if cause is not None:
             self._restore(learnt)
             return self._round_failed(server_round, cause), None

@@ -14,7 +14,7 @@ ALLOWED = {
     "client_app": {"torchcore"},
     # The Flower layer uses two plain modules the clients share: the message contract and Eq. (1)'s
     # arithmetic (NumPy only, so the strategy still never imports torch).
-    "strategy": {"client_app.contract", "torchcore.mixing"},
+    "strategy": {"client_app.contract", "torchcore.mixing", "torchcore.memory"},  # memory: ctypes, no torch
     "server_app": {"strategy", "generation", "torchcore", "client_app", "conf"},
     "cli": {"server_app", "strategy", "generation", "torchcore", "client_app", "conf"},
 }
