@@ -100,7 +100,7 @@ def install(carry: Path, site: Path) -> dict:
         if proc.returncode != 0:
             fail(f"pip install --no-index from {carry / 'wheelhouse'} exited {proc.returncode}: {(proc.stdout + proc.stderr)[-3000:]}")
         say(f"installed in {time.monotonic() - started:.1f} s")
-    return {"installed": missing, "already_present": {n: v for n, v in present.items() if v is not None}}
+    return {"installed": missing, "already_present": sorted(f"{n}=={v}" for n, v in wanted if present[n] == v)}
 
 
 def environment(site: Path, extra: dict | None = None) -> dict:
@@ -359,6 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-threads", type=int, default=None, help="server/client torch threads of the cpu run (default: conf/'s)")
     parser.add_argument("--timeout", type=int, default=420, help="seconds one device's run may take")
     parser.add_argument("--out", type=Path, default=None, help="the JSON to write (default bench/results/gpu-check-<device>.json)")
+    parser.add_argument("--note", default=None, help="a line stored in the JSON (e.g. what else ran on the machine)")
     args = parser.parse_args(argv)
     if args.rounds < 2:
         parser.error("--rounds must be >= 2 (round 1 also holds the generation; later rounds give seconds per round)")
@@ -376,18 +377,15 @@ def main(argv: list[str] | None = None) -> int:
     say(f"python {found['python']}, torch {found['torch']}, flwr {found['flwr']} ({found['flwr_from']}), diffusers "
         f"{found['diffusers']}, scikit-learn {found['scikit-learn'] or 'absent'}")
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    runs = {}
-    for device in devices:
-        runs[device] = deploy_and_run(device, carry, site, carry / "runs" / f"{stamp}-{device}", args)
-        run = runs[device]
-        say(f"{device}: {run['status']}; {run['seconds_per_round']} s per round after round 1 ({run['first_round_seconds']} s); "
-            f"generation {run['generation']['images_per_s']} images/s; augmented training "
-            f"{run['augmented_training']['images_per_s']} images/s")
     gpu_name = torch.cuda.get_device_name(0) if cuda else None
     label = "cuda-" + gpu_name.split()[1].lower() if cuda and len(gpu_name.split()) > 1 else ("cuda" if cuda else "cpu")
+    out = args.out or REPO / "bench" / "results" / f"gpu-check-{label}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    runs = {}
     result = {
         "what": "bench/gpu_check/run.py: the whole app (genfl-deploy-run, SuperLink + 2 SuperNodes on 127.0.0.1, "
                 "no Ray), the ServerApp generating and training the augmented model on each device in turn",
+        "note": args.note,
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "device": gpu_name or "cpu only", "cpu": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(), "versions": found,
@@ -397,18 +395,22 @@ def main(argv: list[str] | None = None) -> int:
                      "generator": "class_conditional (committed weights)", "cpu_threads": args.cpu_threads or "conf/ default"},
         "runs": runs,
     }
-    if "cuda" in runs and "cpu" in runs:
-        gpu_run, cpu_run = runs["cuda"], runs["cpu"]
-        result["ratios"] = {
-            "seconds_per_round_cpu_over_cuda": ratio(cpu_run["seconds_per_round"], gpu_run["seconds_per_round"]),
-            "first_round_cpu_over_cuda": ratio(cpu_run["first_round_seconds"], gpu_run["first_round_seconds"]),
-            "generation_cuda_over_cpu": ratio(gpu_run["generation"]["images_per_s"], cpu_run["generation"]["images_per_s"]),
-            "augmented_training_cuda_over_cpu": ratio(gpu_run["augmented_training"]["images_per_s"],
-                                                      cpu_run["augmented_training"]["images_per_s"]),
-        }
-    out = args.out or REPO / "bench" / "results" / f"gpu-check-{label}.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    for device in devices:  # the JSON is rewritten after each device: a run cut short keeps the ones before
+        runs[device] = deploy_and_run(device, carry, site, carry / "runs" / f"{stamp}-{device}", args)
+        run = runs[device]
+        say(f"{device}: {run['status']}; {run['seconds_per_round']} s per round after round 1 ({run['first_round_seconds']} s); "
+            f"generation {run['generation']['images_per_s']} images/s; augmented training "
+            f"{run['augmented_training']['images_per_s']} images/s")
+        if "cuda" in runs and "cpu" in runs:
+            gpu_run, cpu_run = runs["cuda"], runs["cpu"]
+            result["ratios"] = {
+                "seconds_per_round_cpu_over_cuda": ratio(cpu_run["seconds_per_round"], gpu_run["seconds_per_round"]),
+                "first_round_cpu_over_cuda": ratio(cpu_run["first_round_seconds"], gpu_run["first_round_seconds"]),
+                "generation_cuda_over_cpu": ratio(gpu_run["generation"]["images_per_s"], cpu_run["generation"]["images_per_s"]),
+                "augmented_training_cuda_over_cpu": ratio(gpu_run["augmented_training"]["images_per_s"],
+                                                          cpu_run["augmented_training"]["images_per_s"]),
+            }
+        out.write_text(json.dumps(result, indent=2) + "\n")
     say(f"wrote {out}")
     return 0
 
