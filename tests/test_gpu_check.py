@@ -10,6 +10,7 @@ packages (transformers, accelerate, huggingface_hub), everything else from the w
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -24,8 +25,10 @@ from torchcore.data import load_splits
 from torchcore.digits import EXPORT_ENV, export_digits
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "bench" / "gpu_check"))
-import run as gpu_check  # noqa: E402  (bench/gpu_check/run.py)
+# bench/gpu_check/run.py under its own name: its folder on sys.path would shadow modules named run/build
+_spec = importlib.util.spec_from_file_location("gpu_check_run", REPO / "bench" / "gpu_check" / "run.py")
+gpu_check = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gpu_check)
 
 
 def _block_sklearn(monkeypatch):
