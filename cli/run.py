@@ -22,12 +22,12 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import psutil
-
 from cli.flwr_runs import (RunError, flower_app, flower_env, is_running, mark_interrupted, outcome, quoted, run_status,
                            start_run, stream_logs, validated)
+from server_app import tracking
 from server_app.checkpoint import checkpoint_path
 from server_app.config import ConfigError
+from server_app.processes import run_processes, signal_then_kill
 from server_app.results import FLWR_HOME, METRICS, RUN_CONFIG, SUPERLINK_LOG, CorruptFileError, read_json
 
 SIGINT_EXIT, SIGTERM_EXIT = 130, 143  # the shell's codes for a command stopped by Ctrl-C / SIGTERM
@@ -64,26 +64,6 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout: float) -> None
     raise RuntimeError(f"flower-superlink did not listen on port {port} within {timeout}s")
 
 
-def run_processes(root_pid: int | None, flwr_home: Path) -> list[psutil.Process]:
-    """The process tree under ``root_pid`` (None: none) plus anything else carrying this run's private
-    FLWR_HOME (Ray workers can outlive or leave the tree while it is torn down)."""
-    found = {}
-    try:
-        root = psutil.Process(root_pid) if root_pid is not None else None
-        for proc in [root, *root.children(recursive=True)] if root is not None else []:
-            found[proc.pid] = proc
-    except psutil.NoSuchProcess:
-        pass
-    for proc in psutil.process_iter(["environ"]):
-        try:
-            if (proc.info["environ"] or {}).get("FLWR_HOME") == str(flwr_home):
-                found[proc.pid] = proc
-        except (psutil.NoSuchProcess, psutil.AccessDenied):
-            continue
-    found.pop(os.getpid(), None)
-    return list(found.values())
-
-
 def _stop(process: subprocess.Popen, flwr_home: Path) -> None:
     """Stop the SuperLink and everything it started (SuperExec, ServerApp, simulation, Ray), by PID.
 
@@ -95,22 +75,6 @@ def _stop(process: subprocess.Popen, flwr_home: Path) -> None:
             break
         signal_then_kill(procs, signal.SIGTERM, timeout=15)
     process.wait(timeout=5)
-
-
-def signal_then_kill(procs: list[psutil.Process], sig: int, timeout: float) -> None:
-    """Send ``sig`` to every process, wait up to ``timeout`` s, then kill whatever is left."""
-    for proc in procs:
-        try:
-            proc.send_signal(sig)
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(procs, timeout=timeout)
-    for proc in alive:
-        try:
-            proc.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
 
 
 def simulation_config(cfg) -> str:
@@ -167,7 +131,8 @@ def resume_overrides(run_dir: str) -> list[str]:
     beside = first[-1].parent if first and first[-1] is not None else None  # the original folder's parent
     kept = [o for o in saved if _key(o) not in ("output.dir", "output.resume")
             and not (_key(o) == "tracking.root" and beside is not None and _path_value(o) == beside)]
-    return [*kept, f"output.dir={quoted(folder)}"]
+    inert = tracking.inert_overrides(kept)  # an older sweep's tracking.group with tracking=none: never used
+    return [*(o for o in kept if o not in inert), f"output.dir={quoted(folder)}"]
 
 
 def resumed_command(args: list[str]) -> list[str]:

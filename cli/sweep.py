@@ -35,27 +35,24 @@ import signal
 import sys
 import time
 import traceback
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
 import hydra
-from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from cli.flwr_runs import quoted
 from cli.flwr_runs import mark_interrupted
-from cli.run import SIGINT_EXIT, RunInterrupted, run, run_processes, signal_then_kill
+from cli.run import SIGINT_EXIT, RunInterrupted, run
 from conf import CONF_DIR
 from generation.progress import duration
-from server_app import tracking
 from server_app.checkpoint import checkpoint_path
-from server_app.config import ConfigError, load_config
+from server_app.grid import config_errors, expand, outside_hydra
+from server_app.processes import run_processes, signal_then_kill
 from server_app.results import (ERROR_FILE, FLWR_HOME, JOB_RECORD, MANIFEST, METRICS, RUN_FILES, CorruptFileError,
                                 read_json, results_files)
 
@@ -75,54 +72,10 @@ class _Invocation:
 _STATE = _Invocation()
 
 
-# -- expanding and validating the grid -----------------------------------------------------------
-
-def expand(overrides: list[str]) -> list[list[str]]:
-    """The jobs of a basic sweep: Hydra's own parser and cartesian product, so they match the jobs it launches."""
-    parsed = OverridesParser.create().parse_overrides(overrides)
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-    return BasicSweeper.split_arguments(parsed, max_batch_size=None)[0]
-
+# -- validating the grid (its jobs and their checks: server_app/grid.py) ---------------------------
 
 def _is_hydra_key(override: str) -> bool:
     return override.lstrip("+~").startswith(("hydra.", "hydra/"))
-
-
-@contextmanager
-def _outside_hydra():
-    """genfl-run composes with Hydra's compose API, which refuses to start inside a running Hydra app:
-    set the app's global state aside meanwhile and put it back for the launcher."""
-    global_hydra, hydra_config = GlobalHydra.instance(), HydraConfig.instance()
-    saved_hydra, saved_config = global_hydra.hydra, hydra_config.cfg
-    global_hydra.clear()
-    try:
-        yield
-    finally:
-        GlobalHydra.instance().clear()
-        if saved_hydra is not None:
-            GlobalHydra.instance().initialize(saved_hydra)
-        hydra_config.cfg = saved_config
-
-
-def config_errors(jobs: list[list[str]]) -> list[str]:
-    """One line per job whose config does not compose or validate (as genfl-run would refuse it)."""
-    errors = []
-    for job in jobs:
-        key = tuple(sorted(job))
-        if key in _STATE.validated:
-            continue
-        try:
-            with _outside_hydra():
-                cfg = load_config(job)
-            problem = tracking.problem(OmegaConf.to_container(cfg, resolve=True))
-            if problem:
-                raise ConfigError(problem)
-        except ConfigError as err:
-            errors.append(f"job [{' '.join(job)}]: {err}")
-            continue
-        _STATE.validated.add(key)
-    return errors
 
 
 def _refuse(errors: list[str], total: int) -> None:
@@ -141,7 +94,7 @@ class SweepCallback(Callback):
         if sweeper.get("_target_") == BASIC_SWEEPER:
             params = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
             jobs = expand(params + task)
-            errors = config_errors(jobs)
+            errors = config_errors(jobs, _STATE.validated)
             if errors:
                 _refuse(errors, len(jobs))
             _check_distinct_folders(jobs, config)
@@ -172,21 +125,24 @@ def _check_distinct_folders(jobs: list[list[str]], config: DictConfig) -> None:
 @dataclass
 class Position:
     """Where a job stands in its sweep: its number (1-based) of ``total`` (None: not known up front),
-    the sweep folder, this invocation's stamp (sweep.json's ``started``) and whether jobs run one at a time."""
+    the sweep folder, this invocation's stamp (sweep.json's ``started``), whether jobs run one at a time and
+    the job's tracking settings (the keys of its conf/tracking/<backend>.yaml)."""
 
     number: int
     total: int | None
     sweep_dir: Path
     invocation: str | None
     sequential: bool
+    tracking: frozenset[str] = frozenset()
 
     def tracking_overrides(self, overrides: list[str]) -> list[str]:
-        """A sweep is one tracked experiment/group, its store in the sweep folder (unless set)."""
+        """A sweep is one tracked experiment/group, its store in the sweep folder (unless set), with a
+        backend that has those settings (tracking=none has neither)."""
         given = {o.lstrip("+~").split("=", 1)[0] for o in overrides}
         extra = []
-        if "tracking.group" not in given:
+        if "group" in self.tracking and "tracking.group" not in given:
             extra.append(f"tracking.group={quoted(sweep_name(self.sweep_dir))}")
-        if "tracking.root" not in given and "tracking.uri" not in given:
+        if "root" in self.tracking and "tracking.root" not in given and "tracking.uri" not in given:
             extra.append(f"tracking.root={quoted(self.sweep_dir)}")
         return extra
 
@@ -260,7 +216,7 @@ def run_job(overrides: list[str], job_dir: Path, position: Position | None = Non
     extra = position.tracking_overrides(overrides) if position is not None else []
 
     try:
-        with _outside_hydra():
+        with outside_hydra():
             code = run([*overrides, *extra, f"output.dir={quoted(job_dir)}",
                         *(["output.resume=true"] if resume else [])], raise_interrupt=True)
         error = None
@@ -348,10 +304,11 @@ def is_complete(job_dir: Path, overrides: list[str]) -> bool:
 @hydra.main(config_path=str(CONF_DIR), config_name="sweep", version_base="1.3")
 def _job(cfg: DictConfig) -> int:
     hydra_cfg = HydraConfig.get()
-    return run_job(list(hydra_cfg.overrides.task), Path(hydra_cfg.runtime.output_dir), _position(hydra_cfg))
+    return run_job(list(hydra_cfg.overrides.task), Path(hydra_cfg.runtime.output_dir),
+                   _position(hydra_cfg, frozenset(cfg.tracking)))
 
 
-def _position(hydra_cfg) -> Position:
+def _position(hydra_cfg, tracking: frozenset[str]) -> Position:
     """This job's place in the sweep: Hydra's job number, the job list of sweep.json (written by the
     callback before any job starts, so it also serves launchers that run jobs in other processes)."""
     sweep_dir = Path(hydra_cfg.sweep.dir).resolve()
@@ -362,7 +319,7 @@ def _position(hydra_cfg) -> Position:
     jobs = manifest.get("jobs") or []
     launcher = str(hydra_cfg.launcher.get("_target_", ""))
     return Position(number=int(hydra_cfg.job.get("num") or 0) + 1, total=len(jobs) or None, sweep_dir=sweep_dir,
-                    invocation=manifest.get("started"), sequential=launcher == BASIC_LAUNCHER)
+                    invocation=manifest.get("started"), sequential=launcher == BASIC_LAUNCHER, tracking=tracking)
 
 
 # -- the command -------------------------------------------------------------------------------------
@@ -403,7 +360,7 @@ def _main(argv: list[str] | None) -> int:
         except HydraException as err:
             print(f"genfl-sweep: config error: {str(err).splitlines()[0]}", file=sys.stderr)
             return 2
-        errors = config_errors(jobs)  # before Hydra composes anything: one line per bad job
+        errors = config_errors(jobs, _STATE.validated)  # before Hydra composes anything: one line per bad job
         if errors:
             try:
                 _refuse(errors, len(jobs))

@@ -51,7 +51,9 @@ def load_config(overrides: list[str]) -> DictConfig:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             cfg = compose(config_name="config", overrides=list(overrides))
     except (HydraException, OmegaConfBaseException) as err:
-        raise ConfigError(_one_line(err)) from err
+        from server_app.tracking import override_problem  # another tracking backend's key: say whose
+
+        raise ConfigError(override_problem(overrides) or _one_line(err)) from err
     validate(cfg)
     return cfg
 

@@ -1,4 +1,4 @@
-"""Experiment tracking (server_app/tracking.py) read back with the libraries' own readers, and the
+"""Experiment tracking (server_app/tracking/) read back with the libraries' own readers, and the
 progress output of long work (generation/progress.py).
 
 Most tests drive `RunReport` directly, as the ServerApp does (no simulation): MLflow's client,
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import struct
 import subprocess
 import sys
@@ -19,9 +20,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from conf import CONF_DIR
 from generation import progress
 from server_app import tracking
-from server_app.results import METRICS, RunReport, eta_seconds, flatten
+from server_app.config import ConfigError, load_config
+from server_app.results import METRICS, RUN_CONFIG, RunReport, eta_seconds, flatten
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -289,7 +292,8 @@ def test_the_wandb_offline_run_holds_every_round_and_the_results_files(make_conf
     assert {"strategy:genfl", "dataset:digits", "alpha:0.3", "seed:0", "generator:class_conditional"} <= set(runs[0].tags)
     assert [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"] == [1]  # failed
     record = json.loads((run_dir / METRICS).read_text())["tracking"]
-    files = Path(record["dir"]) / "files"
+    assert record["dir"] == str(run_dir / "wandb")
+    files = Path(record["run_folder"]) / "files"
     assert json.loads((files / METRICS).read_text())["status"] == "failed" and not (files / METRICS).is_symlink()
     config = {i.key: json.loads(i.value_json) for i in runs[0].config.update}
     assert config["strategy"]["name"] == "genfl" and config["client"]["lr"] == 0.02
@@ -304,6 +308,116 @@ def test_a_resumed_run_is_the_same_wandb_run(make_config, tmp_path, wandb_home):
     assert curves == _expected_curves(run_dir)
     assert len({r.run.run_id for r in records if r.WhichOneof("record_type") == "run"}) == 1
     assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 2  # two attempts, one run id: `wandb sync` merges
+
+
+# -- one rule for every backend: when a resumed run continues its tracked run --------------------
+
+KILLED = {"mlflow": lambda tracker: None, "tensorboard": lambda tracker: tracker.writer.close(),
+          "wandb": lambda tracker: tracker.run.finish(exit_code=1)}
+STORE_SETTING = {"mlflow": "root", "tensorboard": "dir", "wandb": "dir"}
+
+
+def _remove_tracked_run(record: dict) -> None:
+    """What deleting the tracked run from its store amounts to, with each backend's own means."""
+    if record["backend"] == "mlflow":
+        from mlflow import MlflowClient
+
+        MlflowClient(tracking_uri=record["uri"]).delete_run(record["run_id"])
+    elif record["backend"] == "tensorboard":
+        for path in Path(record["dir"]).glob("events.out.tfevents.*"):
+            path.unlink()
+    else:
+        for path in Path(record["dir"]).glob(f"*run-*-{record['run_id']}"):
+            shutil.rmtree(path)
+
+
+@pytest.mark.parametrize("backend", ["mlflow", "tensorboard", "wandb"])
+def test_one_rule_for_every_backend_a_resumed_run_continues_only_a_tracked_run_its_store_still_holds(
+        backend, make_config, tmp_path, store, wandb_home, caplog):
+    """The rule (server_app/tracking/base.py): the interrupted attempt's record names this backend, this
+    store, and a run the store still holds. Before it, W&B continued a run in another folder and
+    TensorBoard and MLflow continued a run deleted from their store."""
+    run_dir = tmp_path / "run"
+    mlflow = [f"tracking.root={store}", "tracking.experiment=rule"] if backend == "mlflow" else []  # a store made once
+    config = _config(make_config, backend, run_dir, *mlflow)
+    resumed = {"rows": ROWS[2:], "previous_rows": [_clean(r) for r in ROWS[:2]]}
+
+    def record() -> dict:
+        return json.loads((run_dir / METRICS).read_text())["tracking"]
+
+    _killed_after_round_2_then_resumed(config, run_dir, KILLED[backend])
+    first = record()
+    assert first["attempts"] == 2 and first["last_round"] == 3  # same backend, same store, the run is there
+    store_key = "uri" if backend == "mlflow" else "dir"
+
+    _remove_tracked_run(first)  # the run is gone from its store: a new tracked run
+    _run(config, run_dir, **resumed)
+    anew = record()
+    assert "attempts" not in anew and anew[store_key] == first[store_key]
+    if backend != "tensorboard":  # TensorBoard's run is its folder (its id is the run's name)
+        assert anew["run_id"] != first["run_id"]
+    assert f"is no longer in {first[store_key]}; starting a new run" in caplog.text
+
+    elsewhere = {**config, "tracking": {**config["tracking"], STORE_SETTING[backend]: str(tmp_path / "elsewhere")}}
+    _run(elsewhere, run_dir, **resumed)  # the store moved: a new tracked run there
+    moved = record()
+    assert "attempts" not in moved and moved[store_key].startswith(("sqlite:///" if backend == "mlflow" else "")
+                                                                   + str(tmp_path / "elsewhere"))
+    assert f"this attempt's store is {moved[store_key]}; starting a new run" in caplog.text
+
+    _run(elsewhere, run_dir, **resumed)  # and that one is continued
+    assert record()["attempts"] == 2 and record()["run_id"] == moved["run_id"]
+
+
+# -- the settings each backend has (conf/tracking/) -----------------------------------------------
+
+def test_each_backend_has_the_shared_settings_once_and_only_its_own():
+    own = {"none": set(), "mlflow": {"experiment", "uri", "root", "artifacts"}, "tensorboard": {"dir"},
+           "wandb": {"experiment", "dir", "mode", "artifacts"}}
+    shared = {"group", "run_name", "tags"}
+    for backend, keys in own.items():
+        node = OmegaConf.to_container(load_config([f"tracking={backend}"]).tracking)
+        assert set(node) == {"backend", *keys, *(shared if keys else ())}, backend
+        assert tracking.keys(backend) == set(node)
+    lines = [line for path in (CONF_DIR / "tracking").glob("*.yaml") for line in path.read_text().splitlines()]
+    assert [sum(line.startswith(f"{key}:") for line in lines) for key in sorted(shared)] == [1, 1, 1]
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["tracking=tensorboard", "tracking.mode=online"],
+     "tracking.mode: tracking=tensorboard has no such setting (tracking=wandb has it: choose that or leave it out)"),
+    (["tracking=wandb", "tracking.root=/tmp/store"],
+     "tracking.root: tracking=wandb has no such setting (tracking=mlflow has it: choose that or leave it out)"),
+    (["tracking.group=sweep-a"], "tracking.group: tracking=none has no such setting "
+                                 "(tracking=mlflow|tensorboard|wandb have it: choose one or leave it out)"),
+    (["tracking=tensorboard", "+tracking.experiment=x"], "tracking.experiment: tracking=tensorboard has no such "
+                                                         "setting (tracking=mlflow|wandb have it: choose one or leave it out)"),
+    (["tracking=mlflow", "+tracking.colour=red"], "tracking.colour: no such setting of tracking=mlflow"),
+])
+def test_an_old_command_line_setting_another_backends_key_fails_in_one_line_naming_it(overrides, message):
+    with pytest.raises(ConfigError) as refused:
+        load_config(overrides)
+    assert str(refused.value) == message
+
+
+def test_an_older_sweep_jobs_saved_tracking_settings_its_backend_lacks_do_not_stop_its_resume(tmp_path):
+    """genfl-sweep gave every job tracking.group and tracking.root, also with tracking=none: genfl-run
+    --resume drops those saved overrides (they were never used) and keeps the ones the backend has."""
+    from cli.flwr_runs import quoted
+    from cli.run import resumed_command
+    from server_app.checkpoint import checkpoint_path
+
+    sweep = tmp_path / "sweep"
+    for name, backend in (("seed=0", []), ("seed=1", ["tracking=wandb"])):
+        job = sweep / name
+        saved = [name, *backend, f"tracking.group={quoted(sweep)}", f"tracking.root={quoted(tmp_path / 'store')}",
+                 f"output.dir={quoted(job)}"]
+        checkpoint_path(job).parent.mkdir(parents=True)
+        checkpoint_path(job).write_bytes(b"checkpoint")
+        (job / RUN_CONFIG).write_text(f"overrides = {json.dumps(json.dumps(saved))}\n")
+        cfg = load_config(resumed_command(["--resume", str(job)]))
+        assert OmegaConf.to_container(cfg.tracking) == OmegaConf.to_container(
+            load_config([*backend, *([f"tracking.group={quoted(sweep)}"] if backend else [])]).tracking)
 
 
 # -- settings that cannot work --------------------------------------------------------------------
@@ -327,8 +441,6 @@ def test_settings_that_cannot_work_are_one_line_naming_the_key(make_config, tmp_
     with pytest.raises(tracking.TrackingError) as error:  # what the ServerApp would meet
         tracking.build(config, tmp_path / "run")
     assert str(error.value) == why
-    from server_app.config import ConfigError
-
     with pytest.raises(ConfigError) as refused:  # but the config check already refuses it: exit 2 before anything starts
         make_config(f"tracking={backend}", f"output.dir={tmp_path / 'run'}", override.format(file=blocker))
     assert str(refused.value) == why
@@ -369,7 +481,7 @@ def test_a_logging_error_mid_run_warns_and_stops_tracking_but_not_the_run(make_c
 
 
 def test_a_sweep_refuses_bad_tracking_settings_before_the_first_job(tmp_path, capsys):
-    from cli.sweep import config_errors
+    from server_app.grid import config_errors
 
     blocker = tmp_path / "a-file"
     blocker.write_text("")
@@ -386,13 +498,18 @@ def test_a_sweep_job_says_which_of_how_many_it_is_with_skipped_continued_and_eta
                          "old": {"seconds": 5.0, "invocation": "earlier"}}.items():
         (tmp_path / name).mkdir()
         (tmp_path / name / JOB_RECORD).write_text(json.dumps({"invocation": "now", **record}))
-    position = Position(number=4, total=6, sweep_dir=tmp_path, invocation="now", sequential=True)
+    position = Position(number=4, total=6, sweep_dir=tmp_path, invocation="now", sequential=True,
+                        tracking=tracking.keys("mlflow"))
     assert position.line(["seed=1"], "running") == \
         "job 4 of 6 [seed=1]: running (so far: 1 skipped, 1 continued; ETA 0:10:00 for 3 job(s) at 0:03:20 each)"
     position.sequential = False  # jobs in parallel: no ETA from the mean job time
     assert position.line(["seed=1"], "running") == "job 4 of 6 [seed=1]: running (so far: 1 skipped, 1 continued)"
     assert position.tracking_overrides(["seed=1"]) == [f"tracking.group='{tmp_path}'", f"tracking.root='{tmp_path}'"]
     assert position.tracking_overrides(["tracking.group=mine", "tracking.uri=http://h:5000"]) == []
+    position.tracking = tracking.keys("wandb")  # a group, no store
+    assert position.tracking_overrides(["seed=1"]) == [f"tracking.group='{tmp_path}'"]
+    position.tracking = tracking.keys("none")  # nothing to set: tracking=none has neither setting
+    assert position.tracking_overrides(["seed=1"]) == []
 
 
 def test_trackers_copies_of_results_files_are_not_taken_for_runs(tmp_path, capsys):
