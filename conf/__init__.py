@@ -3,8 +3,4 @@ everything finds the folder through `CONF_DIR`, never through a path relative to
 
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
 CONF_DIR = Path(__file__).resolve().parent
-# kappa_fl is derived, never configured: conf/strategy/*.yaml set it to ${one_minus:${.kappa_aug}}.
-OmegaConf.register_new_resolver("one_minus", lambda x: round(1.0 - float(x), 12), replace=True)

@@ -17,15 +17,14 @@ from generation import progress
 from generation.augmented import AugmentedModelTrainer
 from generation.factory import build_generator
 from server_app import checkpoint, tracking
-from server_app.config import (adaptive_kappa, class_names, filter_settings, generator_check, load_config,
-                               on_fail_config, on_fail_problem, overrides_from_run_config, run_directory, to_yaml)
+from server_app.build import (adaptive_kappa, base_strategy, class_names, evaluation_fraction, filter_settings,
+                              generator_check, kappa_schedule)
+from server_app.config import load_config, on_fail_config, on_fail_problem, overrides_from_run_config, run_directory, to_yaml
 from server_app.nodes import WatchedGrid, wait_for_federation
 from server_app.results import SYNTHETIC_SAMPLES, RunReport, eta_seconds
-from strategy.bases import build_base
 from strategy.generator_check import Regime
 from strategy.genfl import GenFL
 from strategy.replies import Reliability
-from strategy.kappa import KappaSchedule
 from strategy.stats import RoundStats
 from torchcore.data import Split, load_splits
 from torchcore.model import seeded_model
@@ -81,7 +80,7 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
                       norm=cfg.model.norm)
     model = seeded_model(cfg.seed, **model_spec)
     st = cfg.strategy
-    kappa = KappaSchedule(st.kappa_aug, st.kappa_schedule, st.kappa_aug_final, cfg.num_rounds)
+    kappa = kappa_schedule(cfg)
     # With the generator check the run starts with generator_check.on_fail's cautious settings and a
     # trusted generator switches to the configured ones before round 1 (strategy/generator_check.py).
     check = generator_check(cfg) if kappa.uses_synthetic_data else None
@@ -194,14 +193,6 @@ def _quality_report(cfg: DictConfig, report: RunReport, model: torch.nn.Module, 
         log(WARNING, "%s", warning)
 
 
-def evaluation_fraction(cfg: DictConfig) -> float:
-    """The base strategy's share of nodes in the evaluation step (the next_round probe rides on it)."""
-    fraction = cfg.federation.fraction_evaluate
-    if cfg.mix.kappa_policy == "adaptive" and cfg.mix.choose == "next_round":
-        fraction = max(fraction, cfg.mix.probe_fraction)
-    return fraction
-
-
 def regime(cfg: DictConfig) -> Regime:
     """How ``cfg`` mixes the synthetic data (what a trusted generator switches to)."""
     return Regime(adaptive=adaptive_kappa(cfg), bn_stats=cfg.mix.bn_stats, bn_fraction=cfg.mix.bn_fraction,
@@ -209,25 +200,6 @@ def regime(cfg: DictConfig) -> Regime:
                   fraction_evaluate=evaluation_fraction(cfg),
                   augmented=dict(max_steps=cfg.augmented.max_steps, filter=filter_settings(cfg),
                                  steps_follow_trust=cfg.augmented.steps_follow_kappa))
-
-
-def base_strategy(cfg: DictConfig, num_nodes: int):
-    """The configured Flower strategy for the client part of Eq. (1), DP-wrapped if asked."""
-    fed = cfg.federation
-    sampling = dict(fraction_train=fed.fraction_train, fraction_evaluate=evaluation_fraction(cfg),
-                    min_train_nodes=fed.min_train_nodes, min_evaluate_nodes=fed.min_evaluate_nodes,
-                    # Sampling waits for this many nodes: a node that vanished mid-run must not stall it.
-                    min_available_nodes=max(fed.min_train_nodes, fed.min_evaluate_nodes))
-    dp = None
-    if cfg.aggregation.dp.clipping is not None:
-        d = cfg.aggregation.dp
-        # A first estimate only: GenFL sets it every round to the replies actually aggregated.
-        sampled = max(int(num_nodes * fed.fraction_train), fed.min_train_nodes, 1)
-        norm_key = "initial_clipping_norm" if d.clipping.endswith("adaptive") else "clipping_norm"
-        dp = {"clipping": d.clipping, "noise_multiplier": float(d.noise_multiplier), "num_sampled_clients": sampled,
-              norm_key: float(d.clipping_norm)}
-    args = OmegaConf.to_container(cfg.aggregation.args, resolve=True)
-    return build_base(cfg.aggregation.name, args, sampling=sampling, dp=dp)
 
 
 def reliability(cfg: DictConfig) -> Reliability:

@@ -17,6 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from conf import CONF_DIR
+from server_app import build  # the objects a run builds: the torch-free ones are built once while validating
 
 
 # Short `flwr run --run-config` keys for the settings changed most; "" keeps conf/'s value.
@@ -36,6 +37,30 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message is one line that names the key."""
 
 
+# Spellings of earlier versions: a command line that still uses one stops with one line naming the new key.
+RENAMED_KEYS = {
+    "strategy.kappa_schedule": "mix.kappa_policy (constant | linear | cosine | adaptive: the one key for kappa_aug's course)",
+    "strategy.kappa_aug_final": "mix.kappa_aug_final (with mix.kappa_policy=linear or cosine)",
+    "strategy.kappa_fl": "strategy.kappa_aug (kappa_fl is always 1 - kappa_aug)",
+}
+RENAMED_STRATEGY = {"fedavg": "base_only"}  # strategy=fedavg meant kappa_aug 0; FedAvg itself is aggregation=fedavg
+
+
+def _renamed(overrides: list[str]) -> None:
+    """Refuse an earlier version's key or preset, naming what replaced it."""
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        if key in RENAMED_KEYS:
+            raise ConfigError(f"{key} is gone: use {RENAMED_KEYS[key]}")
+        if key == "strategy" and (old := [v for v in value.split(",") if v.strip() in RENAMED_STRATEGY]):
+            new = RENAMED_STRATEGY[old[0].strip()]
+            raise ConfigError(f"strategy={old[0].strip()} is now strategy={new} (kappa_aug 0: the base strategy alone; "
+                              "FedAvg is aggregation=fedavg, the default)")
+        if key == "kappa":
+            points = ",".join(v.strip().removeprefix("aug_") for v in value.split(","))
+            raise ConfigError(f"{override.split('=')[0]}={value}: the kappa/ presets are gone: use strategy.kappa_aug={points}")
+
+
 def overrides_from_run_config(run_config: dict) -> list[str]:
     """Hydra overrides from Flower's run config: the short keys, then ``overrides`` (JSON list or words)."""
     result = [f"{RUN_CONFIG_KEYS[k]}={v}" for k, v in run_config.items() if k in RUN_CONFIG_KEYS and v != ""]
@@ -47,6 +72,7 @@ def overrides_from_run_config(run_config: dict) -> list[str]:
 
 def load_config(overrides: list[str]) -> DictConfig:
     """conf/config.yaml composed with ``overrides`` and validated; raises `ConfigError`."""
+    _renamed(list(overrides))
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             cfg = compose(config_name="config", overrides=list(overrides))
@@ -154,15 +180,7 @@ def _validate_nodes(cfg: DictConfig) -> None:
 def _validate_genfl(cfg: DictConfig) -> None:
     from generation.factory import fit_problem  # torch-free, as generation.planning
     from generation.planning import POLICIES
-    from strategy.kappa import KappaError, KappaSchedule
 
-    st = cfg.strategy
-    try:
-        KappaSchedule(st.kappa_aug, st.kappa_schedule, st.kappa_aug_final, cfg.num_rounds)
-    except KappaError as err:
-        raise ConfigError(str(err)) from err
-    _check(st.kappa_fl == round(1.0 - st.kappa_aug, 12), "strategy.kappa_fl",
-           "is derived (1 - strategy.kappa_aug): set strategy.kappa_aug instead", st.kappa_fl)
     _validate_mix(cfg)
     gen = cfg.generation
     _check(gen.policy in POLICIES, "generation.policy", f"must be one of {', '.join(POLICIES)}", gen.policy)
@@ -185,9 +203,16 @@ def _validate_genfl(cfg: DictConfig) -> None:
            "must be null (every batch of every epoch) or an integer >= 1", aug.max_steps)
     _check(_number(aug.round_aware_floor) and 0 <= aug.round_aware_floor <= 1, "augmented.round_aware_floor",
            "must be in [0, 1]", aug.round_aware_floor)
-    filter_settings(cfg)
-    generator_check(cfg)
-    if st.kappa_aug + st.kappa_aug_final > 0:  # the generator is used: the registry says whether it serves the data set
+    settings = _built(build.filter_settings, cfg)
+    if settings.mode == "clip":  # transformers and the CLIP model must be there
+        from generation.clip_filter import clip_problem
+
+        if why := clip_problem(settings.clip_model):
+            raise ConfigError(why)
+    _check(isinstance(cfg.generator_check.enabled, bool), "generator_check.enabled", "must be true or false",
+           cfg.generator_check.enabled)
+    _built(build.generator_check, cfg)
+    if build.kappa_schedule(cfg).uses_synthetic_data:  # the generator is used: the registry says whether it serves the data set
         problem = fit_problem(cfg.generator, cfg.dataset)
         if problem:
             raise ConfigError(problem)
@@ -195,11 +220,22 @@ def _validate_genfl(cfg: DictConfig) -> None:
 
 
 def _validate_mix(cfg: DictConfig) -> None:
-    from strategy.kappa import CHOOSE, POLICIES, KappaError
+    from strategy.kappa import CHOOSE, POLICIES
     from torchcore.mixing import BN_MODES
 
     m, st = cfg.mix, cfg.strategy
     _check(m.kappa_policy in POLICIES, "mix.kappa_policy", f"must be one of {', '.join(POLICIES)}", m.kappa_policy)
+    scheduled = m.kappa_policy in ("linear", "cosine")
+    _check(scheduled or m.kappa_aug_final is None, "mix.kappa_aug_final",
+           "is where mix.kappa_policy=linear or cosine ends: null under constant and adaptive", m.kappa_aug_final)
+    _check(not scheduled or m.kappa_aug_final is not None, "mix.kappa_aug_final",
+           f"mix.kappa_policy={m.kappa_policy} needs kappa_aug's value in the last round, e.g. 0.0", m.kappa_aug_final)
+    if (fixed := {"base_only": 0, "aigc_only": 1}.get(st.name)) is not None:  # the name says what it is
+        _check(st.kappa_aug == fixed, "strategy.kappa_aug", f"strategy={st.name} is kappa_aug {fixed}: another "
+               "value is strategy=genfl strategy.kappa_aug=<value>", st.kappa_aug)
+        _check(m.kappa_policy == "constant", "mix.kappa_policy", f"strategy={st.name} keeps kappa_aug at {fixed}: "
+               "a moving kappa is strategy=genfl", m.kappa_policy)
+    _built(build.kappa_schedule, cfg)
     _check(m.bn_stats in BN_MODES, "mix.bn_stats", f"must be one of {', '.join(BN_MODES)}", m.bn_stats)
     _check(m.bn_stats != "reestimate" or cfg.model.norm == "batch", "mix.bn_stats",
            "reestimate needs BatchNorm (model.norm=batch); GroupNorm has no running statistics", m.bn_stats)
@@ -207,34 +243,35 @@ def _validate_mix(cfg: DictConfig) -> None:
     for key in ("probe_fraction", "bn_fraction"):
         _check(_number(m[key]) and 0 < m[key] <= 1, f"mix.{key}", "must be in (0, 1]", m[key])
     if m.kappa_policy == "adaptive":
-        _check(st.kappa_schedule == "constant", "strategy.kappa_schedule",
-               "must be constant under mix.kappa_policy=adaptive (the policy moves kappa_aug itself)", st.kappa_schedule)
         _check(0 < st.kappa_aug < 1, "mix.kappa_policy",
                "adaptive mixes client and augmented models: use it with strategy=genfl (0 < kappa_aug < 1)", m.kappa_policy)
-        try:
-            adaptive_kappa(cfg)
-        except KappaError as err:
-            raise ConfigError(str(err)) from err
+        _check(isinstance(m.candidates, (list, ListConfig)) and all(_number(c) for c in m.candidates), "mix.candidates",
+               "must be a list of numbers in [0, 1]", m.candidates)
+        for key in ("step", "low", "high", "evidence_z"):
+            _check(_number(m[key]), f"mix.{key}", "must be a number", m[key])
+        for key in ("max_rise", "retire_below"):
+            _check(m[key] is None or (_number(m[key]) and 0 <= m[key] <= 1), f"mix.{key}",
+                   "must be null or a number in [0, 1]", m[key])
+        _built(build.adaptive_kappa, cfg)
 
 
-def generator_check(cfg: DictConfig):
-    """The generator check of ``cfg.generator_check`` (strategy/generator_check.py), or None when off."""
-    from strategy.generator_check import GeneratorCheck
+def _built(builder, cfg: DictConfig):
+    """``builder(cfg)`` (server_app/build.py), its objects' own errors worded as `ConfigError`: each object
+    checks its settings in one place."""
+    from strategy.bases import BaseStrategyError
+    from strategy.kappa import KappaError
 
-    c = cfg.generator_check
-    _check(isinstance(c.enabled, bool), "generator_check.enabled", "must be true or false", c.enabled)
-    if not c.enabled:
-        return None
-    try:  # GeneratorCheck validates its own settings (one place for the rules and their messages)
-        return GeneratorCheck(epochs=c.epochs, fraction=c.fraction, min_transfer=c.min_transfer)
-    except ValueError as err:
+    try:
+        return builder(cfg)
+    except (KappaError, BaseStrategyError, TypeError, ValueError) as err:
         raise ConfigError(str(err)) from err
 
 
 def _switchable(key: str) -> bool:
-    """What the check can change before round 1: the mix (strategy/generator_check.py's Regime) and how
-    far and on which images the augmented model trains."""
-    return key.startswith(("mix.", "augmented.filter.")) or key in ("augmented.max_steps", "augmented.steps_follow_kappa")
+    """What the check can change before round 1: the mix (strategy/generator_check.py's Regime: not a kappa
+    schedule) and how far and on which images the augmented model trains."""
+    return (key.startswith(("mix.", "augmented.filter.")) and key != "mix.kappa_aug_final") or \
+        key in ("augmented.max_steps", "augmented.steps_follow_kappa")
 
 
 def on_fail_problem(cfg: DictConfig) -> str | None:
@@ -246,8 +283,8 @@ def on_fail_problem(cfg: DictConfig) -> str | None:
         return "generator_check.on_fail is null"
     if not 0 < st.kappa_aug < 1:
         return f"strategy={st.name} (kappa_aug {st.kappa_aug}) mixes no client part with the augmented model"
-    if st.kappa_schedule != "constant":
-        return f"strategy.kappa_schedule={st.kappa_schedule} fixes kappa_aug's course"
+    if cfg.mix.kappa_policy in ("linear", "cosine"):
+        return f"mix.kappa_policy={cfg.mix.kappa_policy} fixes kappa_aug's course"
     return None
 
 
@@ -264,8 +301,10 @@ def on_fail_config(cfg: DictConfig) -> DictConfig | None:
         value = OmegaConf.select(on_fail, key)
         _check(OmegaConf.select(cfg, key, default="<missing>") != "<missing>", f"generator_check.on_fail.{key}",
                f"no such setting ({key}): check the spelling against conf/config.yaml", value)
-        _check(_switchable(key), f"generator_check.on_fail.{key}", "not a setting the check can switch (mix.*, "
-               "augmented.max_steps, augmented.steps_follow_kappa, augmented.filter.*)", value)
+        _check(_switchable(key), f"generator_check.on_fail.{key}", "not a setting the check can switch (mix.* but "
+               "kappa_aug_final, augmented.max_steps, augmented.steps_follow_kappa, augmented.filter.*)", value)
+        _check(key != "mix.kappa_policy" or value in ("constant", "adaptive"), f"generator_check.on_fail.{key}",
+               "must be constant or adaptive (a linear or cosine course is set before the check)", value)
     if cfg.model.norm != "batch" and on_fail.get("mix") is not None:  # GroupNorm: no running statistics to form
         on_fail = OmegaConf.merge(on_fail, {"mix": {"bn_stats": cfg.mix.bn_stats, "bn_fraction": cfg.mix.bn_fraction}})
     try:
@@ -285,55 +324,7 @@ def _leaves(tree: dict, prefix: str = "") -> list[str]:
     return out
 
 
-def filter_settings(cfg: DictConfig):
-    """The synthetic-set filter of ``cfg.augmented.filter`` (generation/filtering.py), validated; for mode=clip
-    also that transformers and the CLIP model are there (generation/clip_filter.py)."""
-    from generation.filtering import FilterSettings
-
-    try:
-        settings = FilterSettings(**OmegaConf.to_container(cfg.augmented.filter, resolve=True))
-    except (TypeError, ValueError) as err:
-        raise ConfigError(str(err)) from err
-    if settings.mode == "clip":
-        from generation.clip_filter import clip_problem
-
-        if why := clip_problem(settings.clip_model):
-            raise ConfigError(why)
-    return settings
-
-
-def class_names(cfg: DictConfig) -> tuple[str, ...]:
-    """CLIP's class names: those Stable Diffusion prompted with (``generator.class_names``), else the data set's."""
-    from torchcore.classes import class_names as builtin
-
-    names = cfg.generator.get("class_names") if cfg.generator.backend == "stable_diffusion" else None
-    return tuple(str(n) for n in names) if names else builtin(cfg.dataset.name)
-
-
-def adaptive_kappa(cfg: DictConfig):
-    """The adaptive policy of ``cfg.mix``, or None under a constant/scheduled kappa."""
-    from strategy.kappa import AdaptiveKappa
-
-    m = cfg.mix
-    if m.kappa_policy != "adaptive":
-        return None
-    if not isinstance(m.candidates, (list, ListConfig)) or not all(_number(c) for c in m.candidates):
-        raise ConfigError(f"mix.candidates: must be a list of numbers in [0, 1] (got {m.candidates!r})")
-    for key in ("step", "low", "high", "evidence_z"):
-        _check(_number(m[key]), f"mix.{key}", "must be a number", m[key])
-    return AdaptiveKappa(current=float(cfg.strategy.kappa_aug), candidates=tuple(m.candidates), step=float(m.step),
-                         low=float(m.low), high=float(m.high), evidence_z=float(m.evidence_z),
-                         max_rise=_unit_or_null(m.get("max_rise"), "mix.max_rise"),
-                         retire_below=_unit_or_null(m.get("retire_below"), "mix.retire_below"))
-
-
-def _unit_or_null(value, key: str):
-    _check(value is None or (_number(value) and 0 <= value <= 1), key, "must be null or a number in [0, 1]", value)
-    return None if value is None else float(value)
-
-
 def _validate_reliability(cfg: DictConfig) -> None:
-    from strategy.bases import BaseStrategyError, build_base
     from torchcore.privacy import noise_scale
 
     rel = cfg.reliability
@@ -363,13 +354,8 @@ def _validate_reliability(cfg: DictConfig) -> None:
     dp = agg.dp
     _check(_number(dp.noise_multiplier) and dp.noise_multiplier >= 0, "aggregation.dp.noise_multiplier", "must be >= 0", dp.noise_multiplier)
     _check(_number(dp.clipping_norm) and dp.clipping_norm > 0, "aggregation.dp.clipping_norm", "must be > 0", dp.clipping_norm)
-    try:  # built once here with the real arguments, so a typo fails before any node is contacted
-        dp_args = None if dp.clipping is None else {
-            "clipping": dp.clipping, "noise_multiplier": float(dp.noise_multiplier), "num_sampled_clients": 1,
-            ("initial_clipping_norm" if str(dp.clipping).endswith("adaptive") else "clipping_norm"): float(dp.clipping_norm)}
-        build_base(agg.name, OmegaConf.to_container(agg.args, resolve=True), sampling={}, dp=dp_args)
-    except BaseStrategyError as err:
-        raise ConfigError(str(err)) from err
+    # built once here with the real arguments, so a typo fails before any node is contacted
+    _built(lambda c: build.base_strategy(c, num_nodes=1, sample=False), cfg)
 
 
 def run_directory(cfg: DictConfig) -> Path:

@@ -30,12 +30,11 @@ class KappaSchedule:
     num_rounds: int
 
     def __post_init__(self):
-        for name in ("kappa_aug", "kappa_aug_final"):
-            value = getattr(self, name)
+        for key, value in (("strategy.kappa_aug", self.kappa_aug), ("mix.kappa_aug_final", self.kappa_aug_final)):
             if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0 or math.isnan(value):
-                raise KappaError(f"strategy.{name} must be in [0, 1] (got {value!r})")
+                raise KappaError(f"{key} must be in [0, 1] (got {value!r})")
         if self.schedule not in SCHEDULES:
-            raise KappaError(f"strategy.kappa_schedule must be one of {', '.join(SCHEDULES)} (got {self.schedule!r})")
+            raise KappaError(f"mix.kappa_policy: a schedule must be one of {', '.join(SCHEDULES)} (got {self.schedule!r})")
         if self.num_rounds < 1:
             raise KappaError(f"num_rounds must be >= 1 (got {self.num_rounds})")
 
@@ -61,7 +60,7 @@ class KappaSchedule:
         return self.kappa_aug > 0 or (self.schedule != "constant" and self.kappa_aug_final > 0)
 
 
-POLICIES = ("constant", "adaptive")
+POLICIES = (*SCHEDULES, "adaptive")  # mix.kappa_policy: the one key that says how kappa_aug is set
 CHOOSE = ("next_round", "this_round")  # when the probe's evidence is used (mix.choose)
 
 

@@ -453,11 +453,12 @@ def test_the_clientapp_reports_batchnorm_statistics_of_the_received_model():
 
 # -- config ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("overrides, message", [
-    (["mix.kappa_policy=bogus"], "mix.kappa_policy: must be one of constant, adaptive"),
+    (["mix.kappa_policy=bogus"], "mix.kappa_policy: must be one of constant, linear, cosine, adaptive"),
     (["mix.bn_stats=bogus"], "mix.bn_stats: must be one of mixed, clients, reestimate"),
-    (["mix.kappa_policy=adaptive", "strategy=fedavg"], "use it with strategy=genfl"),
+    (["mix.kappa_policy=adaptive", "strategy.kappa_aug=0"], "use it with strategy=genfl"),
+    (["mix.kappa_policy=adaptive", "strategy=base_only"], "strategy=base_only keeps kappa_aug at 0"),
     (["mix.kappa_policy=adaptive", "mix.candidates=[0.1,0.3]"], "must contain 0.0"),
-    (["mix.kappa_policy=adaptive", "strategy.kappa_schedule=linear"], "must be constant under mix.kappa_policy=adaptive"),
+    (["mix.kappa_policy=adaptive", "mix.kappa_aug_final=0.1"], "mix.kappa_aug_final: is where mix.kappa_policy=linear"),
     (["mix.bn_stats=reestimate", "model.norm=group"], "reestimate needs BatchNorm"),
     (["mix.probe_fraction=0"], "mix.probe_fraction: must be in (0, 1]"),
     (["mix.choose=later"], "mix.choose: must be one of next_round, this_round"),

@@ -11,7 +11,7 @@ from flwr.app import ConfigRecord
 from omegaconf import OmegaConf
 
 from local_grid import LocalGrid
-from server_app.app import base_strategy
+from server_app.build import base_strategy
 from server_app.config import load_config
 from strategy.bases import BASES
 from conf_defaults import reliability

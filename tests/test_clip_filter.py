@@ -249,7 +249,7 @@ def test_bad_clip_config_exits_2_with_one_line(tmp_path, capsys, make_config, ov
 
 
 def test_the_config_gives_the_filter_and_its_class_names(clip_folder, make_config):
-    from server_app.config import class_names, filter_settings
+    from server_app.build import class_names, filter_settings
 
     cfg = make_config("augmented.filter.mode=clip", f"augmented.filter.clip_model={clip_folder}",
                       "augmented.filter.keep_ratio=null", "augmented.filter.threshold=chance")

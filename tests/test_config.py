@@ -55,3 +55,55 @@ def test_pyproject_run_config_keys_are_all_known():
     keys = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())["tool"]["flwr"]["app"]["config"]
     assert set(keys) == set(RUN_CONFIG_KEYS) | {"overrides"}
     assert all(value == "" for value in keys.values()), "defaults belong in conf/, not pyproject.toml"
+
+
+# Spellings of earlier versions (conf/ named one concept per key in issue 27): each fails with one line
+# naming what replaced it, whether it comes from genfl-run's command line, a sweep or `flwr run`'s run config.
+OLD_SPELLINGS = [
+    (["strategy=fedavg"], "strategy=fedavg is now strategy=base_only"),
+    (["strategy=fedavg,genfl"], "strategy=fedavg is now strategy=base_only"),
+    (["+kappa=aug_0.3"], "+kappa=aug_0.3: the kappa/ presets are gone: use strategy.kappa_aug=0.3"),
+    (["kappa=aug_0.1,aug_0.5"], "use strategy.kappa_aug=0.1,0.5"),
+    (["strategy.kappa_schedule=linear"], "strategy.kappa_schedule is gone: use mix.kappa_policy"),
+    (["strategy.kappa_aug_final=0.1"], "strategy.kappa_aug_final is gone: use mix.kappa_aug_final"),
+    (["strategy.kappa_fl=0.5"], "strategy.kappa_fl is gone: use strategy.kappa_aug"),
+]
+
+
+@pytest.mark.parametrize("overrides, says", OLD_SPELLINGS)
+def test_an_earlier_spelling_is_one_line_naming_the_new_key(overrides, says, capsys):
+    from cli.run import run
+
+    with pytest.raises(ConfigError) as info:
+        load_config(overrides)
+    assert says in str(info.value) and "\n" not in str(info.value)
+    assert run(overrides) == 2  # genfl-run, before anything starts
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("genfl-run: config error: ") and says in err
+
+
+def test_flwr_runs_run_config_with_the_old_strategy_name_is_refused():
+    with pytest.raises(ConfigError, match="strategy=fedavg is now strategy=base_only"):
+        load_config(overrides_from_run_config({"strategy": "fedavg"}))
+
+
+def test_genfl_run_exits_2_on_the_old_strategy_name():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    proc = subprocess.run([sys.executable, "-m", "cli.run", "strategy=fedavg"], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.splitlines() == ["genfl-run: config error: strategy=fedavg is now strategy=base_only (kappa_aug 0: "
+                                        "the base strategy alone; FedAvg is aggregation=fedavg, the default)"]
+
+
+@pytest.mark.parametrize("preset", ["paper_cifar10", "paper_cifar100", "paper_cifar10_tuned", "paper_cifar100_tuned"])
+def test_the_paper_presets_train_the_augmented_model_like_a_client_stated_once(preset):
+    pairs = {"epochs": "local_epochs", "batch_size": "batch_size", "lr": "lr", "momentum": "momentum",
+             "weight_decay": "weight_decay"}
+    cfg = load_config([f"+experiment={preset}"])
+    assert {a: cfg.augmented[a] for a in pairs} == {a: cfg.client[c] for a, c in pairs.items()}
+    moved = load_config([f"+experiment={preset}", "client.lr=0.01", "client.batch_size=32"])
+    assert (moved.augmented.lr, moved.augmented.batch_size) == (0.01, 32)  # one value, both trainers

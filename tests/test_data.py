@@ -41,7 +41,7 @@ def _write_cifar10(root, per_batch=6):
 
 def test_cifar10_reads_torchvision_format(tmp_path, make_config):
     folder = _write_cifar10(tmp_path)
-    cfg = make_config("strategy=fedavg", "dataset=cifar10", f"dataset.root={tmp_path}", "dataset.download=false").dataset
+    cfg = make_config("strategy=base_only", "dataset=cifar10", f"dataset.root={tmp_path}", "dataset.download=false").dataset
     splits = load_splits(cfg)
     assert splits["federation"].images.shape == (30, 3, 32, 32)
     assert splits["federation"].images.dtype == torch.uint8
@@ -60,12 +60,12 @@ def test_cifar100_uses_fine_labels(tmp_path, make_config):
     for name in ("train", "test"):
         with open(folder / name, "wb") as fh:
             pickle.dump({b"data": np.zeros((4, 3072), np.uint8), b"fine_labels": [99, 5, 0, 42], b"coarse_labels": [1, 1, 1, 1]}, fh)
-    cfg = make_config("strategy=fedavg", "dataset=cifar100", f"dataset.root={tmp_path}", "dataset.download=false").dataset
+    cfg = make_config("strategy=base_only", "dataset=cifar100", f"dataset.root={tmp_path}", "dataset.download=false").dataset
     assert load_splits(cfg)["federation"].labels.tolist() == [99, 5, 0, 42]
 
 
 def test_missing_cifar_says_which_files_to_put_where(tmp_path, make_config):
-    cfg = make_config("strategy=fedavg", "dataset=cifar10", f"dataset.root={tmp_path}", "dataset.download=false").dataset
+    cfg = make_config("strategy=base_only", "dataset=cifar10", f"dataset.root={tmp_path}", "dataset.download=false").dataset
     with pytest.raises(DatasetUnavailableError, match="cifar-10-batches-py/data_batch_1"):
         load_splits(cfg)
 

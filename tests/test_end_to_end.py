@@ -258,7 +258,7 @@ def test_round_1_of_genfl_is_exactly_eq1_of_the_client_average_and_the_augmented
     from torchcore.model import seeded_model
     from torchcore.train import resolve_device, state_to_numpy
 
-    proc, fedavg_dir = runs("F", "strategy=fedavg", "num_rounds=1", "seed=0")
+    proc, fedavg_dir = runs("F", "strategy=base_only", "num_rounds=1", "seed=0")
     assert proc.returncode == 0, proc.stdout[-3000:]
     with open(fedavg_dir / "checkpoint" / "latest.pkl", "rb") as handle:
         client_average = pickle.load(handle)["arrays"]  # FedAvg's round 1: the clients' weighted average
@@ -287,7 +287,7 @@ def test_round_1_of_genfl_is_exactly_eq1_of_the_client_average_and_the_augmented
 def test_run_where_every_client_fails_exits_non_zero(tmp_path):
     # A device no client has: every ClientApp raises, so no round can aggregate anything.
     run_dir = tmp_path / "run"
-    proc = launch(run_dir, "strategy=fedavg", "federation.num_clients=2", "num_rounds=1", "client.device=cuda:7")
+    proc = launch(run_dir, "strategy=base_only", "federation.num_clients=2", "num_rounds=1", "client.device=cuda:7")
     assert proc.returncode == 1, proc.stdout[-2000:]
     assert "run FAILED" in proc.stderr
     result = metrics(run_dir)

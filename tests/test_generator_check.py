@@ -271,7 +271,7 @@ def test_the_default_run_starts_cautious_and_a_trusted_generator_switches_to_the
 
 @pytest.mark.parametrize("overrides, why", [
     (["strategy=aigc_only"], "strategy=aigc_only (kappa_aug 1.0) mixes no client part"),
-    (["strategy.kappa_schedule=linear", "strategy.kappa_aug_final=0.1"], "strategy.kappa_schedule=linear"),
+    (["mix.kappa_policy=linear", "mix.kappa_aug_final=0.1"], "mix.kappa_policy=linear fixes kappa_aug's course"),
     (["generator_check.on_fail=null"], "generator_check.on_fail is null"),
     (["generator_check.enabled=false"], "generator_check.enabled is false"),
     (["+experiment=paper_cifar10"], "generator_check.on_fail is null"),  # the method as published: it only reports

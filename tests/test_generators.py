@@ -179,7 +179,7 @@ def test_build_and_config_validation_refuse_a_misfit_with_the_same_message():
     with pytest.raises(ConfigError) as validated:
         load_config(["generator=corpus", "dataset=cifar10"])
     assert str(built.value) == str(validated.value) == fit_problem(cfg.generator, cfg.dataset)
-    load_config(["generator=corpus", "dataset=cifar10", "strategy=fedavg"])  # the generator is not used: no check
+    load_config(["generator=corpus", "dataset=cifar10", "strategy=base_only"])  # the generator is not used: no check
 
 
 def test_the_fit_check_names_the_offline_generators_corpora():

@@ -24,7 +24,7 @@ import pytest
 from server_app.results import JOB_RECORD, METRICS
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ("strategy=fedavg", "federation.num_clients=2", "num_rounds=2")
+TINY = ("strategy=base_only", "federation.num_clients=2", "num_rounds=2")
 
 
 def _metrics(run_dir: Path, **data) -> Path:
@@ -100,7 +100,7 @@ def test_ctrl_c_marks_the_run_interrupted_says_how_to_resume_and_its_copy_resume
     assert_nothing_left_running(run_dir)
 
     # Item 6: its copy, in a folder named like a sweep job's, resumes there; the original stays as it was.
-    copy = tmp_path / "moved" / "seed=0,strategy=fedavg"
+    copy = tmp_path / "moved" / "seed=0,strategy=base_only"
     shutil.copytree(run_dir, copy)
     original = _files(run_dir)
     resumed = subprocess.run([sys.executable, "-m", "cli.run", "--resume", str(copy)], cwd=REPO,

@@ -32,15 +32,38 @@ def test_invalid_kappas_are_rejected(args):
 
 
 def test_presets_say_whether_synthetic_data_is_needed(make_config):
-    for preset, needed in [("fedavg", False), ("genfl", True), ("aigc_only", True)]:
-        st = make_config(f"strategy={preset}").strategy
-        schedule = KappaSchedule(st.kappa_aug, st.kappa_schedule, st.kappa_aug_final, 5)
-        assert schedule.uses_synthetic_data is needed
+    from server_app.build import kappa_schedule
+
+    for preset, needed in [("base_only", False), ("genfl", True), ("aigc_only", True)]:
+        assert kappa_schedule(make_config(f"strategy={preset}")).uses_synthetic_data is needed
+    assert kappa_schedule(make_config("strategy.kappa_aug=0", "mix.kappa_policy=linear", "mix.kappa_aug_final=0.2")) \
+        .uses_synthetic_data  # 0 at the start, 0.2 by the end
 
 
-def test_kappa_fl_is_derived_and_cannot_be_set_apart(make_config):
+@pytest.mark.parametrize("policy", ["linear", "cosine"])
+def test_mix_kappa_policy_is_the_one_key_for_kappas_course(make_config, policy):
+    from server_app.build import kappa_schedule
+
+    schedule = kappa_schedule(make_config("num_rounds=5", f"mix.kappa_policy={policy}", "mix.kappa_aug_final=0.1"))
+    assert (schedule.schedule, schedule.kappa_aug, schedule.kappa_aug_final) == (policy, 0.3, 0.1)
+    assert schedule.at(1)[1] == pytest.approx(0.3) and schedule.at(5)[1] == pytest.approx(0.1)
+    for constant in (make_config(), make_config("mix.kappa_policy=adaptive")):  # adaptive starts at kappa_aug
+        assert kappa_schedule(constant) == KappaSchedule(0.3, "constant", 0.3, constant.num_rounds)
+    assert "kappa_fl" not in make_config().strategy  # derived (1 - kappa_aug), never a key
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["mix.kappa_policy=linear"], "mix.kappa_aug_final: mix.kappa_policy=linear needs kappa_aug's value in the last round"),
+    (["mix.kappa_aug_final=0.1"], "mix.kappa_aug_final: is where mix.kappa_policy=linear or cosine ends"),
+    (["mix.kappa_policy=cosine", "mix.kappa_aug_final=1.5"], "mix.kappa_aug_final must be in [0, 1] (got 1.5)"),
+    (["strategy.kappa_aug=1.2"], "strategy.kappa_aug must be in [0, 1] (got 1.2)"),
+    (["strategy=base_only", "strategy.kappa_aug=0.3"], "strategy.kappa_aug: strategy=base_only is kappa_aug 0"),
+    (["strategy=aigc_only", "mix.kappa_policy=linear", "mix.kappa_aug_final=0.5"],
+     "mix.kappa_policy: strategy=aigc_only keeps kappa_aug at 1"),
+])
+def test_bad_kappa_settings_are_one_line_errors_naming_the_key(make_config, overrides, message):
     from server_app.config import ConfigError
 
-    assert make_config("strategy.kappa_aug=0.4").strategy.kappa_fl == 0.6
-    with pytest.raises(ConfigError, match="strategy.kappa_fl: is derived"):
-        make_config("strategy.kappa_fl=0.5")
+    with pytest.raises(ConfigError) as err:
+        make_config(*overrides)
+    assert message in str(err.value) and "\n" not in str(err.value)

@@ -11,7 +11,8 @@ from flwr.app import ArrayRecord
 
 from client_app.app import app as client_app
 from local_grid import LocalGrid, client_app_node
-from server_app.app import _augmenter, base_strategy, reliability
+from server_app.app import _augmenter, reliability
+from server_app.build import base_strategy, kappa_schedule
 from server_app.app import client_config as train_config
 from strategy.genfl import GenFL
 from strategy.kappa import KappaSchedule
@@ -26,10 +27,9 @@ def _run(cfg, cache_dir):
     spec = dict(num_classes=ds.num_classes, in_channels=ds.channels, mean=list(ds.mean), std=list(ds.std))
     nodes = {500 + p: client_app_node(client_app, p, 3, 500 + p) for p in range(3)}
     grid = LocalGrid(nodes, reply_order=lambda replies: replies[::-1])
-    st = cfg.strategy
     strategy = GenFL(
         base_strategy(cfg, num_nodes=3), num_classes=ds.num_classes,
-        kappa=KappaSchedule(st.kappa_aug, st.kappa_schedule, st.kappa_aug_final, cfg.num_rounds),
+        kappa=kappa_schedule(cfg),
         augmenter=_augmenter(cfg, seeded_model(cfg.seed, **spec), resolve_device("cpu"), load_splits(ds)["test"]),
         histogram_timeout=60, seed=cfg.seed, reliability=reliability(cfg))
     result = strategy.start(grid, ArrayRecord(seeded_model(cfg.seed, **spec).state_dict()), num_rounds=cfg.num_rounds,

@@ -62,10 +62,10 @@ def test_every_job_of_every_benchmark_piece_is_valid(piece, jobs):
     assert config_errors(grid) == []
 
 
-def test_the_kappa_piece_moves_kappa_fl_and_kappa_aug_together():
+def test_the_kappa_piece_sweeps_strategy_kappa_aug():
     configs = [load_config(job) for job in _grid("convergence/kappa")]
     assert sorted({c.strategy.kappa_aug for c in configs}) == [0.1, 0.5, 0.7, 0.9]
-    assert all(c.strategy.kappa_fl == pytest.approx(1 - c.strategy.kappa_aug) for c in configs)
+    assert {(c.strategy.name, c.mix.kappa_policy) for c in configs} == {("genfl", "constant")}
     assert {c.partition.alpha for c in configs} == {0.1}
 
 

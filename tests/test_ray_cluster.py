@@ -165,7 +165,7 @@ def test_a_simulation_attached_to_a_running_cluster_trains_on_both_of_its_nodes(
     nodes = ray_cluster.nodes()
     assert sorted(nodes.values()) == ["head", "second"]
     run_dir = tmp_path / "run"
-    proc = launch(run_dir, f"federation.ray_address={ray_cluster.address}", "strategy=fedavg", "num_rounds=2",
+    proc = launch(run_dir, f"federation.ray_address={ray_cluster.address}", "strategy=base_only", "num_rounds=2",
                   "federation.num_clients=4", "federation.client_cpus=1", "seed=0",
                   app_dir=_probed_app(tmp_path), timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]

@@ -2,7 +2,7 @@
 item 1): the base strategy's server-optimiser moments and adaptive clipping norm, and the adaptive
 kappa_aug, so the rejected update neither steers the next rounds nor reaches the checkpoint.
 
-The bases are built from the shipped conf/ (server_app.app.base_strategy), the nodes answer with
+The bases are built from the shipped conf/ (server_app.build.base_strategy), the nodes answer with
 fixed NumPy updates on the in-memory Grid (tests/local_grid.py).
 """
 
@@ -16,8 +16,8 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDic
 
 from local_grid import LocalGrid
 from conf_defaults import reliability
-from server_app.app import base_strategy
-from server_app.config import adaptive_kappa, load_config
+from server_app.build import adaptive_kappa, base_strategy
+from server_app.config import load_config
 from client_app.contract import MIX_ACC, MIX_LOSS, PROBE, PROBE_CANDIDATES
 from strategy.bases import base_state
 from strategy.genfl import GenFL

@@ -12,7 +12,7 @@ from sim import assert_nothing_left_running, faulty_app, launch, metrics
 
 pytestmark = pytest.mark.slow
 
-SMALL = ("federation.num_clients=6", "strategy=fedavg", "client.local_epochs=1")
+SMALL = ("federation.num_clients=6", "strategy=base_only", "client.local_epochs=1")
 
 
 def test_broken_and_lying_clients_are_excluded_and_the_run_completes(tmp_path):

@@ -58,7 +58,7 @@ def test_a_copied_sweep_job_resumes_into_the_copy_whose_name_holds_equals_and_co
 
 
 def test_a_moved_run_resumes_into_its_new_folder_not_the_original(tmp_path):
-    original = _saved_run(tmp_path / "outputs" / "run", ["seed=2", "strategy=fedavg"])
+    original = _saved_run(tmp_path / "outputs" / "run", ["seed=2", "strategy=base_only"])
     moved = tmp_path / "archive" / "run"
     moved.parent.mkdir()
     original.rename(moved)

@@ -64,7 +64,7 @@ def test_genfl_run_reusing_a_folder_does_not_report_the_older_runs_success(tmp_p
     (run_dir / "metrics.json.tmp").mkdir()
     (run_dir / "metrics.json.tmp" / "keep").write_text("x")
     proc = subprocess.run(
-        [sys.executable, "-m", "cli.run", f"output.dir={run_dir}", "strategy=fedavg",
+        [sys.executable, "-m", "cli.run", f"output.dir={run_dir}", "strategy=base_only",
          "federation.num_clients=2", "num_rounds=1"],
         cwd=REPO, capture_output=True, text=True, timeout=900,
     )

@@ -17,8 +17,8 @@ from server_app.results import JOB_RECORD
 
 REPO = Path(__file__).resolve().parents[1]
 # FedAvg, 2 clients, 1 round; client.device=cuda:7 makes every client fail, so that job fails.
-TINY = ["strategy=fedavg", "federation.num_clients=2", "num_rounds=1", "client.device=cpu,cuda:7"]
-GOOD = ("client.device=cpu", "federation.num_clients=2", "num_rounds=1", "strategy=fedavg")
+TINY = ["strategy=base_only", "federation.num_clients=2", "num_rounds=1", "client.device=cpu,cuda:7"]
+GOOD = ("client.device=cpu", "federation.num_clients=2", "num_rounds=1", "strategy=base_only")
 
 
 def _sweep(*args: str) -> subprocess.CompletedProcess:
@@ -27,17 +27,17 @@ def _sweep(*args: str) -> subprocess.CompletedProcess:
 
 
 def test_expansion_is_hydras_cartesian_product_in_command_line_order():
-    assert expand(["strategy=fedavg,genfl", "seed=0,1", "num_rounds=3"]) == [
-        ["strategy=fedavg", "seed=0", "num_rounds=3"], ["strategy=fedavg", "seed=1", "num_rounds=3"],
+    assert expand(["strategy=base_only,genfl", "seed=0,1", "num_rounds=3"]) == [
+        ["strategy=base_only", "seed=0", "num_rounds=3"], ["strategy=base_only", "seed=1", "num_rounds=3"],
         ["strategy=genfl", "seed=0", "num_rounds=3"], ["strategy=genfl", "seed=1", "num_rounds=3"]]
-    assert len(expand(["+kappa=aug_0.1,aug_0.5", "seed=range(0,3)"])) == 6
+    assert len(expand(["strategy.kappa_aug=0.1,0.5", "seed=range(0,3)"])) == 6
 
 
 def test_a_config_error_in_any_job_stops_the_sweep_before_the_first_job(tmp_path):
-    proc = _sweep("strategy=fedavg,genfl", "partition.alpha=0.3,-1", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    proc = _sweep("strategy=base_only,genfl", "partition.alpha=0.3,-1", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert proc.returncode == 2
     assert proc.stderr.splitlines() == [
-        "genfl-sweep: config error in job [strategy=fedavg partition.alpha=-1]: partition.alpha: must be > 0 (got -1)",
+        "genfl-sweep: config error in job [strategy=base_only partition.alpha=-1]: partition.alpha: must be > 0 (got -1)",
         "genfl-sweep: config error in job [strategy=genfl partition.alpha=-1]: partition.alpha: must be > 0 (got -1)",
         "genfl-sweep: 2 of 4 job(s) have config errors; no job was started",
     ]
@@ -45,17 +45,17 @@ def test_a_config_error_in_any_job_stops_the_sweep_before_the_first_job(tmp_path
 
 
 def test_an_unknown_key_or_option_is_one_line_per_job(tmp_path):
-    proc = _sweep("strategy=fedavg,nope", f"hydra.sweep.dir={tmp_path / 'sweep'}")
+    proc = _sweep("strategy=base_only,nope", f"hydra.sweep.dir={tmp_path / 'sweep'}")
     assert proc.returncode == 2
     assert "config error in job [strategy=nope]: In 'config': Could not find 'strategy/nope' " \
-           "(available: aigc_only, fedavg, genfl)" in proc.stderr
-    assert "[strategy=fedavg]" not in proc.stderr
+           "(available: aigc_only, base_only, genfl)" in proc.stderr
+    assert "[strategy=base_only]" not in proc.stderr
 
 
 def test_a_grid_set_in_config_is_validated_before_the_first_job(tmp_path, capsys):
     # What a preset's hydra.sweeper.params gives the callback (e.g. conf/experiment/convergence/main.yaml).
     config = OmegaConf.create({"hydra": {
-        "overrides": {"task": ["strategy=fedavg"]},
+        "overrides": {"task": ["strategy=base_only"]},
         "sweeper": {"_target_": BASIC_SWEEPER, "params": {"partition.alpha": "0.1,0", "seed": "0,1"}},
         "sweep": {"dir": str(tmp_path / "sweep")},
         "job": {"config": {"override_dirname": {"exclude_keys": []}}}}})
@@ -63,7 +63,7 @@ def test_a_grid_set_in_config_is_validated_before_the_first_job(tmp_path, capsys
         SweepCallback().on_multirun_start(config)
     assert stop.value.code == 2
     err = capsys.readouterr().err
-    assert "job [partition.alpha=0 seed=0 strategy=fedavg]: partition.alpha: must be > 0 (got 0)" in err
+    assert "job [partition.alpha=0 seed=0 strategy=base_only]: partition.alpha: must be > 0 (got 0)" in err
     assert "2 of 4 job(s) have config errors" in err
     assert not (tmp_path / "sweep").exists()
 
