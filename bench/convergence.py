@@ -26,7 +26,7 @@ Pieces (seeds 0, 1, 2)                                                runs   hou
   participation      fedavg / genfl, 10 of 40 clients per round, a0.1    6     0.4
   control_corpus     (a) aigc_only / genfl on the generator's corpus     6     0.5
   control_fonts      (b) aigc_only / genfl, fonts (shifted) generator    6     0.5
-  control_groupnorm  (c) fedavg, GroupNorm vs BatchNorm, both lr 0.005   6     0.6
+  control_groupnorm  (c) FedAvg, GroupNorm vs BatchNorm, both lr 0.005   6     0.6
   kappa              genfl kappa_aug 0.1, 0.5, 0.7, 0.9 at alpha 0.1   12     1.4
                      (0 = FedAvg, 0.3 = GenFL, 1 = AIGC-only come from main / aigc_only)
   full plan                                                            57     5.5
@@ -88,7 +88,7 @@ TINY = [
     ("control_corpus", ["strategy=genfl"]),
     ("control_fonts", ["strategy=genfl"]),
     ("control_groupnorm", ["model.norm=group"]),
-    ("kappa", ["+kappa=aug_0.7"]),
+    ("kappa", ["strategy.kappa_aug=0.7"]),
 ]
 TINY_COMMON = ["num_rounds=2", "seed=0"]
 

@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from raw_federated import run as run_raw  # noqa: E402
 
-DEFAULTS = ["strategy=fedavg", "federation.num_clients=10", "num_rounds=3", "client.local_epochs=1",
+DEFAULTS = ["strategy=base_only", "federation.num_clients=10", "num_rounds=3", "client.local_epochs=1",
             "federation.fraction_train=1.0"]
 
 

@@ -25,8 +25,10 @@ BEGIN, END = "<!-- headline-table -->", "<!-- /headline-table -->"
 
 
 def _convergence_arm(arms: list[dict], strategy: str, alpha: float) -> dict:
-    """The core plan's arm: in-distribution generator, 20 clients, BatchNorm at lr 0.02, GenFL at kappa_aug 0.3."""
-    found = [a for a in arms if a["piece"] == "main" and a["strategy"] == strategy and a["alpha"] == alpha
+    """The core plan's arm: in-distribution generator, 20 clients, BatchNorm at lr 0.02, GenFL at kappa_aug 0.3.
+    FedAvg is strategy=base_only (results before issue 27 named it fedavg)."""
+    names = ("fedavg", "base_only") if strategy == "fedavg" else (strategy,)
+    found = [a for a in arms if a["piece"] == "main" and a["strategy"] in names and a["alpha"] == alpha
              and a["generator"] == "class_conditional" and a["corpus"] == "digits-public" and a["clients"] == 20
              and a["norm"] == "batch" and a["lr"] == 0.02 and (strategy == "fedavg" or a["kappa_aug"] == 0.3)]
     if len(found) != 1:

@@ -2,7 +2,7 @@
 mixing, run sequentially in one process. It is the raw baseline that `genfl-run` is compared to
 (bench/flower_overhead.py), and a quick way to explore settings on a laptop.
 
-    python bench/raw_federated.py strategy=fedavg num_rounds=5 client.local_epochs=2
+    python bench/raw_federated.py strategy=base_only num_rounds=5 client.local_epochs=2
 """
 
 from __future__ import annotations

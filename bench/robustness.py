@@ -37,7 +37,7 @@ sys.path.insert(0, str(REPO))
 
 import convergence  # noqa: E402  (bench/convergence.py: the same runner, the same folders)
 
-FEDAVG = ("main", ["strategy=fedavg", "partition.alpha=0.1"])
+FEDAVG = ("main", ["strategy=base_only", "partition.alpha=0.1"])
 FONTS, DIGITS = "robust_fonts", "robust_digits"
 ADAPTIVE, CONSTANT = "mix.kappa_policy=adaptive", "mix.kappa_policy=constant"
 FROZEN = "augmented.freeze_bn=true"  # the augmented model trains under the global model's BatchNorm statistics
@@ -292,6 +292,8 @@ FROM_ROUND = 5  # "never more than 0.02 below FedAvg at any round from round 5 o
 
 def _arm(run) -> dict:
     arm = {name: run.config.get(key) for name, key in ARM.items()}
+    if arm["strategy"] == "base_only":  # FedAvg (the default aggregation); the labels and robustness.json predate the name
+        arm["strategy"] = "fedavg"
     if arm["strategy"] == "fedavg":  # no synthetic data: the mix settings mean nothing, but re-estimated statistics do
         arm.update(generator=None, kappa_policy=None, filter=None, round_aware=None, freeze_bn=None, aug_steps=None,
                    steps_follow_kappa=None, generator_check=None, on_fail=None,
@@ -401,7 +403,7 @@ _SUMMARY = ("runs", "final_accuracy_mean", "final_accuracy_std", "at_or_above_fe
 
 def _reference(run) -> bool:
     """A FedAvg run at its norm's own lr: the baseline (the NULL_LR runs are compared with it instead)."""
-    return run.config["strategy.name"] == "fedavg" and run.config["client.lr"] == REFERENCE_LR[run.config["model.norm"]]
+    return run.config["strategy.name"] in ("fedavg", "base_only") and run.config["client.lr"] == REFERENCE_LR[run.config["model.norm"]]
 
 
 def _kept(out: Path) -> list[dict]:

@@ -11,7 +11,7 @@ of the server's per-node state (label histograms, ledger, cooldown) is read from
 
     python bench/simulation_scale.py --label 100-clients                      # 100 clients, 10 per round, 6 rounds
     python bench/simulation_scale.py --label 1000-clients --clients 1000 --fraction 0.01 partition.min_partition_size=0
-    python bench/simulation_scale.py --label x strategy=fedavg                # extra Hydra overrides
+    python bench/simulation_scale.py --label x strategy=base_only             # extra Hydra overrides
 
 Each run is stored under its label in bench/results/simulation_scale.json (other labels are kept).
 Seconds per round are noisy when other work shares the machine: the load average is recorded beside them.
@@ -181,16 +181,17 @@ def main() -> None:
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
-    log_lines, phases = [], []
-    for line in launcher.stdout:
-        elapsed = round(time.perf_counter() - started, 1)
-        log_lines.append(f"{elapsed:8.1f} {line.rstrip()}")
-        if PHASES.search(line):
-            phases.append(f"{elapsed:.1f}s {line.strip()[:200]}")
+    phases = []
+    with open(run_dir.parent / "genfl-run.log", "w") as log:  # the run's output, timed, as it comes
+        for line in launcher.stdout:
+            elapsed = round(time.perf_counter() - started, 1)
+            log.write(f"{elapsed:8.1f} {line.rstrip()}\n")
+            log.flush()
+            if PHASES.search(line):
+                phases.append(f"{elapsed:.1f}s {line.strip()[:200]}")
     code = launcher.wait()
     done.set()
     sampler.join()
-    (run_dir.parent / "genfl-run.log").write_text("\n".join(log_lines) + "\n")
     metrics = json.loads((run_dir / "metrics.json").read_text())
     rows = metrics["rounds"]
     per_round = [r["round_seconds"] for r in rows[1:] if r.get("round_seconds") is not None]

@@ -223,7 +223,7 @@ def simulation(rounds: int, clients: int) -> dict:
 
     common = [f"num_rounds={rounds}", f"federation.num_clients={clients}", "federation.simulation_cpus=1",
               "server.threads=1", "checkpoint.enabled=false"]
-    arms = {"fedavg": ["strategy=fedavg"], "genfl_overlapped": ["strategy=genfl", "server.overlap=true"],
+    arms = {"fedavg": ["strategy=base_only"], "genfl_overlapped": ["strategy=genfl", "server.overlap=true"],
             "genfl_sequential": ["strategy=genfl", "server.overlap=false"]}
     out = {}
     base = Path(tempfile.mkdtemp(prefix="genfl-throughput-"))

@@ -5,7 +5,7 @@
 
 What it does, so that the picture can be redone whenever MLflow's UI changes:
 
-1. runs `genfl-sweep strategy=fedavg,genfl num_rounds=5 federation.num_clients=10 partition.alpha=0.1
+1. runs `genfl-sweep strategy=base_only,genfl num_rounds=5 federation.num_clients=10 partition.alpha=0.1
    tracking=mlflow tracking.experiment=genfl-sweep` into ``--sweep-dir`` (its jobs named by strategy alone;
    completed jobs are skipped when the folder is re-used; ~5 min on 2 cores);
 2. starts `mlflow ui` on 127.0.0.1 (a free port) on the sweep's SQLite store;
@@ -35,10 +35,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 FIXED = ["num_rounds=5", "federation.num_clients=10", "partition.alpha=0.1", "tracking=mlflow", "tracking.experiment=genfl-sweep"]
-# Job folders (and so MLflow run names) named by the varied key alone: "strategy=fedavg", "strategy=genfl".
+# Job folders (and so MLflow run names) named by the varied key alone: "strategy=base_only", "strategy=genfl".
 EXCLUDE = ["experiment", "output.dir", "output.root", "generation.cache_dir", "dataset.root",
            *(o.split("=")[0] for o in FIXED)]
-SWEEP = ["strategy=fedavg,genfl", *FIXED, f"hydra.job.config.override_dirname.exclude_keys=[{','.join(EXCLUDE)}]"]
+SWEEP = ["strategy=base_only,genfl", *FIXED, f"hydra.job.config.override_dirname.exclude_keys=[{','.join(EXCLUDE)}]"]
 METRIC = "test_accuracy"
 
 

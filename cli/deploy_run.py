@@ -70,7 +70,7 @@ def check_transport(name: str, settings: dict, allow_insecure: bool) -> None:
 
 EXAMPLES = """examples (docs/deploy.md, step 9):
   genfl-deploy-run genfl-edge federation.expected_nodes=3 output.root=$HOME/genfl-results
-  genfl-deploy-run genfl-edge num_rounds=10 strategy=fedavg
+  genfl-deploy-run genfl-edge num_rounds=10 strategy=base_only
 """
 
 

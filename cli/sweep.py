@@ -1,6 +1,6 @@
 """`genfl-sweep` (also `genfl-run -m`): a Hydra multirun whose every job is one `genfl-run`.
 
-    genfl-sweep strategy=fedavg,genfl,aigc_only partition.alpha=0.1,0.3 seed=0,1,2
+    genfl-sweep strategy=base_only,genfl,aigc_only partition.alpha=0.1,0.3 seed=0,1,2
 
 Hydra's sweeper expands the grid and its launcher runs the jobs (the basic launcher: one at a time;
 ``hydra/launcher=joblib`` or ``submitit_slurm`` switch that by config). Each job goes through
@@ -147,7 +147,7 @@ class Position:
         return extra
 
     def line(self, overrides: list[str], doing: str) -> str:
-        """``job 3 of 6 [seed=1 strategy=fedavg]: running (so far: 1 skipped, 0 continued; ETA ...)``; the
+        """``job 3 of 6 [seed=1 strategy=base_only]: running (so far: 1 skipped, 0 continued; ETA ...)``; the
         counts include this job, the ETA covers it and the jobs after it."""
         records = _invocation_records(self.sweep_dir, self.invocation)
         skipped = sum(bool(r.get("skipped")) for r in records)
