@@ -6,27 +6,31 @@ SuperLink (its own FLWR_HOME and free ports, started and stopped by PID), sizes 
 completed and this run's metrics.json says so too (`flwr run` itself exits 0 when the ServerApp crashes).
 Ctrl-C (or SIGTERM) stops everything the run started, marks its metrics.json "interrupted" and prints
 how to resume it (`genfl-run --resume DIR`, which continues DIR wherever it now lies); exit 130 (143).
+The console gets a line per phase and per round (`quiet`); `--show-config` prints the composed config.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pickle
+import re
 import shlex
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from cli.flwr_runs import (RunError, flower_app, flower_env, is_running, mark_interrupted, outcome, quoted, run_status,
-                           start_run, stream_logs, validated)
+                           start_run, validated)
 from server_app import tracking
 from server_app.checkpoint import checkpoint_path
-from server_app.config import ConfigError
+from server_app.config import ConfigError, load_config, to_yaml
 from server_app.processes import run_processes, signal_then_kill
 from server_app.results import FLWR_HOME, METRICS, RUN_CONFIG, SUPERLINK_LOG, CorruptFileError, read_json
 
@@ -206,6 +210,46 @@ def _signals_held():
         signal.signal(signal.SIGTERM, saved[1])
 
 
+# The simulation runtime's start-up banner in a run's log stream (genfl-run sets the federation size itself)
+# and blank log lines: left off the console. Every other line passes.
+_BANNER = re.compile("|".join((
+    r"^Using SuperLink: ", r"Starting logstream for run_id", r"Starting Flower Simulation",
+    r"default simulated SuperNodes changed from", r"^\S+\s*:\s*Federation `[^`]*` \(\d+ simulated SuperNodes\)",
+    r"To change federation size, use the following command", r"^\S+\s*:\s*flwr federation simulation-config",
+    r"^Successfully installed \S+ to ", r"^(INFO|DEBUG)\s*:\s*$")))
+# Ray's FutureWarning about GPU visibility (clients without a GPU share keep seeing none), then its source line.
+_RAY_TIP = "Ray will no longer override accelerator visible devices"
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def quiet(lines: Iterable[str]) -> Iterator[str]:
+    """The lines of a run's log stream the console shows: all but the runtime's banner and Ray's tip."""
+    tip = False
+    for line in lines:
+        plain = _ANSI.sub("", line).rstrip("\n")
+        if tip and plain.strip() == "warnings.warn(":
+            tip = False
+            continue
+        tip = _RAY_TIP in plain
+        if not tip and not _BANNER.search(plain):
+            yield line
+
+
+def _stream(run_id: int, env: dict) -> None:
+    """The run's log, `quiet`ly, as it comes, until the run ends (a stream error is not the run's outcome)."""
+    proc = subprocess.Popen(["flwr", "log", str(run_id), "genfl", "--stream"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, errors="replace")
+    try:
+        for line in quiet(proc.stdout):
+            sys.stdout.write(line)
+            sys.stdout.flush()
+        proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def _launch(overrides: list[str]) -> int:
     try:
         if overrides[:1] == ["--resume"]:
@@ -237,7 +281,8 @@ def _launch(overrides: list[str]) -> int:
         run_config = run_dir / RUN_CONFIG
         run_config.write_text(f"overrides = {json.dumps(json.dumps(overrides))}\n")
         run_id = start_run(flower_app(run_dir), "genfl", run_config, env, federation_config=simulation_config(cfg))
-        stream_logs(run_id, "genfl", env)
+        print(f"genfl-run: run {run_id}, {cfg.federation.num_clients} simulated nodes; results in {run_dir}", flush=True)
+        _stream(run_id, env)
         status, details = run_status(run_id, "genfl", env)
     except RunError as err:
         print(f"genfl-run: run FAILED: {err}; SuperLink log: {run_dir / SUPERLINK_LOG}", file=sys.stderr)
@@ -282,10 +327,42 @@ def _checkpoint_round(run_dir: Path) -> int | None:
         return None
 
 
-def main() -> None:
-    if {"-m", "--multirun"} & set(sys.argv[1:]):  # a Hydra multirun is genfl-sweep (which imports this module)
-        os.execv(sys.executable, [sys.executable, "-m", "cli.sweep", *sys.argv[1:]])
-    sys.exit(run(sys.argv[1:]))
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="genfl-run", allow_abbrev=False, formatter_class=argparse.RawDescriptionHelpFormatter,
+        usage="genfl-run [KEY=VALUE ...]\n   or: genfl-run --resume DIR [KEY=VALUE ...]   (also: --show-config, -m)",
+        description="Run GenFL in a private Flower simulation (its own SuperLink, federation.num_clients simulated "
+                    "SuperNodes); exit non-zero unless the run completed. KEY=VALUE: Hydra overrides of conf/config.yaml. "
+                    "The console shows a line per phase and per round; the results folder has everything (metrics.json). "
+                    "-m/--multirun with comma-separated values is a sweep (genfl-sweep).",
+        epilog="examples:\n  genfl-run\n  genfl-run strategy=base_only partition.alpha=0.1 num_rounds=15\n"
+               "  genfl-run --resume outputs/20261126-071807-genfl-digits\n  genfl-run --show-config mix.kappa_policy=adaptive\n")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="Hydra overrides (docs/configuration.md)")
+    parser.add_argument("--resume", metavar="DIR", help="continue the run in results folder DIR from its checkpoint, "
+                        "with its own settings (the checkpoint refuses overrides that would change its results)")
+    parser.add_argument("--show-config", action="store_true",
+                        help="print the config these arguments compose (YAML) and exit; a run's is in its metrics.json")
+    return parser
+
+
+def show_config(args: list[str]) -> int:
+    """``--show-config``: the composed, validated config on stdout (what the run would use), nothing run."""
+    try:
+        cfg = load_config(resumed_command(args) if args[:1] == ["--resume"] else args)
+    except ConfigError as err:
+        print(f"genfl-run: config error: {err}", file=sys.stderr)
+        return 2
+    print(to_yaml(cfg), end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if {"-m", "--multirun"} & set(argv):  # a Hydra multirun is genfl-sweep (which imports this module)
+        os.execv(sys.executable, [sys.executable, "-m", "cli.sweep", *argv])
+    args = _parser().parse_args(argv)
+    given = (["--resume", args.resume] if args.resume is not None else []) + args.overrides
+    sys.exit(show_config(given) if args.show_config else run(given))
 
 
 if __name__ == "__main__":

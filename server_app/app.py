@@ -3,13 +3,16 @@ after every round and write the results folder. Any failure raises, so the run i
 
 from __future__ import annotations
 
+import logging
 import time
 from logging import INFO, WARNING
+from pathlib import Path
 
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp import strategy as flower_strategies
 from omegaconf import DictConfig, OmegaConf
 
 from client_app.contract import ClientConfig
@@ -19,7 +22,7 @@ from generation.factory import build_generator
 from server_app import checkpoint, tracking
 from server_app.build import (adaptive_kappa, base_strategy, class_names, evaluation_fraction, filter_settings,
                               generator_check, kappa_schedule)
-from server_app.config import load_config, on_fail_config, on_fail_problem, overrides_from_run_config, run_directory, to_yaml
+from server_app.config import load_config, on_fail_config, on_fail_problem, overrides_from_run_config, run_directory
 from server_app.nodes import WatchedGrid, wait_for_federation
 from server_app.results import SYNTHETIC_SAMPLES, RunReport, eta_seconds
 from strategy.generator_check import Regime
@@ -45,6 +48,23 @@ def client_config(cfg: DictConfig, time_budget: float | None = None) -> ConfigRe
     return ConfigRecord(ClientConfig.from_run_config(config, time_budget).to_record())
 
 
+class FlowerRoundLog(logging.Filter):
+    """Drops the INFO lines of Flower's own strategy loop (a start-up block with both ConfigRecords in full,
+    five lines a round, the results again at the end): the run logs one line per round and per phase, and
+    metrics.json holds the rest. Flower's warnings and errors pass."""
+
+    FOLDER = str(Path(flower_strategies.__file__).parent)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.WARNING or not record.pathname.startswith(self.FOLDER)
+
+
+def quiet_flower_rounds() -> None:
+    logger = logging.getLogger("flwr")
+    if not any(isinstance(f, FlowerRoundLog) for f in logger.filters):
+        logger.addFilter(FlowerRoundLog())
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     cfg = load_config(overrides_from_run_config(context.run_config))
@@ -53,7 +73,7 @@ def main(grid: Grid, context: Context) -> None:
     config = OmegaConf.to_container(cfg, resolve=True)
     resumed = checkpoint.load(run_dir, config) if cfg.output.resume else None
     report = RunReport(run_dir, config, rounds=resumed["rounds"] if resumed else None, run_id=context.run_id)
-    log(INFO, "GenFL config:\n%s", to_yaml(cfg))
+    quiet_flower_rounds()  # the config is in metrics.json (genfl-run --show-config prints it)
     progress.use_log(lambda line: log(INFO, "%s", line))  # this process's output is `flwr log`: lines, no bars
     try:
         if (tracker := tracking.build(config, run_dir)) is not None:  # before round 1: a backend that cannot start fails the run

@@ -68,6 +68,9 @@ def test_genfl_simulation_trains_writes_results_and_mixes_in_the_augmented_model
     assert (run_dir / "metrics.csv").read_text().startswith("round,test_accuracy,test_loss")
     assert (run_dir / "accuracy.png").stat().st_size > 1000
     assert "round 2/2: test accuracy" in proc.stdout
+    # the quiet console (issue 27 item 6): a line per phase and per round; the config is in metrics.json
+    assert "GenFL config" not in proc.stdout and "ConfigRecord" not in proc.stdout and "[ROUND" not in proc.stdout
+    assert len(proc.stdout.splitlines()) <= 25 and max(map(len, proc.stdout.splitlines())) < 400, proc.stdout
     assert_nothing_left_running(run_dir)
 
 
