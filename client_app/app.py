@@ -164,7 +164,9 @@ def report_bn_statistics(msg: Message, context: Context) -> Message:
     """The BatchNorm running statistics of the received model on this node's data (mix.bn_stats=reestimate)."""
     config, data, _ = _local_data(msg, context)
     model = _model(config, msg.content["arrays"])
-    stats = bn_statistics(model, data, resolve_device(config.client_device), config.client_eval_batch_size)
+    # The pass's shuffled order: reproducible from the run's seed (and the round, where the server sends it).
+    seed = config.seed * 1_000_003 + int(msg.content["config"].get(SERVER_ROUND, 0)) * 1_009
+    stats = bn_statistics(model, data, resolve_device(config.client_device), config.client_eval_batch_size, seed=seed)
     content = RecordDict({BN_RECORD: ArrayRecord({k: torch.from_numpy(v) for k, v in stats.items()}),
                           "metrics": MetricRecord({"num-examples": len(data)})})
     return Message(content, reply_to=msg)
