@@ -123,3 +123,57 @@ def test_the_client_app_trims_the_heap_after_every_message(monkeypatch, make_con
         reply = app(_message("query.label_histogram", RecordDict({"config": config})), context)
         assert not reply.has_error()
     assert len(calls) == 2
+
+
+SPEC = {"seed": 0, "dataset.name": "digits", "dataset.split_seed": 0, "dataset.test_fraction": 0.2,
+        "dataset.public_fraction": 0.2, "dataset.mean": [0.3], "dataset.std": [0.38], "partition.alpha": 0.3,
+        "partition.min_partition_size": 2, "partition.self_balancing": True}
+
+
+def test_a_client_loads_and_splits_the_data_without_importing_the_data_libraries():
+    """A simulation worker lives for the whole run: scikit-learn (with scipy, pandas) and datasets (with
+    pyarrow) did their once-per-run work in it and stayed, ~150 MB PSS per worker. They now run in a
+    forked child; the partitions are the very ones the partitioner gives in this process."""
+    out = _python(f"""
+        import json, sys
+        import numpy as np
+        from torchcore.partition import client_partition
+        spec = {SPEC!r}
+        parts = [client_partition(spec, i, 20) for i in range(20)]
+        loaded = sorted(m for m in ("sklearn", "scipy", "pandas", "datasets", "pyarrow", "flwr_datasets") if m in sys.modules)
+        from torchcore.data import load_splits
+        from torchcore.partition import dirichlet_partitions
+        from types import SimpleNamespace
+        dataset = SimpleNamespace(**{{k.split(".", 1)[1]: v for k, v in spec.items() if k.startswith("dataset.")}})
+        federation = load_splits(dataset)["federation"]
+        expected = dirichlet_partitions(federation.labels.numpy(), 20, 0.3, 0, 2, True)
+        same = all(np.array_equal(p.images.numpy(), federation.images.numpy()[e])
+                   and np.array_equal(p.labels.numpy(), federation.labels.numpy()[e]) for p, e in zip(parts, expected))
+        from torchcore.partition import PartitionError
+        try:  # an error in the child reaches the caller with its message
+            client_partition({{**spec, "partition.min_partition_size": 500, "partition.self_balancing": False}}, 0, 100)
+            error = None
+        except PartitionError as err:
+            error = str(err)
+        print(json.dumps({{"loaded": loaded, "same": same, "error": error}}))
+    """)
+    result = json.loads(out)
+    assert {k: result[k] for k in ("loaded", "same")} == {"loaded": [], "same": True}
+    assert "cannot split 1077 samples into 100 Dirichlet" in result["error"] and "partition.min_partition_size" in result["error"]
+
+
+
+def test_training_leaves_no_gradients_behind():
+    """The last step's gradients are a whole model's worth (45 MB for ResNet-18) that sat beside the reply
+    a client serialises next, and beside the server's augmented model between rounds."""
+    import torch
+
+    from conf_defaults import train_settings
+    from torchcore.data import Split
+    from torchcore.train import train
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
+    data = Split(torch.rand(40, 1, 8, 8), torch.arange(40) % 10)
+    loss = train(model, data, train_settings(batch_size=8, max_steps=3), torch.device("cpu"), seed=0)
+    assert loss > 0
+    assert [p.grad for p in model.parameters()] == [None, None]

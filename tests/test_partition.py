@@ -85,6 +85,7 @@ def test_client_partition_splits_the_federation_once_for_all_its_partitions(fede
     splits, loads = [], []
     monkeypatch.setattr(partition, "dirichlet_partitions", lambda *a, **k: splits.append(1) or real(*a, **k))
     monkeypatch.setattr(partition, "load_splits", lambda *a, **k: loads.append(1) or real_load(*a, **k))
+    monkeypatch.setattr(partition, "_in_child", lambda function, *a, unless_loaded: function(*a))  # counted here
     n = 12
     served = [client_partition(spec, i % n, n) for i in range(2 * n)]  # round-robin over 12 nodes, twice
     assert (len(splits), len(loads)) == (1, 1)

@@ -140,6 +140,7 @@ def train(model: nn.Module, data: Split, settings: TrainSettings, device: torch.
             sizes.append(len(idx))
     if fast:
         model.to(memory_format=torch.contiguous_format)
+    optimizer.zero_grad(set_to_none=True)  # the last step's gradients: a model's worth of memory nobody reads
     if not losses:
         return 0.0
     weighted = torch.stack(losses).double() * torch.tensor(sizes, dtype=torch.float64, device=losses[0].device)
