@@ -44,8 +44,8 @@ def test_input_batchnorm_statistics_are_the_total_mean_and_variance_in_any_order
     mean, var = x.mean(0), x.var(0, ddof=1)
     for data in (sorted_digits, _shuffled(sorted_digits, 1)):
         stats = bn_statistics(model, data, CPU, batch_size=32, seed=0)
-        np.testing.assert_allclose(stats[f"{name}.running_mean"], mean, rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(stats[f"{name}.running_var"], var, rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(stats[f"{name}.running_mean"], mean, rtol=1e-5, atol=1e-7)
     if kind == "pixels":
         # What the old pass reported: the mean of per-batch variances over class-sorted batches of 32.
         batches = [x[a:a + 32] for a in range(0, len(x), 32)]
@@ -60,8 +60,8 @@ def test_resnet18_first_batchnorm_variance_on_class_sorted_digits_is_the_total_v
     with torch.no_grad():  # the first BatchNorm's input: the stem convolution of the normalised images
         conv = model[1].conv1(model[0](sorted_digits.images)).numpy().astype(np.float64)
     per_channel = conv.transpose(1, 0, 2, 3).reshape(conv.shape[1], -1)
-    np.testing.assert_allclose(stats["1.bn1.running_mean"], per_channel.mean(1), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(stats["1.bn1.running_var"], per_channel.var(1, ddof=1), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(stats["1.bn1.running_mean"], per_channel.mean(1), rtol=1e-5, atol=1e-6)
 
 
 def _small_cnn() -> nn.Module:
@@ -104,7 +104,7 @@ def test_nodes_statistics_combine_into_the_total_variance_of_their_union(sorted_
     b = Split(sorted_digits.images[high] * 0.5 + 0.4, sorted_digits.labels[high])
     combined = combine_bn_statistics([(bn_statistics(model, part, CPU, 32, seed=0), float(len(part))) for part in (a, b)])
     union = positions(torch.cat([a.images, b.images]).numpy().astype(np.float64))
-    np.testing.assert_allclose(combined[f"{name}.running_mean"], union.mean(0), rtol=1e-5, atol=1e-7)
     # Each node's variance is unbiased over its own positions; weighting by images makes the pooled one
     # exact up to O(1 / positions).
     np.testing.assert_allclose(combined[f"{name}.running_var"], union.var(0, ddof=1), rtol=2e-3, atol=1e-6)
+    np.testing.assert_allclose(combined[f"{name}.running_mean"], union.mean(0), rtol=1e-5, atol=1e-7)

@@ -7,8 +7,9 @@ for the new weights on its own data, and the server combines the nodes' estimate
 Within a node the statistics are those of every activation position of the node's data, whatever
 its order: each BatchNorm layer's input is summed per channel in float64 over one pass (count, mean
 and sum of squared deviations, merged batch by batch), so the variance keeps the between-batch term
-that an average of per-batch variances drops. A deployed node reads its images sorted by class; the
-old average of batch variances made 1,200 class-sorted digits' variance 4x too small.
+that an average of per-batch variances drops. A deployed node reads its images sorted by class: on
+1,200 class-sorted digits in batches of 32 that average gave per-pixel variances 0.041 on average for
+a true 0.073 (issue 28 item 2).
 
 The pass runs in train mode (each layer normalises with its batch's statistics, as in "precise BN"),
 no gradients, no augmentation, over the data in a shuffled order drawn from ``seed``: the first

@@ -103,7 +103,9 @@ def eq1_along(client_part: dict[str, np.ndarray], augmented: dict[str, np.ndarra
 
 def combine_bn_statistics(reports: Sequence[tuple[dict[str, np.ndarray], float]]) -> dict[str, np.ndarray]:
     """Per-channel mean and variance over the union of the nodes' data from each node's own
-    (mean, variance, sample count): the law of total variance, weighted by sample count."""
+    (mean, variance, sample count): the law of total variance, weighted by sample count (the nodes'
+    variances plus the spread of their means). A node's variance is unbiased over its own activation
+    positions (torchcore.bn); taking it as a population variance here errs by O(1 / positions)."""
     total = float(sum(n for _, n in reports))
     if not reports or total <= 0:
         raise ValueError("no BatchNorm statistics to combine")
