@@ -61,13 +61,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from cli.report import (  # noqa: E402
-    build_summary,
-    plot_accuracy_by_round,
-    plot_accuracy_vs_kappa,
-    read_runs,
-    write_tables,
-)
+from server_app.report import build_summary, read_runs, write_tables  # noqa: E402
+from server_app.report_plots import plot_accuracy_by_round, plot_accuracy_vs_kappa  # noqa: E402
 
 PIECES = ("main", "aigc_only", "participation", "control_corpus", "control_fonts", "control_groupnorm", "kappa")
 ROOT = REPO / "outputs" / "convergence"
@@ -107,7 +102,7 @@ def piece_jobs(piece: str, narrowing: list[str]) -> list[list[str]]:
     """The jobs genfl-sweep will run for a piece: its preset's grid, narrowed by the command line."""
     from omegaconf import OmegaConf
 
-    from cli.sweep import expand
+    from server_app.grid import expand
 
     params = OmegaConf.load(REPO / "conf" / "experiment" / "convergence" / f"{piece}.yaml").hydra.sweeper.params
     return expand([f"{k}={v}" for k, v in params.items()] + [f"+experiment=convergence/{piece}", *narrowing])
@@ -117,7 +112,7 @@ def run(plan: list[tuple[str, list[str]]], root: Path) -> int:
     """Each piece's sweep in turn (one simulation at a time); a failed piece does not stop the others.
 
     Every job of the plan is validated first, so a bad piece cannot stop the plan hours in."""
-    from cli.sweep import config_errors
+    from server_app.grid import config_errors
 
     jobs = [job for piece, narrowing in plan for job in piece_jobs(piece, narrowing)]
     errors = config_errors(jobs)

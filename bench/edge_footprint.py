@@ -55,7 +55,7 @@ def prepare(bench: Path) -> None:
     sys.path.insert(0, str(REPO))
     from server_app.app import train_config
     from server_app.config import load_config
-    from cli.export_partitions import export
+    from server_app.partitions import export
 
     cfg = load_config([])
     export(bench / "export", NUM_PARTITIONS, [0], [])

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -62,8 +63,6 @@ def plan_error(draws: int) -> dict:
 
 
 def accuracy(epsilons: list[float | None], rounds: int) -> dict:
-    from cli.run import run
-
     results = {}
     for epsilon in epsilons:
         privacy = ["histogram_privacy.mechanism=none"] if epsilon is None else [
@@ -71,7 +70,8 @@ def accuracy(epsilons: list[float | None], rounds: int) -> dict:
             "histogram_privacy.reproducible_noise=true"]
         run_dir = ROOT / "outputs" / "bench-histogram-privacy" / f"eps-{epsilon}"
         started = time.perf_counter()
-        code = run([*POLICY, *privacy, f"num_rounds={rounds}", f"output.dir={run_dir}"])
+        code = subprocess.run([sys.executable, "-m", "cli.run", *POLICY, *privacy, f"num_rounds={rounds}",
+                               f"output.dir={run_dir}"], cwd=ROOT).returncode  # genfl-run
         metrics = json.loads((run_dir / "metrics.json").read_text())
         rows = metrics["rounds"]
         results["none" if epsilon is None else str(epsilon)] = {

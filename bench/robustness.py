@@ -416,7 +416,7 @@ def _kept(out: Path) -> list[dict]:
 def report(root: Path, out: Path) -> int:
     """robustness.json (every run's per-round curve, kappa and cost; each arm against FedAvg of the same
     seed and federation), robustness.md (the table) and robustness_<setting>.png."""
-    from cli.report import read_runs
+    from server_app.report import read_runs
 
     runs, problems = [], []
     for piece in PIECES:

@@ -37,7 +37,7 @@ import psutil
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from cli.run import run_processes  # noqa: E402
+from server_app.processes import run_processes  # noqa: E402
 
 OUT = ROOT / "bench" / "results" / "simulation_scale.json"
 MIB = 2**20

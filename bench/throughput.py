@@ -24,6 +24,7 @@ import argparse
 import json
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -219,8 +220,6 @@ def cache(generator, plan: dict, device: torch.device) -> dict:
 def simulation(rounds: int, clients: int) -> dict:
     """Seconds per round (median of rounds 2..N) of FedAvg, GenFL overlapped and GenFL sequential, with
     one client worker on one core and the ServerApp on the other (federation.simulation_cpus=1)."""
-    from cli.run import run
-
     common = [f"num_rounds={rounds}", f"federation.num_clients={clients}", "federation.simulation_cpus=1",
               "server.threads=1", "checkpoint.enabled=false"]
     arms = {"fedavg": ["strategy=base_only"], "genfl_overlapped": ["strategy=genfl", "server.overlap=true"],
@@ -229,7 +228,8 @@ def simulation(rounds: int, clients: int) -> dict:
     base = Path(tempfile.mkdtemp(prefix="genfl-throughput-"))
     for name, overrides in arms.items():
         run_dir = base / name
-        code = run([*common, *overrides, f"output.dir={run_dir}", f"generation.cache_dir={base / 'cache'}"])
+        code = subprocess.run([sys.executable, "-m", "cli.run", *common, *overrides, f"output.dir={run_dir}",
+                               f"generation.cache_dir={base / 'cache'}"], cwd=ROOT).returncode  # genfl-run
         rows = json.loads((run_dir / "metrics.json").read_text())["rounds"]
         per_round = [b["wall_seconds"] - a["wall_seconds"] for a, b in zip(rows, rows[1:])]
         out[name] = {"exit_code": code, "seconds_per_round": [round(s, 2) for s in per_round],

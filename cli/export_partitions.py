@@ -13,10 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from client_app.contract import ClientConfig
-from server_app.config import ConfigError, load_config
+from server_app.config import ConfigError
+from server_app.partitions import export
 
 
 EXAMPLES = """examples:
@@ -36,23 +34,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--only", default=None, help="comma-separated partition ids to write (default: all N)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides, as for genfl-run (seed=1 partition.alpha=0.1)")
     return parser
-
-
-def export(out: Path, num_partitions: int, only: list[int] | None, overrides: list[str]) -> dict[int, list[int]]:
-    """Write the partitions; returns each written partition's per-class counts."""
-    from torchcore.classes import class_names
-    from torchcore.imagefolder import write_image_folder
-    from torchcore.partition import client_partition
-
-    cfg = load_config(overrides)
-    # The exact data spec the server sends its clients.
-    spec = ClientConfig.from_run_config(OmegaConf.to_container(cfg, resolve=True)).data_spec()
-    names = class_names(cfg.dataset.name)
-    written = {}
-    for partition_id in only if only is not None else range(num_partitions):
-        data = client_partition(spec, partition_id, num_partitions)
-        written[partition_id] = write_image_folder(out / f"partition-{partition_id}", data, names)
-    return written
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -27,9 +27,7 @@ folder, ``<hydra.sweep.dir>/<its overrides>/``. Around that:
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import shutil
 import signal
 import sys
@@ -50,8 +48,8 @@ from cli.flwr_runs import mark_interrupted
 from cli.run import SIGINT_EXIT, RunInterrupted, run
 from conf import CONF_DIR
 from generation.progress import duration
-from server_app.checkpoint import checkpoint_path
 from server_app.grid import config_errors, expand, outside_hydra
+from server_app.jobs import invocation_records, is_complete, should_resume, write_json
 from server_app.processes import run_processes, signal_then_kill
 from server_app.results import (ERROR_FILE, FLWR_HOME, JOB_RECORD, MANIFEST, METRICS, RUN_FILES, CorruptFileError,
                                 read_json, results_files)
@@ -104,7 +102,7 @@ class SweepCallback(Callback):
         sweep_dir = Path(config.hydra.sweep.dir).resolve()
         sweep_dir.mkdir(parents=True, exist_ok=True)
         manifest = {"started": datetime.now().isoformat(timespec="seconds"), "argv": sys.argv[1:], "jobs": jobs}
-        _write_json(sweep_dir / MANIFEST, manifest)
+        write_json(sweep_dir / MANIFEST, manifest)
         _STATE.sweep_dir, _STATE.jobs = sweep_dir, jobs
 
 
@@ -149,7 +147,7 @@ class Position:
     def line(self, overrides: list[str], doing: str) -> str:
         """``job 3 of 6 [seed=1 strategy=base_only]: running (so far: 1 skipped, 0 continued; ETA ...)``; the
         counts include this job, the ETA covers it and the jobs after it."""
-        records = _invocation_records(self.sweep_dir, self.invocation)
+        records = invocation_records(self.sweep_dir, self.invocation)
         skipped = sum(bool(r.get("skipped")) for r in records)
         continued = sum(bool(r.get("resumed")) and not r.get("skipped") for r in records)
         seconds = [r["seconds"] for r in records if not r.get("skipped") and r.get("seconds")]
@@ -170,19 +168,6 @@ def sweep_name(sweep_dir: Path) -> str:
         return str(sweep_dir.resolve())
 
 
-def _invocation_records(sweep_dir: Path, invocation: str | None) -> list[dict]:
-    """The job records this invocation of the sweep wrote so far (job folders are the sweep folder's children)."""
-    records = []
-    for path in sweep_dir.glob(f"*/{JOB_RECORD}"):
-        try:
-            record = read_json(path)
-        except CorruptFileError:
-            continue
-        if invocation is not None and record.get("invocation") == invocation:
-            records.append(record)
-    return records
-
-
 def run_job(overrides: list[str], job_dir: Path, position: Position | None = None) -> int:
     """One genfl-run in ``job_dir``, unless a completed run of the same overrides is already there.
 
@@ -198,7 +183,7 @@ def run_job(overrides: list[str], job_dir: Path, position: Position | None = Non
         return _refuse_job(overrides, job_dir, err)
     invocation = {"invocation": position.invocation} if position is not None and position.invocation else {}
     if complete:
-        _write_json(job_dir / JOB_RECORD, {**previous, "skipped": True, **invocation})
+        write_json(job_dir / JOB_RECORD, {**previous, "skipped": True, **invocation})
         if position is not None:
             log.info("%s", position.line(overrides, "already complete, skipped"))
         log.info("skipped (already complete): %s", job_dir)
@@ -209,7 +194,7 @@ def run_job(overrides: list[str], job_dir: Path, position: Position | None = Non
             shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
     record = {"overrides": overrides, "status": "running", "started": datetime.now().isoformat(timespec="seconds"),
               "skipped": False, "resumed": resume, **invocation}
-    _write_json(job_dir / JOB_RECORD, record)
+    write_json(job_dir / JOB_RECORD, record)
     if position is not None:  # counts include this job
         log.info("%s", position.line(overrides, "continuing from its checkpoint" if resume else "running"))
     started = time.monotonic()
@@ -223,7 +208,7 @@ def run_job(overrides: list[str], job_dir: Path, position: Position | None = Non
     except RunInterrupted as stop:  # the sweep stops here; running it again continues this job
         record.update(status="interrupted", exit_code=stop.code, seconds=round(time.monotonic() - started, 1),
                       error=None, interrupted=str(stop))
-        _write_json(job_dir / JOB_RECORD, record)
+        write_json(job_dir / JOB_RECORD, record)
         raise SweepInterrupted(overrides, job_dir, stop.code) from None
     except Exception as err:  # the sweep goes on; the record says what happened, error.txt where
         (job_dir / ERROR_FILE).write_text(traceback.format_exc())
@@ -236,7 +221,7 @@ def run_job(overrides: list[str], job_dir: Path, position: Position | None = Non
         error = error or f"genfl-run exited with {code}; see the output above and the job's superlink.log"
     status = "completed" if code == 0 else "failed"
     record.update(status=status, exit_code=code, seconds=round(time.monotonic() - started, 1), error=error)
-    _write_json(job_dir / JOB_RECORD, record)
+    write_json(job_dir / JOB_RECORD, record)
     return code
 
 
@@ -248,7 +233,7 @@ def _refuse_job(overrides: list[str], job_dir: Path, err: CorruptFileError) -> i
     log.error(error)
     if err.path.name != JOB_RECORD:
         previous = read_json(job_dir / JOB_RECORD)
-        _write_json(job_dir / JOB_RECORD, {**previous, "overrides": overrides, "status": "failed", "exit_code": 1,
+        write_json(job_dir / JOB_RECORD, {**previous, "overrides": overrides, "status": "failed", "exit_code": 1,
                                            "skipped": False, "resumed": False, "error": error})
     return 1
 
@@ -280,25 +265,9 @@ def stop_jobs_left_running(sweep_dir: Path) -> list[Path]:
         job_dir = path.parent
         signal_then_kill(run_processes(None, job_dir / FLWR_HOME), signal.SIGTERM, timeout=15)
         mark_interrupted(job_dir, None, was_running=False)  # a "failed" one stays failed
-        _write_json(path, {**record, "status": "interrupted", "exit_code": SIGINT_EXIT, "error": None})
+        write_json(path, {**record, "status": "interrupted", "exit_code": SIGINT_EXIT, "error": None})
         stopped.append(job_dir)
     return stopped
-
-
-def should_resume(job_dir: Path, overrides: list[str]) -> bool:
-    """An earlier attempt of this very job was stopped mid-run (its record says running, or interrupted)
-    after writing a checkpoint. An attempt that ended in failure starts afresh: resuming it would step
-    over the failed round."""
-    previous = read_json(job_dir / JOB_RECORD)
-    return (previous.get("status") in ("running", "interrupted") and sorted(previous.get("overrides", [])) == sorted(overrides)
-            and checkpoint_path(job_dir).is_file())
-
-
-def is_complete(job_dir: Path, overrides: list[str]) -> bool:
-    record = read_json(job_dir / JOB_RECORD)
-    metrics = read_json(job_dir / METRICS)
-    return (record.get("exit_code") == 0 and sorted(record.get("overrides", [])) == sorted(overrides)
-            and metrics.get("status") == "completed")
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="sweep", version_base="1.3")
@@ -401,12 +370,6 @@ def summarize(sweep_dir: Path, jobs: list[list[str]]) -> int:
         print(f"genfl-sweep: {len(failed)} job(s) failed; re-run the same command with hydra.sweep.dir={sweep_dir} "
               "to retry them (completed jobs are skipped)", file=sys.stderr)
     return 1 if failed else 0
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    os.replace(tmp, path)
 
 
 def cli() -> None:

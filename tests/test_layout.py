@@ -70,3 +70,12 @@ def test_no_module_imports_itself_through_others():
         if module not in state:
             visit(module, [module])
     assert cycles == []
+
+
+def test_the_benchmarks_use_the_library_not_the_commands():
+    """bench/ imports no module of cli/ (the operator's commands): what a benchmark shares with a command
+    (reading results, a sweep's grid, a run's processes) lives in a layer below it; a benchmark that needs a
+    command runs it (`python -m cli.run ...`)."""
+    wrong = sorted((str(p.relative_to(REPO)), i) for p in (REPO / "bench").rglob("*.py") for i in _imports(p)
+                   if i.split(".")[0] == "cli")
+    assert wrong == []

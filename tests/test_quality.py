@@ -203,7 +203,8 @@ def test_the_grid_caps_its_rows_skips_empty_classes_and_draws_colour_and_no_imag
 
 
 def test_genfl_report_lists_the_quality_scores_per_configuration(tmp_path):
-    from cli.report import QUALITY_KEY, main
+    from cli.report import main
+    from server_app.report import QUALITY_KEY
 
     assert QUALITY_KEY == METRICS_KEY
     config = {"seed": 0, "strategy": {"name": "genfl", "kappa_aug": 0.3}, "partition": {"alpha": 0.1}}

@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cli.report import main, read_runs
+from cli.report import main
+from server_app.report import read_runs
 
 # Two seeds of FedAvg at alpha 0.1: accuracy and server wall time per round (round 0 = initial model).
 FEDAVG_SEED0 = ([0.1, 0.5, 0.7, 0.9, 0.8], [2, 12, 22, 32, 42])

@@ -123,7 +123,7 @@ def build_wheelhouse(wheelhouse: Path, python_version: str, work: Path) -> dict:
 
 def export_data(data: Path) -> dict:
     """Two SuperNodes' partitions as image folders and the server's digits as digits.npz (default split)."""
-    from cli.export_partitions import export
+    from server_app.partitions import export
     from server_app.config import load_config
     from torchcore.digits import export_digits
 
