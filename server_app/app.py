@@ -118,11 +118,7 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
         seed=cfg.seed,
         reliability=reliability(cfg),
         first_round=resumed["round"] + 1 if resumed else 1,
-        adaptive=adaptive_kappa(start),
-        bn_stats=start.mix.bn_stats,
-        bn_fraction=start.mix.bn_fraction,
-        choose=start.mix.choose,
-        probe_fraction=start.mix.probe_fraction,
+        regime=regime(start),  # how it starts mixing (with the check: generator_check.on_fail's)
         round_aware_floor=cfg.augmented.round_aware_floor if cfg.augmented.round_aware else None,
         check=check,
         trusted=None if start is cfg else regime(cfg),

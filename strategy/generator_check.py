@@ -6,16 +6,23 @@ over its accuracy on the synthetic set: ~0.94 for the in-distribution digits gen
 the domain-shifted fonts one (measured, README). A generator at or above ``min_transfer`` is trusted:
 the run goes on with the user's settings (the paper's constant kappa_aug by default); below it the
 run keeps the cautious settings of ``generator_check.on_fail`` it started with (a `Regime` each).
-Plain Python.
+The verdict is plain arithmetic (`GeneratorCheck.verdict`); `run_check` runs the check.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from logging import INFO, WARNING
 
-from strategy.kappa import AdaptiveKappa
+from flwr.app import Message
+from flwr.common.logger import log
+
+from client_app.contract import MIX_ACC
+from strategy.kappa import AdaptiveKappa, KappaSchedule
+from strategy.probe import Probe, scores
 
 
 @dataclass(frozen=True)
@@ -60,3 +67,46 @@ class Regime:
     probe_fraction: float = 1.0
     fraction_evaluate: float = 0.0  # the base strategy's evaluation share (the next_round probe rides on it)
     augmented: dict = field(default_factory=dict)  # the augmenter's `configure` arguments
+
+    @property
+    def this_round(self) -> bool:
+        """mix.choose=this_round: the probe is a query before the round's model is formed (its evidence is
+        about the very mix it picks); next_round: it rides on the evaluation step, for the next round."""
+        return self.choose == "this_round"
+
+    def kappas(self, schedule: KappaSchedule, server_round: int) -> tuple[float, float]:
+        """(kappa_fl, kappa_aug) a round starts with: the adaptive policy's, else the schedule's."""
+        if self.adaptive is not None:
+            return round(1.0 - self.adaptive.current, 6), self.adaptive.current
+        return schedule.at(server_round)
+
+
+def run_check(check: GeneratorCheck, augmenter, initial_state: dict, ask: Callable[[Probe, str], list[Message]],
+              weighted_by_key: str, on_fail: bool) -> dict:
+    """The server trains a model on the synthetic set alone; ``ask(probe, what)`` has the check's sample of
+    nodes score it on their real data (one candidate: the model mixed with itself). The verdict, with
+    its seconds and the settings the run goes on with (``on_fail``: a cautious regime to keep)."""
+    started = time.monotonic()
+    state, synthetic_accuracy = augmenter.reference(initial_state, check.epochs)
+    rows = [scores(r) for r in ask(Probe.of(state, state, [0.0], "mixed"), "generator check")]
+    result = {**check.verdict([float(m[MIX_ACC][0]) for m in rows], [float(m[weighted_by_key]) for m in rows],
+                              synthetic_accuracy), "seconds": round(time.monotonic() - started, 2)}
+    result["settings"] = ("as configured" if result["trusted"] else "on_fail" if on_fail
+                          else "as configured (the check only reports)")
+    return result
+
+
+def log_verdict(result: dict, cautious: Regime, on_fail: bool) -> None:
+    """What the check found and what the run does about it (``cautious``: the regime it started with)."""
+    if result["trusted"]:
+        outcome = "trusted, mixed as configured"
+    elif on_fail:
+        outcome = (f"not trusted, the cautious settings of generator_check.on_fail run ("
+                   f"{'adaptive kappa_aug' if cautious.adaptive else 'constant kappa_aug'}, BatchNorm statistics "
+                   f"{cautious.bn_stats})")
+    else:
+        outcome = ("not trusted, but mixed as configured (generator_check.on_fail does not apply to this run): "
+                   "the synthetic data may pull the model below FedAvg")
+    log(INFO if result["trusted"] else WARNING, "generator check: a model of the synthetic set alone scores %s on "
+        "%d nodes' real data, %s on the synthetic set (transfer %s, trusted at >= %s): %s", result["real_accuracy"],
+        result["nodes"], result["synthetic_accuracy"], result["transfer"], result["min_transfer"], outcome)

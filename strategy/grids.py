@@ -1,11 +1,12 @@
 """A Grid that forwards everything to the run's own Grid: the base for views that change only how
-nodes are listed (GenFL's partition-ordered view, the deployment's node-count watch)."""
+nodes are listed (GenFL's partition-ordered view, the deployment's node-count watch); and `send`,
+one query to a list of nodes (the label-histogram and partition queries, strategy/ask.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 
-from flwr.app import Message
+from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 
@@ -51,3 +52,10 @@ class OrderedGrid(DelegatingGrid):
 
     def get_node_ids(self) -> list[int]:
         return sorted((n for n in self._grid.get_node_ids() if n not in self._skip), key=self._order_key)
+
+
+def send(grid: Grid, nodes: Iterable[int], content: RecordDict, kind: str,
+         timeout: float) -> tuple[list[Message], list[Message]]:
+    """(the messages sent, the replies within ``timeout``): one message of type ``kind`` per node."""
+    sent = [Message(content, message_type=kind, dst_node_id=n) for n in nodes]
+    return sent, list(grid.send_and_receive(sent, timeout=timeout))

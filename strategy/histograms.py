@@ -7,29 +7,41 @@ node's counts are capped at ``node_cap_factor`` times the median node total befo
 A node's ``partition-id`` is self-reported too: a partition belongs to one node at a time (`Survey.claim`).
 
 Each histogram is a release of the node's data (with local DP, one spend of its epsilon; averaging
-several noisy releases would undo the noise), so a node is asked once per run: the checkpoint keeps
-every histogram received, and a resumed run (`resume_survey`) asks only the nodes it never heard from.
-It recognises the others by node id (a deployment's SuperLink keeps them) or, where node ids change
-(a restarted simulation), by the partition each names in a `PARTITION_QUERY`, which reads no data.
+several noisy releases would undo the noise), so a node is asked once per run: nodes the survey did
+not hear from are asked later, and a resumed run asks only the nodes it never heard from
+(strategy/late_nodes.py).
 """
 
 from __future__ import annotations
 
-import copy
 import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from logging import INFO, WARNING
 
 from flwr.app import Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from client_app.contract import PARTITION_QUERY as _PARTITION
+from strategy.grids import send
 
 LABEL_HISTOGRAM_QUERY = "query.label_histogram"
-PARTITION_QUERY = f"query.{_PARTITION}"
+
+
+@dataclass(frozen=True)
+class HistogramQuery:
+    """How the nodes are asked for their label histograms, and the most samples one may declare."""
+
+    content: RecordDict  # the client config (the histogram's time budget among it)
+    timeout: float
+    num_classes: int
+    max_total: int | None  # reliability.max_samples_per_node
+    node_cap_factor: float
+
+    def within(self, timeout: float) -> HistogramQuery:
+        """The same query with another time limit (a late node is asked within a round's)."""
+        return replace(self, timeout=timeout)
 
 
 def histogram_problem(histogram, num_classes: int, max_total: int | None = None) -> str | None:
@@ -82,25 +94,24 @@ def capped_histograms(histograms: Mapping[int, Sequence[int]], node_cap_factor: 
     return capped
 
 
-def collect_histograms(grid: Grid, node_ids: Sequence[int], content: RecordDict, timeout: float, num_classes: int,
-                       max_total: int | None) -> tuple[dict[int, list[int]], dict[int, int], dict[int, str]]:
+def collect_histograms(grid: Grid, node_ids: Sequence[int],
+                       query: HistogramQuery) -> tuple[dict[int, list[int]], dict[int, int], dict[int, str]]:
     """Ask ``node_ids`` for their label histograms: (valid histograms, partitions, problems), by node.
 
     Every reply is untrusted: an error, a malformed record or an implausible histogram is left out
-    with a WARNING naming the node; so is a node that does not answer within ``timeout``.
+    with a WARNING naming the node; so is a node that does not answer within the query's timeout.
     """
-    messages = [Message(content, message_type=LABEL_HISTOGRAM_QUERY, dst_node_id=n) for n in node_ids]
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
+    messages, replies = send(grid, node_ids, query.content, LABEL_HISTOGRAM_QUERY, query.timeout)
     node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
     histograms, partitions = {}, {}
-    problems = {n: f"no reply within {timeout}s" for n in node_ids}
+    problems = {n: f"no reply within {query.timeout}s" for n in node_ids}
     for reply in replies:
         node = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
         if reply.has_error():
             problems[node] = f"failed: {reply.error.reason}"
             log(WARNING, "label histogram: node %s failed: %s", node, reply.error.reason)
             continue
-        histogram, partition, problem = _histogram_from(reply, num_classes, max_total)
+        histogram, partition, problem = _histogram_from(reply, query.num_classes, query.max_total)
         if problem:
             problems[node] = f"excluded: {problem}"
             log(WARNING, "label histogram: node %s excluded: %s", node, problem)
@@ -110,7 +121,8 @@ def collect_histograms(grid: Grid, node_ids: Sequence[int], content: RecordDict,
         if partition is not None:
             partitions[node] = partition
     if len(replies) < len(messages):
-        log(WARNING, "label histogram: %d node(s) did not reply within %ss", len(messages) - len(replies), timeout)
+        log(WARNING, "label histogram: %d node(s) did not reply within %ss", len(messages) - len(replies),
+            query.timeout)
     return histograms, partitions, problems
 
 
@@ -122,27 +134,13 @@ def _histogram_from(reply: Message, num_classes: int, max_total: int | None) -> 
     if "label-histogram" not in record:
         return None, None, "no 'label-histogram' in the reply"
     histogram = record["label-histogram"]
-    return histogram, _partition(record), histogram_problem(histogram, num_classes, max_total)
+    return histogram, partition_of(record), histogram_problem(histogram, num_classes, max_total)
 
 
-def _partition(record) -> int | None:
+def partition_of(record) -> int | None:
+    """The built-in partition a reply's record names, if a valid one."""
     partition = record.get("partition-id")
     return partition if isinstance(partition, int) and not isinstance(partition, bool) and partition >= 0 else None
-
-
-def collect_partitions(grid: Grid, node_ids: Sequence[int], content: RecordDict, timeout: float) -> dict[int, int]:
-    """The built-in partition each of ``node_ids`` names (`PARTITION_QUERY`: no data read, nothing
-    released); a node that fails, does not answer or has none (its own data) is left out."""
-    messages = [Message(content, message_type=PARTITION_QUERY, dst_node_id=n) for n in node_ids]
-    replies = list(grid.send_and_receive(messages, timeout=timeout))
-    node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}  # ids are set when sent
-    claims = {}
-    for reply in replies:
-        node = node_of.get(reply.metadata.reply_to_message_id)
-        records = [] if reply.has_error() else list(reply.content.metric_records.values())
-        if node is not None and len(records) == 1 and (partition := _partition(records[0])) is not None:
-            claims[node] = partition
-    return claims
 
 
 def federation_histogram(histograms: Mapping[int, Sequence[int]], node_cap_factor: float,
@@ -226,62 +224,34 @@ class Survey:
         for name in ("histograms", "partitions", "declared", "problems", "refused"):
             setattr(self, name, {renamed.get(n, n): v for n, v in getattr(self, name).items()})
 
-    def extend(self, grid: Grid, node_ids: Sequence[int], content: RecordDict, timeout: float, num_classes: int,
-               max_total: int | None, node_cap_factor: float) -> list[int]:
+    def extend(self, grid: Grid, node_ids: Sequence[int], query: HistogramQuery) -> list[int]:
         """Ask ``node_ids`` (late joiners) for their histograms; their claims and the node cap count
         them from now on, the global histogram (the generation plan's input) does not change.
         Returns the nodes that reported a valid one."""
-        histograms, partitions, problems = collect_histograms(grid, node_ids, content, timeout, num_classes, max_total)
+        histograms, partitions, problems = collect_histograms(grid, node_ids, query)
         self.asked = set(node_ids)
         self.histograms.update(histograms)
         self.claim(partitions, grid.get_node_ids())
         self.problems = {**{n: p for n, p in self.problems.items() if n not in histograms}, **problems}
-        _, self.declared, self.weight_cap = federation_histogram(self.histograms, node_cap_factor, num_classes)
+        _, self.declared, self.weight_cap = federation_histogram(self.histograms, query.node_cap_factor,
+                                                                 query.num_classes)
         for node in histograms:
             log(INFO, "label histogram: node %s reported late (%d samples); it takes part from now on", node,
                 self.declared[node])
         return sorted(histograms)
 
 
-def survey(grid: Grid, content: RecordDict, timeout: float, num_classes: int, max_total: int | None,
-           node_cap_factor: float) -> Survey:
+def survey(grid: Grid, query: HistogramQuery) -> Survey:
     """Ask every node for its label histogram and form the federation's robust view of them."""
     node_ids = sorted(grid.get_node_ids())
-    histograms, partitions, problems = collect_histograms(grid, node_ids, content, timeout, num_classes, max_total)
+    histograms, partitions, problems = collect_histograms(grid, node_ids, query)
     if not histograms:
         raise NoHistogramsError(f"none of the {len(node_ids)} node(s) reported a valid label histogram; "
                                 "see the warnings above")
-    total, declared, cap = federation_histogram(histograms, node_cap_factor, num_classes)
+    total, declared, cap = federation_histogram(histograms, query.node_cap_factor, query.num_classes)
     log(INFO, "label histogram: %d of %d nodes reported; federation has %d samples", len(histograms), len(node_ids),
         sum(total))
-    log(INFO, "label histogram (global, class 0..%d): %s", num_classes - 1, total)
+    log(INFO, "label histogram (global, class 0..%d): %s", query.num_classes - 1, total)
     found = Survey(histograms, {}, total, declared, cap, problems, asked=set(node_ids))
     found.claim(partitions, node_ids)
     return found
-
-
-def resume_survey(grid: Grid, saved: dict, content: RecordDict, timeout: float, num_classes: int,
-                  max_total: int | None, node_cap_factor: float) -> tuple[Survey, dict[tuple[str, int], int]]:
-    """The checkpoint's survey on the nodes connected now, and each saved identity's node now.
-
-    A node is known by its node id, else by the saved partition it names (`PARTITION_QUERY`; of two
-    nodes naming one partition, the lower node id). Only the nodes the run never heard from are asked
-    for a histogram, as late joiners: the global histogram and the plan stay the checkpoint's."""
-    found = Survey(**copy.deepcopy(saved))
-    before = {node: found.identity(node) for node in {*found.histograms, *found.problems}}
-    connected = sorted(grid.get_node_ids())
-    renamed = {n: n for n in connected if n in before}
-    unknown = [n for n in connected if n not in renamed]
-    vacant = {p: n for n, p in found.partitions.items() if n not in renamed}  # saved partitions without their node
-    if unknown and vacant:
-        for node, partition in sorted(collect_partitions(grid, unknown, content, timeout).items()):
-            if (old := vacant.pop(partition, None)) is not None:
-                renamed[old] = node
-    found.rename(renamed)
-    never = [n for n in connected if n not in renamed.values()]
-    log(INFO, "label histogram: %d of %d nodes known from the checkpoint (not asked again); %d never heard from",
-        len(connected) - len(never), len(connected), len(never))
-    found.asked = set()
-    if never:
-        found.extend(grid, never, content, timeout, num_classes, max_total, node_cap_factor)
-    return found, {before[old]: new for old, new in renamed.items()}

@@ -5,13 +5,15 @@ histograms. `lack_weights` turns them into per-class weights for that round's au
 the augmented model then draws class c with probability weights[c] (see
 `AugmentedModelTrainer.train`), so the synthetic data fills in what this round's clients lack.
 
-Pure Python: the strategy decides the weights, the augmenter (generation/augmented.py) applies them.
+No Flower, no torch: the strategy decides the weights, the augmenter (generation/augmented.py) applies them.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+
+import numpy as np
 
 
 def lack_weights(round_histogram: Sequence[float], global_histogram: Sequence[float] | None = None, *,
@@ -46,6 +48,13 @@ def lack_weights(round_histogram: Sequence[float], global_histogram: Sequence[fl
     total_lack = sum(lack)
     focus = [x / total_lack for x in lack] if total_lack > 1e-12 else target
     return [floor / num_classes + (1 - floor) * f for f in focus]
+
+
+def round_weights(histograms: Mapping[int, Sequence[int]], nodes: Sequence[int], floor: float | None) -> list[float] | None:
+    """`lack_weights` of the nodes training this round (``floor`` None: round-aware augmentation is off)."""
+    if floor is None or not nodes:
+        return None
+    return lack_weights(np.sum([histograms[n] for n in nodes], axis=0).tolist(), floor=floor)
 
 
 def _counts(histogram: Sequence[float], name: str) -> list[float]:

@@ -14,6 +14,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from conf_defaults import reliability
 from local_grid import LocalGrid
+from strategy.generator_check import Regime
 from strategy.genfl import GenFL
 from strategy.kappa import AdaptiveKappa, KappaError, KappaSchedule
 from test_genfl_strategy import FixedAugmenter, _numpy, _record, _state, genfl
@@ -238,8 +239,8 @@ def adaptive_genfl(augmenter, rounds, bn_stats="mixed", kappa_aug=0.3, high=0.5,
                   min_available_nodes=1)
     return GenFL(base, num_classes=3, kappa=KappaSchedule(kappa_aug, "constant", kappa_aug, rounds), augmenter=augmenter,
                  histogram_timeout=1, seed=0, reliability=reliability(max_relative_update=1e9, claim_slack=0),
-                 adaptive=AdaptiveKappa(kappa_aug, (0.0, 0.1, 0.2, 0.3, 0.5), step, 0.0, high), bn_stats=bn_stats,
-                 choose=choose, probe_fraction=probe_fraction)
+                 regime=Regime(adaptive=AdaptiveKappa(kappa_aug, (0.0, 0.1, 0.2, 0.3, 0.5), step, 0.0, high),
+                               bn_stats=bn_stats, choose=choose, probe_fraction=probe_fraction))
 
 
 def _start(strategy, grid, rounds):
@@ -369,7 +370,7 @@ def test_batchnorm_statistics_follow_the_configured_mode(mode, expected_mean):
     strategy = GenFL(FedAvg(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1), num_classes=3,
                      kappa=KappaSchedule(0.3, "constant", 0.3, 1), augmenter=FixedAugmenter(_state([0, 0], [8.0, 8.0])),
                      histogram_timeout=1, seed=0, reliability=reliability(max_relative_update=1e9, claim_slack=0),
-                     bn_stats=mode)
+                     regime=Regime(adaptive=None, bn_stats=mode))
     out = _numpy(_start(strategy, grid, 1).arrays)
     np.testing.assert_allclose(out["bn.running_mean"], expected_mean, rtol=1e-6)
     np.testing.assert_allclose(out["w"], 0.7 * TARGET, rtol=1e-6)
@@ -387,7 +388,7 @@ def test_malformed_batchnorm_statistics_are_excluded_and_the_clients_kept_when_n
     strategy = GenFL(FedAvg(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1), num_classes=3,
                      kappa=KappaSchedule(0.3, "constant", 0.3, 1), augmenter=FixedAugmenter(_state([0, 0], [8.0, 8.0])),
                      histogram_timeout=1, seed=0, reliability=reliability(max_relative_update=1e9, claim_slack=0),
-                     bn_stats="reestimate")
+                     regime=Regime(adaptive=None, bn_stats="reestimate"))
     out = _numpy(_start(strategy, LocalGrid({0: bad}), 1).arrays)
     np.testing.assert_allclose(out["bn.running_mean"], [4.0, 4.0])
     assert strategy.round_stats[1].bn_nodes == 0

@@ -80,8 +80,8 @@ def checked_genfl(augmenter, rounds, min_transfer=0.8, trusted=PAPER, **kwargs):
     """GenFL as server_app builds it with the check: started with generator_check.on_fail's cautious settings
     (``kwargs``: adaptive kappa, ...), ``trusted`` the configured ones a generator that passes switches to."""
     strategy = adaptive_genfl(augmenter, rounds, **kwargs)
-    strategy.check = GeneratorCheck(epochs=2, fraction=1.0, min_transfer=min_transfer)
-    strategy.trusted = trusted
+    strategy.augmented.check = GeneratorCheck(epochs=2, fraction=1.0, min_transfer=min_transfer)
+    strategy.augmented.trusted = trusted
     return strategy
 
 
@@ -95,7 +95,7 @@ def test_the_check_runs_before_round_1_and_decides_the_regime(reference, trusted
     augmenter = CheckedAugmenter(_state([-20.0, 40.0]), _state(reference))
     strategy = checked_genfl(augmenter, rounds=3, bn_stats="reestimate")
     _start(strategy, grid, 3)
-    assert strategy.trusted is None  # decided for the rest of the run
+    assert strategy.augmented.trusted is None  # decided for the rest of the run
     kinds = [m.metadata.message_type for m in grid.sent]
     first_train = kinds.index("train")
     assert kinds[first_train - 3:first_train] == ["query.kappa_probe"] * 3  # every node, before any training
@@ -107,7 +107,7 @@ def test_the_check_runs_before_round_1_and_decides_the_regime(reference, trusted
     assert augmenter.relaxed is trusted
     if trusted:  # as configured (the paper's GenFL): constant kappa, no probe, no BatchNorm query, no evaluation
         assert [r.kappa_aug for r in rows] == [0.3, 0.3, 0.3] and all(r.kappa_probe is None for r in rows)
-        assert "query.bn_statistics" not in kinds and "evaluate" not in kinds and strategy.bn_stats == "mixed"
+        assert "query.bn_statistics" not in kinds and "evaluate" not in kinds and strategy.regime.bn_stats == "mixed"
         assert augmenter.trust == [None, None, None]
     else:  # on_fail's adaptive policy turns the harmful augmented model down, statistics re-estimated
         assert [r.kappa_aug for r in rows] == [0.3, 0.15, 0.075] and kinds.count("query.bn_statistics") == 9
@@ -123,7 +123,7 @@ def test_a_trusted_generator_switches_to_the_configured_regime_whatever_it_is():
     augmenter = CheckedAugmenter(_state([-20.0, 40.0]), _state(TARGET))
     strategy = checked_genfl(augmenter, rounds=2, trusted=mine, bn_stats="reestimate")
     _start(strategy, grid, 2)
-    assert strategy.generator_check["trusted"] is True and strategy.adaptive is own and strategy.bn_stats == "clients"
+    assert strategy.generator_check["trusted"] is True and strategy.adaptive is own and strategy.regime.bn_stats == "clients"
     assert augmenter.configured == [mine.augmented]
     kinds = [m.metadata.message_type for m in grid.sent]
     assert "query.bn_statistics" not in kinds and kinds.count("evaluate") == 6  # the user's probe, every node
@@ -161,7 +161,7 @@ def test_without_on_fail_the_check_only_reports(reference, caplog):
     grid = LocalGrid({i: accuracy_node([5, 5, 5], i, good_at) for i in range(2)})
     augmenter = CheckedAugmenter(_state([-20.0, 40.0]), _state(reference))
     strategy = genfl(0.7, 0.3, augmenter=augmenter, rounds=2)  # no trusted regime: nothing to switch between
-    strategy.check = CHECK
+    strategy.augmented.check = CHECK
     with caplog.at_level("INFO", logger="flwr"):
         _start(strategy, grid, 2)
     trusted = strategy.generator_check["trusted"]

@@ -303,7 +303,7 @@ def test_state_dict_round_trip_keeps_the_plan_and_the_base_strategys_learnt_stat
     run(first, grid, rounds=1)
     restored = genfl(0.5, 0.5, FixedAugmenter(_state([0, 0])), base=momentum(), rounds=2, first_round=2)
     restored.load_state_dict(pickle.loads(pickle.dumps(first.state_dict())))  # as the checkpoint stores it
-    assert restored.plan == {0: 1}
+    assert restored.augmented.plan == {0: 1}
     np.testing.assert_array_equal(restored.base.momentum_vector[0], first.base.momentum_vector[0])
     assert restored.round_stats[1].round_accepted is True
 

@@ -43,7 +43,7 @@ def test_a_second_claim_on_a_partition_is_refused_and_both_nodes_keep_their_own_
     run_rounds(first, federation(), 1,
                evaluate_fn=lambda r, a: checkpoint.update(state=pickle.loads(pickle.dumps(first.state_dict()))))
     assert first.survey.partitions == {5: 0, 7: 1} and first.survey.refused == {9: 0}
-    assert first._identity(5) == ("partition", 0) and first._identity(9) == ("node", 9)
+    assert first.survey.identity(5) == ("partition", 0) and first.survey.identity(9) == ("node", 9)
     row = next(r for r in first.ledger.rows() if r["node_id"] == 9)
     assert row["partition"] is None and row["claimed_partition"] == 0
 
@@ -68,7 +68,7 @@ def test_an_impostor_naming_a_present_nodes_partition_at_a_resume_does_not_get_i
     run_rounds(resumed, LocalGrid({11: honest(0), 12: honest(1, (2, 2, 2)), 4: honest(0, (9, 9, 9))}), 2)
     assert resumed.survey.partitions == {11: 0, 12: 1} and resumed.survey.refused == {4: 0}
     assert resumed.survey.histograms[11] == [5, 5, 5] and resumed.survey.histograms[4] == [9, 9, 9]
-    assert resumed._identity(4) == ("node", 4)
+    assert resumed.survey.identity(4) == ("node", 4)
 
 
 def test_a_box_back_under_a_new_node_id_takes_its_partition_over_once_the_old_id_is_gone():
@@ -82,7 +82,7 @@ def test_a_box_back_under_a_new_node_id_takes_its_partition_over_once_the_old_id
     strategy = genfl(rounds=2)
     run_rounds(strategy, grid, 2, evaluate_fn=restart)
     assert strategy.survey.partitions == {5: 0, 8: 1} and strategy.survey.refused == {}
-    assert strategy._identity(6) == ("node", 6) and strategy._identity(8) == ("partition", 1)
+    assert strategy.survey.identity(6) == ("node", 6) and strategy.survey.identity(8) == ("partition", 1)
     assert strategy.round_stats[2].clients_trained == 2
 
 

@@ -20,6 +20,7 @@ from server_app.build import adaptive_kappa, base_strategy
 from server_app.config import load_config
 from client_app.contract import MIX_ACC, MIX_LOSS, PROBE, PROBE_CANDIDATES
 from strategy.bases import base_state
+from strategy.generator_check import Regime
 from strategy.genfl import GenFL
 from strategy.kappa import KappaSchedule
 from test_genfl_strategy import KEYS, _numpy, _record, _state
@@ -84,7 +85,7 @@ class DivergingAugmenter:
 
 def genfl(base, rounds=3, first_round=1, adaptive=None, choose="next_round"):
     return GenFL(base, num_classes=3, kappa=KappaSchedule(0.3, "constant", 0.3, rounds), augmenter=DivergingAugmenter(),
-                 histogram_timeout=1, seed=0, first_round=first_round, adaptive=adaptive, choose=choose,
+                 histogram_timeout=1, seed=0, first_round=first_round, regime=Regime(adaptive=adaptive, choose=choose),
                  reliability=reliability(max_relative_update=5.0, max_consecutive_failed_rounds=2, claim_slack=0))
 
 
