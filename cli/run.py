@@ -32,6 +32,7 @@ from server_app import tracking
 from server_app.checkpoint import checkpoint_path
 from server_app.config import ConfigError, load_config, to_yaml
 from server_app.processes import run_processes, signal_then_kill
+from server_app.renames import upgraded_overrides
 from server_app.results import FLWR_HOME, METRICS, RUN_CONFIG, SUPERLINK_LOG, CorruptFileError, read_json
 
 SIGINT_EXIT, SIGTERM_EXIT = 130, 143  # the shell's codes for a command stopped by Ctrl-C / SIGTERM
@@ -123,14 +124,15 @@ def resume_overrides(run_dir: str) -> list[str]:
 
     The saved ones pin the folder the run first ran in (``output.dir``) and, for a sweep job, the
     tracking store beside it (``tracking.root``): a copied or moved run must not write into the original's
-    checkpoint, metrics.json or store. Both are dropped and ``output.dir`` names ``run_dir``."""
+    checkpoint, metrics.json or store. Both are dropped and ``output.dir`` names ``run_dir``. A run started
+    before a key was renamed (server_app/renames.py) resumes under the new name."""
     import tomllib
 
     folder = Path(run_dir).expanduser().resolve()
     path = folder / RUN_CONFIG
     if not path.is_file():
         raise ConfigError(f"--resume {run_dir}: no {path.name} there; give the results folder of a genfl-run run")
-    saved = json.loads(tomllib.loads(path.read_text())["overrides"])
+    saved = upgraded_overrides(json.loads(tomllib.loads(path.read_text())["overrides"]))  # in today's key names
     first = [_path_value(o) for o in saved if _key(o) == "output.dir"]
     beside = first[-1].parent if first and first[-1] is not None else None  # the original folder's parent
     kept = [o for o in saved if _key(o) not in ("output.dir", "output.resume")

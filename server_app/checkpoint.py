@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from server_app.renames import upgraded_config
 from server_app.results import CHECKPOINT_DIR, flatten, result_neutral
 
 FORMAT = "genfl-checkpoint/2"  # 2: no RNG states, benched nodes by (kind, id); "survey" added later (optional:
@@ -72,6 +73,7 @@ def load(run_dir: Path, config: dict) -> dict:
         raise CheckpointError(f"{path} is unreadable ({type(err).__name__}: {err}); start a new run") from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a {FORMAT} checkpoint")
+    payload["config"] = upgraded_config(payload["config"])  # a run started before a key was renamed resumes
     differences = _differences(payload["config"], config)
     if differences:
         switched = [g for g in _switched_on(payload["config"], config) if any(d.split(".")[0] == g for d in differences)]

@@ -18,6 +18,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from conf import CONF_DIR
 from server_app import build  # the objects a run builds: the torch-free ones are built once while validating
+from server_app.renames import old_spelling
 
 
 # Short `flwr run --run-config` keys for the settings changed most; "" keeps conf/'s value.
@@ -37,30 +38,6 @@ class ConfigError(ValueError):
     """A configuration value is invalid; the message is one line that names the key."""
 
 
-# Spellings of earlier versions: a command line that still uses one stops with one line naming the new key.
-RENAMED_KEYS = {
-    "strategy.kappa_schedule": "mix.kappa_policy (constant | linear | cosine | adaptive: the one key for kappa_aug's course)",
-    "strategy.kappa_aug_final": "mix.kappa_aug_final (with mix.kappa_policy=linear or cosine)",
-    "strategy.kappa_fl": "strategy.kappa_aug (kappa_fl is always 1 - kappa_aug)",
-}
-RENAMED_STRATEGY = {"fedavg": "base_only"}  # strategy=fedavg meant kappa_aug 0; FedAvg itself is aggregation=fedavg
-
-
-def _renamed(overrides: list[str]) -> None:
-    """Refuse an earlier version's key or preset, naming what replaced it."""
-    for override in overrides:
-        key, _, value = override.lstrip("+~").partition("=")
-        if key in RENAMED_KEYS:
-            raise ConfigError(f"{key} is gone: use {RENAMED_KEYS[key]}")
-        if key == "strategy" and (old := [v for v in value.split(",") if v.strip() in RENAMED_STRATEGY]):
-            new = RENAMED_STRATEGY[old[0].strip()]
-            raise ConfigError(f"strategy={old[0].strip()} is now strategy={new} (kappa_aug 0: the base strategy alone; "
-                              "FedAvg is aggregation=fedavg, the default)")
-        if key == "kappa":
-            points = ",".join(v.strip().removeprefix("aug_") for v in value.split(","))
-            raise ConfigError(f"{override.split('=')[0]}={value}: the kappa/ presets are gone: use strategy.kappa_aug={points}")
-
-
 def overrides_from_run_config(run_config: dict) -> list[str]:
     """Hydra overrides from Flower's run config: the short keys, then ``overrides`` (JSON list or words)."""
     result = [f"{RUN_CONFIG_KEYS[k]}={v}" for k, v in run_config.items() if k in RUN_CONFIG_KEYS and v != ""]
@@ -72,7 +49,8 @@ def overrides_from_run_config(run_config: dict) -> list[str]:
 
 def load_config(overrides: list[str]) -> DictConfig:
     """conf/config.yaml composed with ``overrides`` and validated; raises `ConfigError`."""
-    _renamed(list(overrides))
+    if old := old_spelling(list(overrides)):  # an earlier version's key or preset: say what replaced it
+        raise ConfigError(old)
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             cfg = compose(config_name="config", overrides=list(overrides))
