@@ -69,7 +69,7 @@ def diagnose(run_dir: Path) -> dict:
     spec = {"num_classes": ds.num_classes, "in_channels": ds.channels, "mean": list(ds.mean), "std": list(ds.std),
             "norm": cfg.model.norm}
     test = load_splits(ds)["test"]
-    from server_app.app import client_config  # the same ConfigRecord the clients received
+    from server_app.build import client_config  # the same ConfigRecord the clients received
 
     data_spec = ClientConfig.from_record(client_config(cfg)).data_spec()
     n = cfg.federation.num_clients

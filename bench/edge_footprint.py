@@ -53,7 +53,7 @@ print(json.dumps({"train_seconds": round(time.perf_counter() - started, 2),
 
 def prepare(bench: Path) -> None:
     sys.path.insert(0, str(REPO))
-    from server_app.app import train_config
+    from server_app.build import client_config as train_config
     from server_app.config import load_config
     from server_app.partitions import export
 

@@ -53,7 +53,7 @@ def _load_before(tmp: str):
 
 def _spec(alpha: float, min_size: int) -> dict:
     """The flat data spec exactly as a node builds it from the server's train config."""
-    from server_app.app import train_config
+    from server_app.build import client_config as train_config
     from server_app.config import load_config
 
     cfg = load_config([f"federation.num_clients={NUM_CLIENTS}", f"partition.alpha={alpha}",

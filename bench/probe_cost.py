@@ -28,7 +28,7 @@ import torch  # noqa: E402
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict  # noqa: E402
 
 from client_app.app import app  # noqa: E402
-from server_app.app import client_config  # noqa: E402
+from server_app.build import client_config  # noqa: E402
 from server_app.config import load_config  # noqa: E402
 from torchcore.model import seeded_model  # noqa: E402
 from torchcore.train import state_to_numpy  # noqa: E402

@@ -1,5 +1,6 @@
-"""ServerApp: compose the config, wait for the nodes, run the GenFL strategy, evaluate centrally
-after every round and write the results folder. Any failure raises, so the run is marked failed."""
+"""ServerApp: compose the config, build the run (server_app/build.py), wait for the nodes, run the GenFL
+strategy, evaluate centrally after every round and write the results folder. Any failure raises, so the
+run is marked failed."""
 
 from __future__ import annotations
 
@@ -9,43 +10,27 @@ from logging import INFO, WARNING
 from pathlib import Path
 
 import torch
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, MetricRecord
+from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 from flwr.serverapp import strategy as flower_strategies
 from omegaconf import DictConfig, OmegaConf
 
-from client_app.contract import ClientConfig
 from generation import progress
 from generation.augmented import AugmentedModelTrainer
-from generation.factory import build_generator
-from server_app import checkpoint, tracking
-from server_app.build import (adaptive_kappa, base_strategy, class_names, evaluation_fraction, filter_settings,
-                              generator_check, kappa_schedule)
-from server_app.config import load_config, on_fail_config, on_fail_problem, overrides_from_run_config, run_directory
+from server_app import build, checkpoint, tracking
+from server_app.config import load_config, on_fail_config, overrides_from_run_config, run_directory
 from server_app.nodes import WatchedGrid, wait_for_federation
 from server_app.results import SYNTHETIC_SAMPLES, RunReport, eta_seconds
-from strategy.generator_check import Regime
-from strategy.genfl import GenFL
-from strategy.replies import Reliability
 from strategy.stats import RoundStats
-from torchcore.data import Split, load_splits
-from torchcore.model import seeded_model
-from torchcore.privacy import total_noise_bound
-from torchcore.train import TrainSettings, evaluate, load_numpy_state, resolve_device
+from torchcore.data import Split
+from torchcore.train import evaluate, load_numpy_state
 
 app = ServerApp()
-AUGMENTER_STATE = "augmenter"  # the augmented-model trainer's state, saved beside the strategy's in a checkpoint
 
 
 class NotEnoughContributorsError(RuntimeError):
     """Too few nodes actually trained in this run (reliability.min_contributing_nodes): the run fails."""
-
-
-def client_config(cfg: DictConfig, time_budget: float | None = None) -> ConfigRecord:
-    """What every message tells a client (client_app/contract.py), from the run's config."""
-    config = OmegaConf.to_container(cfg, resolve=True)
-    return ConfigRecord(ClientConfig.from_run_config(config, time_budget).to_record())
 
 
 class FlowerRoundLog(logging.Filter):
@@ -93,42 +78,11 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
     wait_for_federation(grid, fed.expected_nodes, fed.node_wait_timeout)
     # Flower's sampling waits (forever) for min_available_nodes; fail instead once they stay missing.
     grid = WatchedGrid(grid, minimum=max(fed.min_train_nodes, fed.min_evaluate_nodes), timeout=fed.node_wait_timeout)
-    ds = cfg.dataset
-    test = load_splits(ds)["test"]
-    device = resolve_device(cfg.server.device)
-    model_spec = dict(num_classes=ds.num_classes, in_channels=ds.channels, mean=list(ds.mean), std=list(ds.std),
-                      norm=cfg.model.norm)
-    model = seeded_model(cfg.seed, **model_spec)
-    st = cfg.strategy
-    kappa = kappa_schedule(cfg)
     # With the generator check the run starts with generator_check.on_fail's cautious settings and a
     # trusted generator switches to the configured ones before round 1 (strategy/generator_check.py).
-    check = generator_check(cfg) if kappa.uses_synthetic_data else None
-    start = (on_fail_config(cfg) if check is not None else None) or cfg
-    if check is not None and start is cfg:
-        log(INFO, "generator check: reports only (%s)", on_fail_problem(cfg))
-    augmenter = _augmenter(start, seeded_model(cfg.seed, **model_spec), device, test) if kappa.uses_synthetic_data else None
-    strategy = GenFL(
-        base_strategy(start, num_nodes=len(list(grid.get_node_ids()))),
-        num_classes=ds.num_classes,
-        kappa=kappa,
-        augmenter=augmenter,
-        histogram_timeout=fed.histogram_timeout,
-        histogram_config=client_config(cfg, time_budget=fed.histogram_timeout),
-        seed=cfg.seed,
-        reliability=reliability(cfg),
-        first_round=resumed["round"] + 1 if resumed else 1,
-        regime=regime(start),  # how it starts mixing (with the check: generator_check.on_fail's)
-        round_aware_floor=cfg.augmented.round_aware_floor if cfg.augmented.round_aware else None,
-        check=check,
-        trusted=None if start is cfg else regime(cfg),
-    )
-    initial = ArrayRecord(model.state_dict())
+    run = build.server_run(cfg, on_fail_config(cfg) or cfg, num_nodes=len(list(grid.get_node_ids())), resumed=resumed)
+    strategy, augmenter, model, test, device = run.strategy, run.augmenter, run.model, run.test, run.device
     if resumed:
-        strategy.load_state_dict(resumed["strategy"])
-        if augmenter is not None:  # the filter's selection (a checkpoint written before it was kept: none)
-            augmenter.load_state_dict(resumed["strategy"].get(AUGMENTER_STATE))
-        initial = ArrayRecord({k: Array(v) for k, v in resumed["arrays"].items()})
         log(INFO, "resuming after round %d from %s", resumed["round"], checkpoint.checkpoint_path(report.run_dir))
     started = time.monotonic() - (report.data["rounds"][-1]["wall_seconds"] if report.data["rounds"] else 0.0)
     last = [time.monotonic()]  # when the previous round ended (resumed: the restart, not the first attempt's start)
@@ -159,12 +113,12 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
             checkpoint.save(report.run_dir, server_round=server_round,
                             arrays=dict(zip(arrays.keys(), arrays.to_numpy_ndarrays())),
                             strategy={**strategy.state_dict(),
-                                      AUGMENTER_STATE: augmenter.state_dict() if augmenter is not None else None},
+                                      build.AUGMENTER_STATE: augmenter.state_dict() if augmenter is not None else None},
                             rounds=report.data["rounds"], config=report.data["config"])
         return MetricRecord({"test-accuracy": accuracy, "test-loss": loss})
 
-    strategy.start(grid=grid, initial_arrays=initial, num_rounds=cfg.num_rounds, timeout=fed.round_timeout,
-                   train_config=client_config(cfg), evaluate_config=client_config(cfg),
+    strategy.start(grid=grid, initial_arrays=run.initial, num_rounds=cfg.num_rounds, timeout=fed.round_timeout,
+                   train_config=build.client_config(cfg), evaluate_config=build.client_config(cfg),
                    evaluate_fn=evaluate_and_checkpoint)
     report.set("global_label_histogram", strategy.global_histogram)
     report.set("generation", dict(strategy.generation_stats))
@@ -173,7 +127,7 @@ def _run(grid: Grid, cfg: DictConfig, report: RunReport, resumed: dict | None) -
         _quality_report(cfg, report, model, augmenter, test, device)  # model holds the final global model
     ledger, least = strategy.ledger, cfg.reliability.min_contributing_nodes
     log(WARNING if ledger.contributors() < len(ledger.nodes) else INFO, "nodes: %s", ledger.summary())
-    if least is not None and st.kappa_aug < 1 and ledger.contributors() < least:
+    if least is not None and cfg.strategy.kappa_aug < 1 and ledger.contributors() < least:
         raise NotEnoughContributorsError(f"{ledger.contributors()} node(s) trained, fewer than "
                                          f"reliability.min_contributing_nodes={least}: {ledger.summary()}")
     if strategy.generation_stats.get("images_requested", 0) > sum(strategy.generation_stats.get("plan", {}).values()):
@@ -205,53 +159,5 @@ def _quality_report(cfg: DictConfig, report: RunReport, model: torch.nn.Module, 
     log(INFO, "synthetic data: label agreement with the final model %s (all images; kept ones %s), real-vs-synthetic "
         "separability (AUC) %s; samples in %s", short(scores.get("agreement_all")), short(scores.get("agreement")),
         short(scores.get("separability_auc")), SYNTHETIC_SAMPLES)
-    if (warning := disagreement_warning(scores, class_names(cfg))) is not None:
+    if (warning := disagreement_warning(scores, build.class_names(cfg))) is not None:
         log(WARNING, "%s", warning)
-
-
-def regime(cfg: DictConfig) -> Regime:
-    """How ``cfg`` mixes the synthetic data (what a trusted generator switches to)."""
-    return Regime(adaptive=adaptive_kappa(cfg), bn_stats=cfg.mix.bn_stats, bn_fraction=cfg.mix.bn_fraction,
-                  choose=cfg.mix.choose, probe_fraction=cfg.mix.probe_fraction,
-                  fraction_evaluate=evaluation_fraction(cfg),
-                  augmented=dict(max_steps=cfg.augmented.max_steps, filter=filter_settings(cfg),
-                                 steps_follow_trust=cfg.augmented.steps_follow_kappa))
-
-
-def reliability(cfg: DictConfig) -> Reliability:
-    rel, privacy = cfg.reliability, cfg.histogram_privacy
-    return Reliability(
-        max_samples_per_node=rel.max_samples_per_node,
-        node_cap_factor=float(rel.node_cap_factor),
-        claim_slack=total_noise_bound(privacy.mechanism, privacy.epsilon, privacy.delta, cfg.dataset.num_classes,
-                                      sigmas=float(privacy.claim_sigmas)),
-        max_relative_update=float(rel.max_relative_update),
-        max_consecutive_failed_rounds=rel.max_consecutive_failed_rounds,
-        min_train_replies=rel.min_train_replies,
-        straggler_cooldown_rounds=rel.straggler_cooldown_rounds,
-    )
-
-
-def _augmenter(cfg: DictConfig, model: torch.nn.Module, device: torch.device, test: Split) -> AugmentedModelTrainer:
-    """The server's synthetic-data trainer; the generator itself loads only when images are needed."""
-    aug = cfg.augmented
-    return AugmentedModelTrainer(
-        make_generator=lambda: build_generator(cfg.generator, cfg.dataset),
-        model=model,
-        settings=TrainSettings(epochs=aug.epochs, batch_size=aug.batch_size, lr=aug.lr, momentum=aug.momentum,
-                               weight_decay=aug.weight_decay, augment=cfg.dataset.augment, proximal_mu=0.0,
-                               max_steps=aug.max_steps, fast_cuda=cfg.server.fast_cuda, freeze_bn=aug.freeze_bn),
-        device=device,
-        test=test,
-        eval_batch_size=cfg.server.eval_batch_size,
-        policy=cfg.generation.policy,
-        budget=cfg.generation.budget,
-        per_class=cfg.generation.per_class,
-        target=cfg.generation.target,
-        seed=cfg.seed,
-        cache_dir=cfg.generation.cache_dir,
-        overlap=cfg.server.overlap,
-        filter=filter_settings(cfg),
-        class_names=class_names(cfg),
-        steps_follow_trust=aug.steps_follow_kappa,
-    )

@@ -252,20 +252,6 @@ def _switchable(key: str) -> bool:
         key in ("augmented.max_steps", "augmented.steps_follow_kappa")
 
 
-def on_fail_problem(cfg: DictConfig) -> str | None:
-    """Why ``generator_check.on_fail`` does not apply to this run (the check then only warns), or None."""
-    st, on_fail = cfg.strategy, cfg.generator_check.get("on_fail")
-    if not cfg.generator_check.enabled:
-        return "generator_check.enabled is false"
-    if on_fail is None:
-        return "generator_check.on_fail is null"
-    if not 0 < st.kappa_aug < 1:
-        return f"strategy={st.name} (kappa_aug {st.kappa_aug}) mixes no client part with the augmented model"
-    if cfg.mix.kappa_policy in ("linear", "cosine"):
-        return f"mix.kappa_policy={cfg.mix.kappa_policy} fixes kappa_aug's course"
-    return None
-
-
 def on_fail_config(cfg: DictConfig) -> DictConfig | None:
     """``cfg`` with ``generator_check.on_fail`` over it, validated: the settings a run whose generator fails
     the check keeps (it starts with them; a trusted generator switches to ``cfg``'s). None when
@@ -273,7 +259,7 @@ def on_fail_config(cfg: DictConfig) -> DictConfig | None:
     on_fail = cfg.generator_check.get("on_fail")
     if on_fail is not None and not isinstance(on_fail, DictConfig):
         raise ConfigError(f"generator_check.on_fail: must be a mapping of settings or null (got {on_fail!r})")
-    if on_fail_problem(cfg) is not None:
+    if build.on_fail_problem(cfg) is not None:
         return None
     for key in _leaves(OmegaConf.to_container(on_fail)):
         value = OmegaConf.select(on_fail, key)

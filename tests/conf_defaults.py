@@ -16,7 +16,7 @@ def _cfg():
 
 
 def reliability(**overrides) -> Reliability:
-    from server_app.app import reliability as from_conf
+    from server_app.build import reliability as from_conf
 
     return dataclasses.replace(from_conf(_cfg()), **overrides)
 

@@ -397,7 +397,7 @@ def test_malformed_batchnorm_statistics_are_excluded_and_the_clients_kept_when_n
 # -- the ClientApp's handlers, real models and data ------------------------------------------------
 def test_the_clientapp_scores_every_candidate_mix_on_its_own_data():
     from client_app.app import app
-    from server_app.app import client_config
+    from server_app.build import client_config
     from server_app.config import load_config
     from test_client_app import _context, _message
     from torchcore.model import seeded_model
@@ -432,7 +432,7 @@ def test_the_clientapp_scores_every_candidate_mix_on_its_own_data():
 
 def test_the_clientapp_reports_batchnorm_statistics_of_the_received_model():
     from client_app.app import app
-    from server_app.app import client_config
+    from server_app.build import client_config
     from server_app.config import load_config
     from test_client_app import _context, _message
     from torchcore.model import seeded_model

@@ -26,7 +26,7 @@ from client_app.app import app
 from client_app.contract import (AUGMENTED, BN_QUERY, BN_RECORD, CLIENT_PART, CLIPPING_NORM, PARTITION_QUERY, PROBE,
                                  PROBE_BN_STATS, PROBE_CANDIDATES, PROBE_QUERY, TIME_BUDGET)
 from local_grid import LocalGrid
-from server_app.app import client_config
+from server_app.build import client_config
 from torchcore.classes import class_names
 from torchcore.model import seeded_model
 

@@ -6,7 +6,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, Metadata, RecordDict
 
 from client_app.app import app
-from server_app.app import client_config as train_config
+from server_app.build import client_config as train_config
 from torchcore.data import load_splits
 from torchcore.model import seeded_model
 from torchcore.partition import dirichlet_partitions

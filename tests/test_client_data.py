@@ -6,7 +6,7 @@ from flwr.app import ArrayRecord, Context, Message, Metadata, RecordDict
 
 from client_app.app import app
 from client_app.contract import ClientConfig
-from server_app.app import client_config as train_config
+from server_app.build import client_config as train_config
 from cli.export_partitions import export
 from torchcore.model import seeded_model
 from torchcore.partition import client_partition, label_histogram

@@ -6,7 +6,7 @@ from flwr.app import ConfigRecord
 from omegaconf import OmegaConf
 
 from client_app.contract import FLOWER_KEYS, GROUPS, RECORD_KEYS, ClientConfig, ContractError
-from server_app.app import client_config
+from server_app.build import client_config
 from server_app.config import load_config
 
 

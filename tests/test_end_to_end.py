@@ -255,7 +255,7 @@ def test_a_run_killed_after_round_1_resumes_to_the_same_metrics(runs):
 @pytest.mark.slow
 def test_round_1_of_genfl_is_exactly_eq1_of_the_client_average_and_the_augmented_model(runs):
     from generation.augmented import AugmentedModelTrainer
-    from server_app.app import _augmenter
+    from server_app.build import augmenter as _augmenter
     from server_app.config import load_config
     from torchcore.data import load_splits
     from torchcore.model import seeded_model

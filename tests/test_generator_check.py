@@ -251,7 +251,7 @@ def test_resuming_a_checkpoint_from_before_the_check_was_on_by_default_says_how(
 
 # -- the default: the check on, generator_check.on_fail's settings for a generator below the line ------------
 def test_the_default_run_starts_cautious_and_a_trusted_generator_switches_to_the_configured_settings(make_config):
-    from server_app.app import regime
+    from server_app.build import regime
     from server_app.config import on_fail_config
 
     cfg = make_config()
@@ -277,7 +277,8 @@ def test_the_default_run_starts_cautious_and_a_trusted_generator_switches_to_the
     (["+experiment=paper_cifar10"], "generator_check.on_fail is null"),  # the method as published: it only reports
 ])
 def test_where_on_fail_does_not_apply_the_check_only_reports(make_config, overrides, why):
-    from server_app.config import on_fail_config, on_fail_problem
+    from server_app.build import on_fail_problem
+    from server_app.config import on_fail_config
 
     cfg = make_config(*overrides)
     assert on_fail_config(cfg) is None and why in on_fail_problem(cfg)

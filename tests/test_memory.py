@@ -112,7 +112,7 @@ def _message(message_type, content):
 def test_the_client_app_trims_the_heap_after_every_message(monkeypatch, make_config):
     import client_app.mods
     from client_app.app import app
-    from server_app.app import client_config
+    from server_app.build import client_config
 
     calls = []
     monkeypatch.setattr(client_app.mods, "trim_heap", lambda: calls.append(1))

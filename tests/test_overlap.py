@@ -11,11 +11,9 @@ from flwr.app import ArrayRecord
 
 from client_app.app import app as client_app
 from local_grid import LocalGrid, client_app_node
-from server_app.app import _augmenter, reliability
-from server_app.build import base_strategy, kappa_schedule
-from server_app.app import client_config as train_config
+from server_app.build import augmenter as _augmenter, base_strategy, kappa_schedule, reliability
+from server_app.build import client_config as train_config
 from strategy.genfl import GenFL
-from strategy.kappa import KappaSchedule
 from torchcore.data import load_splits
 from torchcore.model import seeded_model
 from torchcore.train import resolve_device

@@ -627,7 +627,7 @@ def test_a_two_job_sweep_is_one_mlflow_experiment_with_each_jobs_rounds(tmp_path
     from tests.sim import assert_nothing_left_running
 
     sweep_dir = tmp_path / "sweep"
-    proc = subprocess.run([sys.executable, "-m", "cli.run", "-m", "strategy=fedavg", "federation.num_clients=2",
+    proc = subprocess.run([sys.executable, "-m", "cli.run", "-m", "strategy=base_only", "federation.num_clients=2",
                            "num_rounds=2", "seed=0,1", "tracking=mlflow", f"hydra.sweep.dir={sweep_dir}"],
                           cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
