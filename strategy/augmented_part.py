@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import nullcontext
 from functools import partial
-from logging import INFO
+from logging import DEBUG
 from typing import Protocol
 
 import numpy as np
@@ -71,7 +71,7 @@ class AugmentedPart:
         with phases("generation", "planning the synthetic set, then generating it or loading it from the cache"):
             self.generation_stats = self.augmenter.prepare(global_histogram, plan=self.plan)
         self.plan = self.generation_stats.get("plan")
-        log(INFO, "synthetic data: %s", self.generation_stats)
+        log(DEBUG, "synthetic data: %s", self.generation_stats)  # metrics.json's "generation"
 
     def check_generator(self, initial_state: dict, queries: Queries, phases: Phases, base: Strategy) -> None:
         """The generator check (strategy/generator_check.py); a resumed run applies the checkpoint's

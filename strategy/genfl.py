@@ -113,7 +113,7 @@ class GenFL(Strategy):
     def summary(self) -> None:
         k, until = self.kappa, " (generator_check.on_fail's, until the generator passes the check)"
         policy = "adaptive" if self.adaptive else f"{k.schedule} schedule, final {k.kappa_aug_final}"
-        log(INFO, "\t├── GenFL: kappa_aug=%s (%s), BatchNorm statistics %s%s, base %s", k.kappa_aug, policy,
+        log(INFO, "GenFL: kappa_aug=%s (%s), BatchNorm statistics %s%s, base %s", k.kappa_aug, policy,
             self.regime.bn_stats, until if self.augmented.trusted else "", type(self.base).__name__)
         self.base.summary()
 

@@ -18,7 +18,7 @@ import math
 import statistics
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from logging import INFO, WARNING
+from logging import DEBUG, INFO, WARNING
 
 from flwr.app import Message, RecordDict
 from flwr.common.logger import log
@@ -251,7 +251,7 @@ def survey(grid: Grid, query: HistogramQuery) -> Survey:
     total, declared, cap = federation_histogram(histograms, query.node_cap_factor, query.num_classes)
     log(INFO, "label histogram: %d of %d nodes reported; federation has %d samples", len(histograms), len(node_ids),
         sum(total))
-    log(INFO, "label histogram (global, class 0..%d): %s", query.num_classes - 1, total)
+    log(DEBUG, "label histogram (global, class 0..%d): %s", query.num_classes - 1, total)  # in metrics.json
     found = Survey(histograms, {}, total, declared, cap, problems, asked=set(node_ids))
     found.claim(partitions, node_ids)
     return found
