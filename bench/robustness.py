@@ -14,6 +14,10 @@
     python bench/robustness.py run full_probe # then: every node scores the probe every round
     python bench/robustness.py run default    # then: the default (the check on, generator_check.on_fail below the line)
     python bench/robustness.py report         # bench/results/robustness.json/.md and the plots
+    python bench/robustness.py plans          # the plans and their job counts
+
+A plan is conf/experiment/robustness/<plan>.yaml (its jobs, in the order they run, with why; _sets.yaml
+names the settings they combine), as the convergence benchmark's pieces are conf/experiment/convergence/.
 
 Setting: bench/convergence.py's (digits, 20 clients, alpha 0.1, 30 rounds, ResNet-18 with BatchNorm),
 with the domain-shifted `fonts` generator and the in-distribution one. Runs live under
@@ -37,240 +41,33 @@ sys.path.insert(0, str(REPO))
 
 import convergence  # noqa: E402  (bench/convergence.py: the same runner, the same folders)
 
-FEDAVG = ("main", ["strategy=base_only", "partition.alpha=0.1"])
-FONTS, DIGITS = "robust_fonts", "robust_digits"
-ADAPTIVE, CONSTANT = "mix.kappa_policy=adaptive", "mix.kappa_policy=constant"
-FROZEN = "augmented.freeze_bn=true"  # the augmented model trains under the global model's BatchNorm statistics
-STEPS = "augmented.max_steps=10"  # the augmented model moves as far per round as a client does
-PROBE = "mix.probe_fraction=0.5"  # the policy with the burden of proof (mix.evidence_z), half the nodes scoring
-NOW = ("mix.choose=this_round", "mix.step=1.0")  # the probe scores this round's mixes and picks this round's kappa
-GROUPNORM = ("model.norm=group", "client.lr=0.005", "augmented.lr=0.005")  # the control_groupnorm piece's model and lr (the server's too)
-FEDAVG_GN = GROUPNORM[:2]  # FedAvg trains no augmented model
-COMBO = [ADAPTIVE, "mix.bn_stats=mixed", PROBE, STEPS, "augmented.filter.mode=confidence"]
-# The same with BatchNorm statistics re-estimated on every node (bench/bn_diagnostic.py: the combination's
-# final model on seed 1 scores 0.825 with mixed statistics, 0.911 with every node's re-estimate).
-RE = ("mix.bn_stats=reestimate", "mix.bn_fraction=1.0")
-COMBO_RE = [ADAPTIVE, *RE, PROBE, STEPS, "augmented.filter.mode=confidence"]
-# Without the augmented model's step cap: with the in-distribution generator COMBO_RE reached 0.9 only in
-# round 8 (constant kappa: round 3-5); the cap slows what good synthetic data can give.
-UNCAPPED_RE = [ADAPTIVE, *RE, PROBE, "augmented.filter.mode=confidence"]
-# The preset with kappa_aug's climb capped (mix.max_rise): its worst rounds below FedAvg followed late jumps
-# of kappa from ~0 to 0.25-0.4 on one round's evidence (seed 0 rounds 20-23, seed 2 round 25).
-RISE = "mix.max_rise=0.05"
-FOLLOW = "augmented.steps_follow_kappa=true"  # the step cap scaled by kappa_aug / its start value
-NULL_LR = "client.lr=0.019"  # FedAvg against itself, slightly perturbed
-# The generator check before round 1 (strategy/generator_check.py): the preset for a trusted generator
-# runs as constant kappa does, for an untrusted one as before.
-CHECK = "generator_check.enabled=true"
-# The default (conf/config.yaml's values, named so that they narrow the robust_* pieces' kappa_policy x bn_stats
-# grid to one job), with the check the pieces switch off turned back on.
-DEFAULT = (CONSTANT, "mix.bn_stats=mixed", CHECK)
-RETIRE = "mix.retire_below=0.03"  # an untrusted generator the evidence turned down is retired for good
-PLANS = {
-    # Screen: each mechanism alone on seed 0 with the shifted generator, against constant kappa (the
-    # control_fonts piece's genfl run) and FedAvg; round-aware augmentation at 10 of 40 clients.
-    "screen": [
-        # In the order they ran (a re-run skips the completed ones); the freeze_bn arm was stopped after
-        # 20 rounds: the augmented model collapsed (test accuracy 0.08-0.16 in rounds 8-12).
-        (FONTS, [ADAPTIVE, "mix.bn_stats=clients", "seed=0"]),  # the first policy: plain mean, 5 nodes
-        (FONTS, [CONSTANT, "mix.bn_stats=clients", "seed=0"]),
-        (FONTS, [ADAPTIVE, "mix.bn_stats=clients", PROBE, "seed=0"]),
-        (FONTS, [CONSTANT, "mix.bn_stats=clients", FROZEN, "seed=0"]),
-        (FONTS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, "seed=0"]),
-        (FONTS, [CONSTANT, "mix.bn_stats=mixed", "augmented.filter.mode=confidence", "seed=0"]),
-        (FEDAVG[0], FEDAVG[1] + ["seed=0"]),
-        (FONTS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, "mix.evidence_z=0.0", "seed=0"]),
-        (FONTS, [CONSTANT, "mix.bn_stats=reestimate", "seed=0"]),
-        ("participation", ["seed=0"]),
-        ("robust_participation", ["seed=0"]),
-        (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=0"]),
-    ],
-    # The chosen configuration (adaptive kappa with the burden of proof, BatchNorm statistics mixed like
-    # the weights) against FedAvg on every seed, then the rest of the screen: in the order they run.
-    "final": [
-        (FEDAVG[0], FEDAVG[1] + ["seed=0"]),
-        (FONTS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, "seed=1"]),
-        (FONTS, [CONSTANT, "mix.bn_stats=mixed", "augmented.filter.mode=confidence", "seed=0"]),
-        (FONTS, [CONSTANT, "mix.bn_stats=reestimate", "seed=0"]),
-        (FONTS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, "mix.evidence_z=2.0", "seed=0"]),
-        (FONTS, [CONSTANT, "mix.bn_stats=mixed", STEPS, "seed=0"]),
-        (FEDAVG[0], FEDAVG[1] + ["seed=1"]),
-        # the three that helped on seed 0, together
-        (FONTS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, STEPS, "augmented.filter.mode=confidence", "seed=0"]),
-        (DIGITS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, "seed=0"]),
-        ("robust_participation", ["seed=0"]),
-        (FONTS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, STEPS, "seed=0"]),
-        (FONTS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, "seed=2"]),
-        (FEDAVG[0], FEDAVG[1] + ["seed=2"]),
-        (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=1"]),
-        (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=2"]),
-    ],
-    # Where the next session starts: the combination that did best on seed 0, on every seed and with
-    # the in-distribution generator, against FedAvg and constant kappa of the same seeds.
-    "next": [
-        (FONTS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, STEPS, "augmented.filter.mode=confidence", "seed=1"]),
-        (FONTS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, STEPS, "augmented.filter.mode=confidence", "seed=2"]),
-        (FEDAVG[0], FEDAVG[1] + ["seed=2"]),
-        (DIGITS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, STEPS, "augmented.filter.mode=confidence", "seed=0"]),
-        (DIGITS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, STEPS, "augmented.filter.mode=confidence", "seed=1"]),
-        (DIGITS, [ADAPTIVE, "mix.bn_stats=mixed", PROBE, STEPS, "augmented.filter.mode=confidence", "seed=2"]),
-        (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=1"]),
-        (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=2"]),
-        ("robust_participation", ["seed=0"]),
-    ],
-    # What the issue's measurement still lacks, in the order it runs (after this_round's first two jobs).
-    "matrix": [  # in the order they ran
-        (FONTS, [*COMBO, "seed=2"]),
-        (FONTS, [*COMBO_RE, "seed=0"]),
-        (FEDAVG[0], FEDAVG[1] + [*RE, "seed=0"]),  # the control: FedAvg with the same statistics
-        (FONTS, [*COMBO_RE, "seed=1"]),
-        (FONTS, [*COMBO_RE, "seed=2"]),
-        (DIGITS, [*COMBO_RE, "seed=0"]),
-        (DIGITS, [*COMBO_RE, "seed=1"]),
-        (DIGITS, [*COMBO_RE, "seed=2"]),
-        (FEDAVG[0], FEDAVG[1] + [*RE, "seed=1"]),
-        (FEDAVG[0], FEDAVG[1] + [*RE, "seed=2"]),
-        (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=1"]),
-        (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=2"]),
-        ("robust_participation", ["seed=0"]),
-        # GroupNorm (no running statistics; FedAvg at alpha 0.1 reaches 0.953 with it, convergence.json's
-        # control_groupnorm, at its lr 0.005): does GenFL with the shifted generator lose to FedAvg there?
-        (FONTS, [*COMBO, *GROUPNORM, "seed=0"]),
-        (FONTS, [CONSTANT, "mix.bn_stats=mixed", *GROUPNORM, "seed=0"]),
-        (DIGITS, [*COMBO, "seed=0"]),
-    ],
-    # Then (the in-distribution seed 0 of COMBO_RE was slow to 0.9): the same without the step cap.
-    "uncapped": [
-        (FONTS, [*UNCAPPED_RE, "seed=0"]),
-        (DIGITS, [*UNCAPPED_RE, "seed=0"]),
-        # fonts seed 0 ended 0.819 (kappa ~0 from round 10): seeds 1-2 of it were not run
-        (FEDAVG[0], FEDAVG[1] + [*RE, "seed=1"]),
-        (FEDAVG[0], FEDAVG[1] + [*RE, "seed=2"]),
-        (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=1"]),
-        (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=2"]),
-        ("robust_participation", ["seed=0"]),
-        (DIGITS, [*COMBO_RE, "seed=1"]),
-        (DIGITS, [*COMBO_RE, "seed=2"]),
-    ],
-    # Last: the combination with GroupNorm (no running statistics) against FedAvg with GroupNorm (0.953).
-    "groupnorm": [
-        (FONTS, [*COMBO, *GROUPNORM, "seed=0"]),
-        (FONTS, [CONSTANT, "mix.bn_stats=mixed", *GROUPNORM, "seed=0"]),
-    ],
-    # The preset with the capped climb, interleaved with the GroupNorm jobs (which had started first).
-    "max_rise": [
-        (FONTS, [*COMBO, *GROUPNORM, "seed=1"]),
-        (FONTS, [*COMBO_RE, RISE, "seed=0"]),
-        (FONTS, [*COMBO_RE, RISE, "seed=1"]),
-        (FONTS, [*COMBO_RE, RISE, "seed=2"]),
-        # (fonts seeds 0-2 ended 0.919 / 0.881 / 0.950, above FedAvg on each: the in-distribution check next)
-        (DIGITS, [*COMBO_RE, RISE, "seed=0"]),
-        (DIGITS, [*COMBO_RE, RISE, "seed=1"]),
-        (DIGITS, [*COMBO_RE, RISE, "seed=2"]),
-        # The step cap slowed the in-distribution generator (0.9 in rounds 9 / 9 / 4): let the augmented
-        # model's steps follow the evidence, from the cap at kappa 0 to every batch at the starting kappa.
-        (DIGITS, [*COMBO_RE, RISE, FOLLOW, "seed=0"]),
-        (FONTS, [*COMBO_RE, RISE, FOLLOW, "seed=0"]),
-        # in-distribution 0.9 in round 3 (was 9) but 0.964; fonts 0.853 (was 0.919), worst gap -0.053: not
-        # run on seeds 1-2 (a stronger early pull toward shifted data again cost the late rounds)
-        # The bar's noise floor: FedAvg itself with a 5% smaller lr (same partitions, same data; nothing that
-        # should change its accuracy) against FedAvg: how far below does it fall in its worst round?
-        (FEDAVG[0], FEDAVG[1] + [NULL_LR, "seed=0"]),
-        (FEDAVG[0], FEDAVG[1] + [NULL_LR, "seed=1"]),
-        (FEDAVG[0], FEDAVG[1] + [NULL_LR, "seed=2"]),
-        (FEDAVG[0], FEDAVG[1] + [*FEDAVG_GN, "seed=1"]),
-        (FONTS, [*COMBO, *GROUPNORM, "seed=2"]),
-        (FEDAVG[0], FEDAVG[1] + [*FEDAVG_GN, "seed=2"]),
-        # two more seeds of the preset and FedAvg with the shifted generator: does "above FedAvg at the end"
-        # hold beyond the three seeds it was chosen on?
-        (FEDAVG[0], FEDAVG[1] + ["seed=3"]),
-        (FONTS, [*COMBO_RE, RISE, "seed=3"]),
-        (FEDAVG[0], FEDAVG[1] + ["seed=4"]),
-        (FONTS, [*COMBO_RE, RISE, "seed=4"]),
-    ],
-    # Constant kappa with the in-distribution generator, seed by seed (convergence.json kept only the
-    # three seeds' mean curve): the reference the in-distribution half of the bar is stated against.
-    "constant_digits": [
-        (DIGITS, [CONSTANT, "mix.bn_stats=mixed", "seed=0"]),
-        (DIGITS, [CONSTANT, "mix.bn_stats=mixed", "seed=1"]),
-        (DIGITS, [CONSTANT, "mix.bn_stats=mixed", "seed=2"]),
-    ],
-    # The preset with the generator check, both generators, every seed (in-distribution first: it should
-    # now be constant kappa's run; the fonts runs the preset's).
-    "generator_check": [
-        (DIGITS, [*COMBO_RE, RISE, CHECK, "seed=0"]),
-        (FONTS, [*COMBO_RE, RISE, CHECK, "seed=0"]),
-        (DIGITS, [*COMBO_RE, RISE, CHECK, "seed=1"]),
-        (FONTS, [*COMBO_RE, RISE, CHECK, "seed=1"]),
-        (DIGITS, [*COMBO_RE, RISE, CHECK, "seed=2"]),
-        (FONTS, [*COMBO_RE, RISE, CHECK, "seed=2"]),
-    ],
-    # Then: the shifted generator retired once kappa_aug falls below 0.03 (the preset's late rounds below
-    # FedAvg came with kappa at 0.03-0.12; at exactly 0, seed 4's rounds followed FedAvg's at +0.01-0.03).
-    "retire": [
-        (FONTS, [*COMBO_RE, RISE, CHECK, RETIRE, "seed=0"]),
-        (FONTS, [*COMBO_RE, RISE, CHECK, RETIRE, "seed=1"]),
-        (FONTS, [*COMBO_RE, RISE, CHECK, RETIRE, "seed=2"]),
-    ],
-    # Then: every node scores the probe every round (which half scored moved seed 1 from 0.881 to 0.831).
-    "full_probe": [
-        (FONTS, [ADAPTIVE, *RE, "mix.probe_fraction=1.0", STEPS, "augmented.filter.mode=confidence", RISE, CHECK, "seed=0"]),
-        (FONTS, [ADAPTIVE, *RE, "mix.probe_fraction=1.0", STEPS, "augmented.filter.mode=confidence", RISE, CHECK, "seed=1"]),
-        (FONTS, [ADAPTIVE, *RE, "mix.probe_fraction=1.0", STEPS, "augmented.filter.mode=confidence", RISE, CHECK, "seed=2"]),
-        # (0.956 / 0.919 / 0.947, worst round gaps +0.019 / +0.006 / -0.003: the bar's shifted half) and the
-        # in-distribution generator, where the check should leave constant kappa's run unchanged
-        (DIGITS, [ADAPTIVE, *RE, "mix.probe_fraction=1.0", STEPS, "augmented.filter.mode=confidence", RISE, CHECK, "seed=0"]),
-        # seeds 3-4 of the shifted generator (FedAvg's exist), after it was chosen
-        (FONTS, [ADAPTIVE, *RE, "mix.probe_fraction=1.0", STEPS, "augmented.filter.mode=confidence", RISE, CHECK, "seed=3"]),
-        (FONTS, [ADAPTIVE, *RE, "mix.probe_fraction=1.0", STEPS, "augmented.filter.mode=confidence", RISE, CHECK, "seed=4"]),
-    ],
-    # Then: the default a user gets (the check on; generator_check.on_fail = the full-probe preset's settings):
-    # it should retrace full_probe's fonts runs and constant kappa's in-distribution runs, number for number.
-    # (robust_* pieces switch the check off for the paper's arms: CHECK turns the default back on.)
-    "default": [
-        (FONTS, [*DEFAULT, "seed=0"]),
-        (DIGITS, [*DEFAULT, "seed=0"]),
-        (FONTS, [*DEFAULT, "seed=1"]),
-        (FONTS, [*DEFAULT, "seed=2"]),
-        (DIGITS, [*DEFAULT, "seed=1"]),
-        (DIGITS, [*DEFAULT, "seed=2"]),
-        (FONTS, [*DEFAULT, "seed=4"]),  # new: full_probe's seed 4 was never run
-        (FONTS, [*DEFAULT, "seed=3"]),
-    ],
-    # Then: GroupNorm on every seed, both generators, each against FedAvg with GroupNorm of the same seed
-    # (GenFL's own constant-kappa runs with GroupNorm last).
-    "groupnorm_seeds": [
-        (FONTS, [*COMBO, *GROUPNORM, "seed=1"]),
-        (FEDAVG[0], FEDAVG[1] + [*FEDAVG_GN, "seed=1"]),
-        (FONTS, [*COMBO, *GROUPNORM, "seed=2"]),
-        (FEDAVG[0], FEDAVG[1] + [*FEDAVG_GN, "seed=2"]),
-        (DIGITS, [*COMBO, *GROUPNORM, "seed=0"]),
-        (DIGITS, [CONSTANT, "mix.bn_stats=mixed", *GROUPNORM, "seed=0"]),
-        (FEDAVG[0], FEDAVG[1] + [*FEDAVG_GN, "seed=0"]),  # convergence.json's, re-run on this code
-        (DIGITS, [*COMBO, *GROUPNORM, "seed=1"]),
-        (DIGITS, [*COMBO, *GROUPNORM, "seed=2"]),
-        (DIGITS, [CONSTANT, "mix.bn_stats=mixed", *GROUPNORM, "seed=1"]),
-        (DIGITS, [CONSTANT, "mix.bn_stats=mixed", *GROUPNORM, "seed=2"]),
-        (FONTS, [CONSTANT, "mix.bn_stats=mixed", *GROUPNORM, "seed=0"]),
-        (FONTS, [CONSTANT, "mix.bn_stats=mixed", *GROUPNORM, "seed=1"]),
-        (FONTS, [CONSTANT, "mix.bn_stats=mixed", *GROUPNORM, "seed=2"]),
-    ],
-    # The combination with the probe's evidence used in the round it was measured (mix.choose=this_round).
-    "this_round": [
-        (FONTS, [*COMBO, *NOW, "seed=0"]),
-        (FEDAVG[0], FEDAVG[1] + ["seed=2"]),
-        (FONTS, [*COMBO, *NOW, "seed=1"]),
-        (FONTS, [*COMBO, *NOW, "seed=2"]),
-        (DIGITS, [*COMBO, *NOW, "seed=0"]),
-        (FONTS, [*COMBO, "seed=2"]),
-        ("robust_participation", ["seed=0"]),
-        (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=1"]),
-        (FONTS, [CONSTANT, "mix.bn_stats=mixed", "seed=2"]),
-        (DIGITS, [*COMBO, *NOW, "seed=1"]),
-        (DIGITS, [*COMBO, *NOW, "seed=2"]),
-    ],
-}
+PLANS = REPO / "conf" / "experiment" / "robustness"  # <plan>.yaml: its jobs; _sets.yaml: the settings they name
 
+
+def plan_names() -> list[str]:
+    return sorted(p.stem for p in PLANS.glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def plan(name: str) -> list[tuple[str, list[str]]]:
+    """The plan's jobs, in order: (convergence piece, overrides), each word of _sets.yaml spelled out."""
+    from omegaconf import OmegaConf
+
+    sets = OmegaConf.to_container(OmegaConf.load(PLANS / "_sets.yaml"))["sets"]
+
+    def spelled(words: list[str], within: tuple[str, ...] = ()) -> list[str]:
+        out = []
+        for word in words:
+            if "=" in word:
+                out.append(word)
+            elif word in sets and word not in within:
+                out += spelled(sets[word], (*within, word))
+            else:
+                raise SystemExit(f"robustness: {name}.yaml: {word!r} is neither an override (key=value) nor a "
+                                 f"set of _sets.yaml ({', '.join(sets)})" + (" (a set naming itself)" if word in within else ""))
+        return out
+
+    jobs = OmegaConf.to_container(OmegaConf.load(PLANS / f"{name}.yaml"))["jobs"]
+    return [(str(job[0]), spelled([str(w) for w in job[1:]])) for job in jobs]
 
 PIECES = ("robust_fonts", "robust_digits", "robust_participation", "main", "participation")
 # What names an arm (besides its piece); the seed is what varies within an arm.
@@ -594,16 +391,20 @@ def _plot(arms: list[dict], out: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/robustness.py", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=("run", "report"))
-    parser.add_argument("plan", nargs="?", choices=sorted(PLANS))
+    parser.add_argument("action", choices=("run", "report", "plans"))
+    parser.add_argument("plan", nargs="?", choices=plan_names())
     parser.add_argument("--root", type=Path, default=convergence.ROOT, help="sweep folders (default outputs/convergence)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="results folder")
     args = parser.parse_args(argv)
     if args.action == "report":
         return report(args.root, args.out)
+    if args.action == "plans":
+        for name in plan_names():
+            print(f"{name}: {len(plan(name))} job(s), {PLANS.relative_to(REPO) / name}.yaml")
+        return 0
     if args.plan is None:
-        parser.error("run needs a plan: " + ", ".join(sorted(PLANS)))
-    return convergence.run(PLANS[args.plan], args.root)
+        parser.error("run needs a plan: " + ", ".join(plan_names()))
+    return convergence.run(plan(args.plan), args.root)
 
 
 if __name__ == "__main__":
