@@ -25,6 +25,7 @@ import os
 import pickle
 import platform
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -135,6 +136,7 @@ def main() -> None:
     parser.add_argument("--fraction", type=float, default=0.1, help="federation.fraction_train")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between memory samples")
+    parser.add_argument("--note", default=None, help="why these settings (stored with the run)")
     args, extra = parser.parse_known_args()
     overrides = [f"federation.num_clients={args.clients}", f"federation.fraction_train={args.fraction}",
                  f"num_rounds={args.rounds}", "strategy=genfl", *extra]
@@ -198,7 +200,8 @@ def main() -> None:
     if not per_round:  # an older metrics.json: from the wall clock
         per_round = [b["wall_seconds"] - a["wall_seconds"] for a, b in zip(rows, rows[1:])]
     result = {
-        "command": "python bench/simulation_scale.py " + " ".join(sys.argv[1:]),
+        "command": "python bench/simulation_scale.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "note": args.note,
         "genfl_run": " ".join(["genfl-run", *overrides]),
         "code": git_state(),
         "machine": f"{platform.machine()}, {psutil.cpu_count()} cores, {psutil.virtual_memory().total / 2**30:.0f} GiB",

@@ -18,7 +18,6 @@ from urllib.parse import unquote, urlparse
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, UNet2DModel
 
 from generation.base import backend_settings, checked_plan
 from generation.cache import file_sha256, runtime_fingerprint
@@ -65,6 +64,8 @@ def load_weights(folder: Path, architecture: Architecture) -> tuple[UNet2DModel,
             f"Generator weights {folder} were trained for architecture {record['architecture']}, "
             f"but the config asks for {architecture.to_dict()}: change the config or pretrain again."
         )
+    from diffusers import UNet2DModel  # imported only when weights load: a cache hit needs no model code
+
     try:  # the fp16 file widened to fp32, exactly
         unet = UNet2DModel.from_pretrained(folder, dtype=torch.float32, local_files_only=True)
     except (OSError, ValueError, RuntimeError) as error:
@@ -280,6 +281,8 @@ class ClassConditionalGenerator:
             )
         self._unet = unet
         self._record = record
+        from diffusers import DDIMScheduler
+
         self._sampler = DDIMScheduler.from_config(
             training_scheduler(self.architecture).config, timestep_spacing="trailing", clip_sample=True
         )

@@ -11,6 +11,7 @@ their intended class. A generator with ``pretrain_if_missing`` calls the same co
 from __future__ import annotations
 
 import copy
+import importlib.metadata
 import json
 import logging
 import math
@@ -22,13 +23,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import diffusers
 import hydra
 import numpy as np
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMScheduler, UNet2DModel
-from diffusers.training_utils import EMAModel
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf, open_dict
@@ -36,7 +34,6 @@ from PIL import Image
 
 from conf import CONF_DIR
 from generation.cache import file_sha256
-from generation.corpora import build_corpus
 from generation.factory import build_generator
 from generation.progress import Progress
 from torchcore.digits import digits_split_indices, load_digits_arrays
@@ -84,6 +81,8 @@ class Architecture:
 
 def training_scheduler(architecture: Architecture) -> DDPMScheduler:
     """The noise schedule the model was trained with (sampling derives its DDIM schedule from it)."""
+    from diffusers import DDPMScheduler  # diffusers (with transformers, ~65 MB) only where a model is made
+
     return DDPMScheduler(
         num_train_timesteps=architecture.num_train_timesteps,
         beta_schedule=architecture.beta_schedule,
@@ -135,6 +134,8 @@ def pretraining_settings(dataset_cfg: Mapping, overrides: Sequence[str] = ()) ->
 
 
 def pretraining_corpus(corpus: str, pretraining: Pretraining) -> tuple[torch.Tensor, torch.Tensor]:
+    from generation.corpora import build_corpus  # matplotlib's fonts: only when a corpus is built
+
     return build_corpus(
         corpus,
         seed=pretraining.seed,
@@ -147,6 +148,8 @@ def pretraining_corpus(corpus: str, pretraining: Pretraining) -> tuple[torch.Ten
 
 def build_unet(architecture: Architecture) -> UNet2DModel:
     """A randomly initialised UNet at 8x8 with ``num_classes + 1`` class embeddings (the last is 'no class')."""
+    from diffusers import UNet2DModel
+
     return UNet2DModel(
         sample_size=IMAGE_SHAPE[1],
         in_channels=IMAGE_SHAPE[0],
@@ -193,6 +196,8 @@ def _train(
     with torch.random.fork_rng(devices=[]):  # seeded initialisation without touching the caller's RNG
         torch.manual_seed(pretraining.seed)
         unet = build_unet(architecture).to(device).train()
+    from diffusers.training_utils import EMAModel
+
     # diffusers' EMA warms up as (1 + step) / (10 + step), so short runs are not dominated by the initialisation.
     ema = EMAModel(unet.parameters(), decay=pretraining.ema_decay, foreach=True)
     scheduler = training_scheduler(architecture)
@@ -248,7 +253,7 @@ def pretrain_on_corpus(
         "parameters": sum(p.numel() for p in unet.parameters()),
         "pretraining_seconds": round(time.perf_counter() - started, 1),
         "device": str(device),
-        "versions": {"torch": torch.__version__, "diffusers": diffusers.__version__},
+        "versions": {"torch": torch.__version__, "diffusers": importlib.metadata.version("diffusers")},
     }
     return unet, record
 

@@ -177,3 +177,22 @@ def test_training_leaves_no_gradients_behind():
     loss = train(model, data, train_settings(batch_size=8, max_steps=3), torch.device("cpu"), seed=0)
     assert loss > 0
     assert [p.grad for p in model.parameters()] == [None, None]
+
+
+def test_a_cache_hit_of_the_offline_generator_loads_no_model_code(tmp_path):
+    """A resumed or repeated run finds its synthetic set in the cache: diffusers (with transformers and
+    scipy, ~65 MB in the ServerApp) is imported only when a model is actually loaded."""
+    out = _python(f"""
+        import sys, torch
+        from server_app.config import load_config
+        from generation.cache import cache_path, generate_cached, write_entry
+        from generation.factory import build_generator
+        cfg = load_config([])
+        generator = build_generator(cfg.generator, cfg.dataset)
+        plan = {{0: 2, 1: 3}}
+        path = cache_path(generator, plan, 0, {str(tmp_path)!r})
+        write_entry(path, torch.zeros(5, 1, 8, 8, dtype=torch.uint8), torch.tensor([0, 0, 1, 1, 1]), {{"plan": plan}})
+        images, labels, hit = generate_cached(generator, plan, 0, {str(tmp_path)!r})
+        print(hit, len(labels), sorted(m for m in ("diffusers", "transformers", "matplotlib") if m in sys.modules))
+    """)
+    assert out.split() == ["True", "5", "[]"]
