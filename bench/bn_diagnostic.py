@@ -5,7 +5,7 @@
 For each finished run (its checkpoint holds the final global model, its metrics.json the config that
 fixes the clients' partitions) the final model is scored on the test split with its BatchNorm running
 statistics as aggregated and as re-estimated in three ways, weights unchanged:
-- ``train_mode_per_node``: what `mix.bn_stats=reestimate` does (torchcore/bn.py on every node's data,
+- ``train_mode_per_node``: what `mix.bn_stats=reestimate` does (genfl_torch/bn.py on every node's data,
   combined by the law of total variance): each node normalises its own batch on the way through;
 - ``pooled``: "precise BN" over the union of every client's training data in one batch (what a server
   holding all the data would compute: the reference no federated protocol can beat);
@@ -30,13 +30,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
-from client_app.contract import ClientConfig  # noqa: E402
-from torchcore.bn import bn_statistics  # noqa: E402
-from torchcore.data import Split, as_float, load_splits  # noqa: E402
-from torchcore.mixing import combine_bn_statistics  # noqa: E402
-from torchcore.model import seeded_model  # noqa: E402
-from torchcore.partition import client_partition  # noqa: E402
-from torchcore.train import evaluate, load_numpy_state  # noqa: E402
+from genfl_protocol.contract import ClientConfig  # noqa: E402
+from genfl_torch.bn import bn_statistics  # noqa: E402
+from genfl_torch.data import Split, as_float, load_splits  # noqa: E402
+from genfl_protocol.mixing import combine_bn_statistics  # noqa: E402
+from genfl_torch.model import seeded_model  # noqa: E402
+from genfl_torch.partition import client_partition  # noqa: E402
+from genfl_torch.train import evaluate, load_numpy_state  # noqa: E402
 
 CPU = torch.device("cpu")
 

@@ -94,7 +94,7 @@ ARM_KEYS = {"strategy": "strategy.name", "alpha": "partition.alpha", "kappa_aug"
 
 
 def sweep_command(piece: str, root: Path, extra: list[str]) -> list[str]:
-    return [sys.executable, "-m", "cli.sweep", f"+experiment=convergence/{piece}",
+    return [sys.executable, "-m", "genfl_cli.sweep", f"+experiment=convergence/{piece}",
             f"hydra.sweep.dir={root / piece}", *extra]
 
 

@@ -30,7 +30,7 @@ import json, resource, sys, time
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, RecordDict
 import client_app.app as client
-from torchcore.model import seeded_model
+from genfl_torch.model import seeded_model
 bench = sys.argv[1]
 config = ConfigRecord(json.load(open(bench + "/config.json")))
 context = Context(run_id=1, node_id=7, node_config={"data-path": bench + "/node"}, state=RecordDict(), run_config={})

@@ -32,7 +32,7 @@ def main(extra: list[str]) -> None:
     overrides = DEFAULTS + extra
     with tempfile.TemporaryDirectory() as tmp:
         started = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "cli.run", *overrides, f"output.dir={tmp}/run"],
+        proc = subprocess.run([sys.executable, "-m", "genfl_cli.run", *overrides, f"output.dir={tmp}/run"],
                               cwd=REPO, capture_output=True, text=True)
         flower_seconds = time.perf_counter() - started
         if proc.returncode != 0:

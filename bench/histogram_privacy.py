@@ -26,9 +26,9 @@ sys.path.insert(0, str(ROOT))
 
 from generation.planning import plan_generation  # noqa: E402
 from server_app.config import load_config  # noqa: E402
-from torchcore.data import load_splits  # noqa: E402
-from torchcore.partition import dirichlet_partitions, label_histogram  # noqa: E402
-from torchcore.privacy import privatize_histogram  # noqa: E402
+from genfl_torch.data import load_splits  # noqa: E402
+from genfl_torch.partition import dirichlet_partitions, label_histogram  # noqa: E402
+from genfl_torch.privacy import privatize_histogram  # noqa: E402
 
 EPSILONS = [0.1, 0.5, 1.0, 2.0, 5.0]
 # A plan that depends on the histogram: lift every class to 150 images (the federation has ~108 each).
@@ -70,7 +70,7 @@ def accuracy(epsilons: list[float | None], rounds: int) -> dict:
             "histogram_privacy.reproducible_noise=true"]
         run_dir = ROOT / "outputs" / "bench-histogram-privacy" / f"eps-{epsilon}"
         started = time.perf_counter()
-        code = subprocess.run([sys.executable, "-m", "cli.run", *POLICY, *privacy, f"num_rounds={rounds}",
+        code = subprocess.run([sys.executable, "-m", "genfl_cli.run", *POLICY, *privacy, f"num_rounds={rounds}",
                                f"output.dir={run_dir}"], cwd=ROOT).returncode  # genfl-run
         metrics = json.loads((run_dir / "metrics.json").read_text())
         rows = metrics["rounds"]

@@ -4,7 +4,7 @@
 
 A simulation worker gets one message per sampled node and serves them round-robin, so the partition
 id changes on every call. BEFORE is the code at 2c7634d (an lru_cache of 4 partitions, keyed by
-partition id: every call recomputes the whole Dirichlet split); AFTER is torchcore/partition.py
+partition id: every call recomputes the whole Dirichlet split); AFTER is genfl_torch/partition.py
 (the split is cached per spec, a call is a subset). Both are timed in this one process on the same
 call sequence (warm imports, digits, 100 clients, the spec the server sends, see server_app/app.py
 `train_config`), and every AFTER result is checked equal to BEFORE's.
@@ -41,7 +41,7 @@ CASES = [  # (alpha, min_partition_size)
 
 def _load_before(tmp: str):
     """The original module, from git, importable beside the current one."""
-    source = subprocess.run(["git", "show", f"{BEFORE_COMMIT}:torchcore/partition.py"], cwd=REPO,
+    source = subprocess.run(["git", "show", f"{BEFORE_COMMIT}:genfl_torch/partition.py"], cwd=REPO,
                             capture_output=True, text=True, check=True).stdout
     path = Path(tmp, "partition_before.py")
     path.write_text(source)
@@ -81,7 +81,7 @@ def main(passes: int) -> None:
     import numpy as np
     import torch
 
-    import torchcore.partition as after
+    import genfl_torch.partition as after
 
     load_at_start = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp:

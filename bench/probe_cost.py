@@ -30,8 +30,8 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, Metadat
 from client_app.app import app  # noqa: E402
 from server_app.build import client_config  # noqa: E402
 from server_app.config import load_config  # noqa: E402
-from torchcore.model import seeded_model  # noqa: E402
-from torchcore.train import state_to_numpy  # noqa: E402
+from genfl_torch.model import seeded_model  # noqa: E402
+from genfl_torch.train import state_to_numpy  # noqa: E402
 
 
 def _message(kind: str, content: RecordDict) -> Message:

@@ -107,7 +107,7 @@ def measure_rounds(dep: Deployment, nodes: int, rounds: int) -> dict:
         dep.wait_online(nodes)
         out = dep.root / f"run-{path}"
         started = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "cli.deploy_run", "edge", f"output.dir={out}", f"num_rounds={rounds}",
+        proc = subprocess.run([sys.executable, "-m", "genfl_cli.deploy_run", "edge", f"output.dir={out}", f"num_rounds={rounds}",
                                f"federation.expected_nodes={nodes}", f"generation.cache_dir={dep.root / 'cache'}",
                                f"generator.weights_dir={dep.root / 'weights'}", *RUN],
                               cwd=REPO, env=dep.env, capture_output=True, text=True, timeout=3600)

@@ -17,11 +17,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from server_app.config import load_config  # noqa: E402
-from strategy.aggregation import weighted_mix  # noqa: E402
-from torchcore.data import load_splits  # noqa: E402
-from torchcore.model import build_resnet18, seeded_model  # noqa: E402
-from torchcore.partition import dirichlet_partitions  # noqa: E402
-from torchcore.train import TrainSettings, evaluate, load_numpy_state, state_to_numpy, train  # noqa: E402
+from genfl_protocol.mixing import weighted_mix  # noqa: E402
+from genfl_torch.data import load_splits  # noqa: E402
+from genfl_torch.model import build_resnet18, seeded_model  # noqa: E402
+from genfl_torch.partition import dirichlet_partitions  # noqa: E402
+from genfl_torch.train import TrainSettings, evaluate, load_numpy_state, state_to_numpy, train  # noqa: E402
 
 
 def run(overrides: list[str]) -> dict:

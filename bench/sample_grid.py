@@ -26,7 +26,7 @@ def render(corpus: str, out: Path, per_class: int, seed: int, overrides: list[st
     from generation.factory import build_generator
     from generation.quality import save_sample_grid
     from server_app.config import load_config
-    from torchcore.data import Split
+    from genfl_torch.data import Split
 
     cfg = load_config(["generator=class_conditional", f"generator.corpus={corpus}", f"seed={seed}", *overrides])
     generator = build_generator(cfg.generator, cfg.dataset)

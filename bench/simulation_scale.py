@@ -54,7 +54,7 @@ def role(cmdline: list[str]) -> str:
         return "client_workers"
     if "ray" in text or "raylet" in text or "gcs_server" in text:
         return "ray_services"
-    if "cli.run" in text:
+    if "genfl_cli.run" in text:
         return "launcher"
     return "flower_services"  # SuperLink, SuperExec, `flwr log`
 
@@ -141,7 +141,7 @@ def main() -> None:
     overrides = [f"federation.num_clients={args.clients}", f"federation.fraction_train={args.fraction}",
                  f"num_rounds={args.rounds}", "strategy=genfl", *extra]
     run_dir = Path(tempfile.mkdtemp(prefix="genfl-scale-")) / "run"
-    command = [sys.executable, "-m", "cli.run", *overrides, f"output.dir={run_dir}"]
+    command = [sys.executable, "-m", "genfl_cli.run", *overrides, f"output.dir={run_dir}"]
     started = time.perf_counter()
     launcher = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 bufsize=1)

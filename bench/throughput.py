@@ -3,7 +3,7 @@
 (a) generation through generation/ against a bare diffusers pipeline call with the same settings;
 (f) prompt diversity: several prompt templates and a per-image guidance scale drawn from [1, 5] against
     one template and a fixed scale, on the same pipeline (and one pipeline call per image, for comparison);
-(b) augmented-model training through torchcore.train (the server's path) against a minimal loop over
+(b) augmented-model training through genfl_torch.train (the server's path) against a minimal loop over
     tensors already on the device; (e) the clients' training path the same way, at the clients' batch size;
 (c) an image-cache hit against generating the same plan;
 (d) (--simulation, needs flwr) a GenFL round against a FedAvg round in a real simulation, with the
@@ -40,9 +40,9 @@ sys.path.insert(0, str(ROOT / "tests"))  # the offline SD folder builders live w
 from generation.cache import generate_cached  # noqa: E402
 from generation.prompts import CIFAR10_CLASS_NAMES  # noqa: E402
 from generation.text_to_image import TextToImageGenerator, image_seed  # noqa: E402
-from torchcore.data import Split, as_float  # noqa: E402
-from torchcore.model import seeded_model  # noqa: E402
-from torchcore.train import TrainSettings, evaluate, train  # noqa: E402
+from genfl_torch.data import Split, as_float  # noqa: E402
+from genfl_torch.model import seeded_model  # noqa: E402
+from genfl_torch.train import TrainSettings, evaluate, train  # noqa: E402
 
 
 def sync(device: torch.device) -> None:
@@ -228,7 +228,7 @@ def simulation(rounds: int, clients: int) -> dict:
     base = Path(tempfile.mkdtemp(prefix="genfl-throughput-"))
     for name, overrides in arms.items():
         run_dir = base / name
-        code = subprocess.run([sys.executable, "-m", "cli.run", *common, *overrides, f"output.dir={run_dir}",
+        code = subprocess.run([sys.executable, "-m", "genfl_cli.run", *common, *overrides, f"output.dir={run_dir}",
                                f"generation.cache_dir={base / 'cache'}"], cwd=ROOT).returncode  # genfl-run
         rows = json.loads((run_dir / "metrics.json").read_text())["rounds"]
         per_round = [b["wall_seconds"] - a["wall_seconds"] for a, b in zip(rows, rows[1:])]

@@ -44,7 +44,7 @@ METRIC = "test_accuracy"
 
 def run_sweep(sweep_dir: Path) -> None:
     """The two-job sweep (its completed jobs are skipped when re-run on the same folder)."""
-    command = [sys.executable, "-m", "cli.sweep", *SWEEP, f"hydra.sweep.dir={sweep_dir}"]
+    command = [sys.executable, "-m", "genfl_cli.sweep", *SWEEP, f"hydra.sweep.dir={sweep_dir}"]
     print("ui_screenshot: running", " ".join(["genfl-sweep", *SWEEP, f"hydra.sweep.dir={sweep_dir}"]), flush=True)
     subprocess.run(command, cwd=REPO, check=True)
 

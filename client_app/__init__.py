@@ -1,1 +1,1 @@
-"""The Flower ClientApp: a thin adapter from Messages to torchcore's training code."""
+"""The Flower ClientApp: a thin adapter from Messages to genfl_torch's training code."""

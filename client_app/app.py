@@ -13,19 +13,19 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client_app.contract import (AUGMENTED, BN_QUERY, BN_RECORD, CLIENT_PART, EVAL_ACC, EVAL_LOSS, MIX_ACC, MIX_LOSS,
+from genfl_protocol.contract import (AUGMENTED, BN_QUERY, BN_RECORD, CLIENT_PART, EVAL_ACC, EVAL_LOSS, MIX_ACC, MIX_LOSS,
                                  PARTITION_QUERY, PROBE, PROBE_BN_STATS, PROBE_CANDIDATES, PROBE_QUERY, PROXIMAL_MU,
                                  SERVER_ROUND, ClientConfig)
 from client_app.mods import dp_clipping_mod, release_memory_mod, time_budget_mod
-from torchcore.classes import class_names
-from torchcore.data import Split
-from torchcore.bn import bn_statistics
-from torchcore.imagefolder import read_image_folder
-from torchcore.mixing import eq1_along
-from torchcore.model import build_resnet18
-from torchcore.partition import client_partition, label_histogram
-from torchcore.privacy import privatize_histogram
-from torchcore.train import TrainSettings, evaluate, load_numpy_state, resolve_device, train
+from genfl_torch.classes import class_names
+from genfl_torch.data import Split
+from genfl_torch.bn import bn_statistics
+from genfl_torch.imagefolder import read_image_folder
+from genfl_protocol.mixing import eq1_along
+from genfl_torch.model import build_resnet18
+from genfl_torch.partition import client_partition, label_histogram
+from genfl_torch.privacy import privatize_histogram
+from genfl_torch.train import TrainSettings, evaluate, load_numpy_state, resolve_device, train
 
 app = ClientApp(mods=[release_memory_mod, time_budget_mod, dp_clipping_mod])
 

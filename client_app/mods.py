@@ -27,8 +27,8 @@ from flwr.app.error import Error
 from flwr.clientapp.mod import adaptiveclipping_mod, fixedclipping_mod
 from flwr.common.constant import ErrorCode
 
-from client_app.contract import ADAPTIVE_CLIPPING, CLIPPING_NORM, TIME_BUDGET
-from torchcore.memory import trim_heap
+from genfl_protocol.contract import ADAPTIVE_CLIPPING, CLIPPING_NORM, TIME_BUDGET
+from genfl_torch.memory import trim_heap
 
 # The key of the run's ConfigRecord in every message the server sends (Flower's ``configrecord_key``,
 # which the ServerApp leaves at its default); the ClientApp's handlers read it under the same key.
@@ -82,7 +82,7 @@ def dp_clipping_mod(msg: Message, context: Context, call_next) -> Message:
 
 
 def release_memory_mod(msg: Message, context: Context, call_next) -> Message:
-    """After each message, return the heap its model copies used to the OS (torchcore/memory.py): a
+    """After each message, return the heap its model copies used to the OS (genfl_torch/memory.py): a
     simulation worker serves message after message, and its freed memory would otherwise pile up."""
     try:
         return call_next(msg, context)

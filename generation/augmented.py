@@ -28,8 +28,8 @@ from generation.base import ImageGenerator
 from generation.cache import cache_key, generate_cached
 from generation.filtering import FilterSettings, per_class, score_confidence, select
 from generation.planning import plan_generation, requested_images
-from torchcore.data import Split
-from torchcore.train import TrainSettings, batch_bounds, evaluate, load_numpy_state, state_to_numpy, train
+from genfl_torch.data import Split
+from genfl_torch.train import TrainSettings, batch_bounds, evaluate, load_numpy_state, state_to_numpy, train
 
 logger = logging.getLogger(__name__)
 
@@ -326,7 +326,7 @@ class AugmentedModelTrainer:
 
 
 def images_trained(n: int, settings: TrainSettings) -> int:
-    """How many images `torchcore.train.train` passes through the model for a set of ``n``: its batches
+    """How many images `genfl_torch.train.train` passes through the model for a set of ``n``: its batches
     (`batch_bounds`) over every epoch, stopped after ``settings.max_steps`` of them. The count metrics.json
     reports as ``images_used``: with a step cap, not the whole set times the epochs."""
     sizes = [end - start for start, end in batch_bounds(n, settings.batch_size)] * settings.epochs

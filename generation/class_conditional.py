@@ -35,7 +35,7 @@ from generation.pretrain import (
     training_scheduler,
 )
 from generation.progress import Progress
-from torchcore.train import resolve_device
+from genfl_torch.train import resolve_device
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from generation.base import looks_like_path
-from torchcore.data import Split, as_float
+from genfl_torch.data import Split, as_float
 
 logger = logging.getLogger(__name__)
 

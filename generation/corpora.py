@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from torchcore.digits import digits_split_indices, load_digits_arrays
+from genfl_torch.digits import digits_split_indices, load_digits_arrays
 
 CORPORA = ("digits-public", "fonts")
 

@@ -24,7 +24,7 @@ import torch
 from generation.base import backend_settings, checked_plan
 from generation.factory import DIGIT_CORPORA
 from generation.prompts import builtin_class_names, resolve_class_names
-from torchcore.imagefolder import RESAMPLE, read_image_folder
+from genfl_torch.imagefolder import RESAMPLE, read_image_folder
 
 logger = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import importlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from torchcore.classes import BUILTIN_CLASS_NAMES
+from genfl_torch.classes import BUILTIN_CLASS_NAMES
 
 # generation.corpora.CORPORA, spelled out so that a fit check never imports torch (tests keep them equal)
 DIGIT_CORPORA = ("digits-public", "fonts")

@@ -127,7 +127,7 @@ def score_confidence(model: nn.Module, data: Split, device: torch.device, batch_
     """
     import torch
 
-    from torchcore.data import as_float
+    from genfl_torch.data import as_float
 
     was_training = model.training
     model.to(device).eval()

@@ -36,7 +36,7 @@ from conf import CONF_DIR
 from generation.cache import file_sha256
 from generation.factory import build_generator
 from generation.progress import Progress
-from torchcore.digits import digits_split_indices, load_digits_arrays
+from genfl_torch.digits import digits_split_indices, load_digits_arrays
 
 logger = logging.getLogger(__name__)
 

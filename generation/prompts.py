@@ -11,8 +11,8 @@ import string
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-# The class lists live with the data sets (torchcore), so edge nodes can map folder names without diffusers.
-from torchcore.classes import BUILTIN_CLASS_NAMES, CIFAR10_CLASS_NAMES, CIFAR100_CLASS_NAMES, DIGITS_CLASS_NAMES  # noqa: F401
+# The class lists live with the data sets (genfl_torch), so edge nodes can map folder names without diffusers.
+from genfl_torch.classes import BUILTIN_CLASS_NAMES, CIFAR10_CLASS_NAMES, CIFAR100_CLASS_NAMES, DIGITS_CLASS_NAMES  # noqa: F401
 
 
 def builtin_class_names(dataset: str) -> tuple[str, ...]:

@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from torchcore.data import Split, as_float
+from genfl_torch.data import Split, as_float
 
 METRICS_KEY = "synthetic_quality"  # the scores' key in metrics.json
 MAX_IMAGES = 1_000

@@ -23,8 +23,8 @@ from server_app.config import load_config, on_fail_config, overrides_from_run_co
 from server_app.nodes import WatchedGrid, wait_for_federation
 from server_app.results import SYNTHETIC_SAMPLES, RunReport, eta_seconds
 from strategy.stats import RoundStats
-from torchcore.data import Split
-from torchcore.train import evaluate, load_numpy_state
+from genfl_torch.data import Split
+from genfl_torch.train import evaluate, load_numpy_state
 
 app = ServerApp()
 
@@ -139,7 +139,7 @@ def _quality_report(cfg: DictConfig, report: RunReport, model: torch.nn.Module, 
                     test: Split, device: torch.device) -> None:
     """How the synthetic set relates to the real data (generation/quality.py) and the picture of it."""
     from generation.quality import METRICS_KEY, disagreement_warning, save_sample_grid, synthetic_quality
-    from torchcore.classes import BUILTIN_CLASS_NAMES
+    from genfl_torch.classes import BUILTIN_CLASS_NAMES
 
     kept, ds = augmenter.kept_mask, cfg.dataset
     started = time.monotonic()

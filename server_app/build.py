@@ -18,20 +18,20 @@ from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.common.logger import log
 from omegaconf import DictConfig, OmegaConf
 
-from client_app.contract import ClientConfig
+from genfl_protocol.contract import ClientConfig
 from generation.filtering import FilterSettings
 from strategy.bases import build_base
 from strategy.generator_check import GeneratorCheck, Regime
 from strategy.genfl import GenFL
 from strategy.kappa import AdaptiveKappa, KappaSchedule
 from strategy.replies import Reliability
-from torchcore.privacy import total_noise_bound
+from genfl_torch.privacy import total_noise_bound
 
 if TYPE_CHECKING:
     import torch
 
     from generation.augmented import AugmentedModelTrainer
-    from torchcore.data import Split
+    from genfl_torch.data import Split
 
 AUGMENTER_STATE = "augmenter"  # the augmented-model trainer's state, saved beside the strategy's in a checkpoint
 
@@ -70,7 +70,7 @@ def filter_settings(cfg: DictConfig) -> FilterSettings:
 
 def class_names(cfg: DictConfig) -> tuple[str, ...]:
     """CLIP's class names: those Stable Diffusion prompted with (``generator.class_names``), else the data set's."""
-    from torchcore.classes import class_names as builtin
+    from genfl_torch.classes import class_names as builtin
 
     names = cfg.generator.get("class_names") if cfg.generator.backend == "stable_diffusion" else None
     return tuple(str(n) for n in names) if names else builtin(cfg.dataset.name)
@@ -143,7 +143,7 @@ def reliability(cfg: DictConfig) -> Reliability:
 
 
 def client_config(cfg: DictConfig, time_budget: float | None = None) -> ConfigRecord:
-    """What every message tells a client (client_app/contract.py), from the run's config."""
+    """What every message tells a client (genfl_protocol/contract.py), from the run's config."""
     config = OmegaConf.to_container(cfg, resolve=True)
     return ConfigRecord(ClientConfig.from_run_config(config, time_budget).to_record())
 
@@ -152,7 +152,7 @@ def augmenter(cfg: DictConfig, model: torch.nn.Module, device: torch.device, tes
     """The server's synthetic-data trainer; the generator itself loads only when images are needed."""
     from generation.augmented import AugmentedModelTrainer
     from generation.factory import build_generator
-    from torchcore.train import TrainSettings
+    from genfl_torch.train import TrainSettings
 
     aug = cfg.augmented
     return AugmentedModelTrainer(
@@ -193,9 +193,9 @@ def server_run(cfg: DictConfig, start: DictConfig, num_nodes: int, resumed: dict
     """Everything the ServerApp runs with. ``start``: the settings it starts with (``cfg``, or with the
     generator check ``cfg`` under generator_check.on_fail: a trusted generator switches to ``cfg``'s
     before round 1); ``resumed``: a checkpoint to continue from (server_app/checkpoint.py)."""
-    from torchcore.data import load_splits
-    from torchcore.model import seeded_model
-    from torchcore.train import resolve_device
+    from genfl_torch.data import load_splits
+    from genfl_torch.model import seeded_model
+    from genfl_torch.train import resolve_device
 
     ds, fed = cfg.dataset, cfg.federation
     test, device = load_splits(ds)["test"], resolve_device(cfg.server.device)

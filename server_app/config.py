@@ -112,7 +112,7 @@ def validate(cfg: DictConfig) -> None:
         value = fed[key]
         _check(isinstance(value, int) and 0 <= value <= fed.num_clients, f"federation.{key}",
                f"must be an integer in 0..federation.num_clients ({fed.num_clients}): more clients per round than clients", value)
-    # torchcore.model.NORMS, spelled out so that validating never imports torch (tests keep them equal)
+    # genfl_torch.model.NORMS, spelled out so that validating never imports torch (tests keep them equal)
     _check(cfg.model.norm in ("batch", "group"), "model.norm", "must be batch or group", cfg.model.norm)
     part = cfg.partition
     _check(_number(part.alpha) and part.alpha > 0, "partition.alpha", "must be > 0", part.alpha)
@@ -199,7 +199,7 @@ def _validate_genfl(cfg: DictConfig) -> None:
 
 def _validate_mix(cfg: DictConfig) -> None:
     from strategy.kappa import CHOOSE, POLICIES
-    from torchcore.mixing import BN_MODES
+    from genfl_protocol.mixing import BN_MODES
 
     m, st = cfg.mix, cfg.strategy
     _check(m.kappa_policy in POLICIES, "mix.kappa_policy", f"must be one of {', '.join(POLICIES)}", m.kappa_policy)
@@ -289,7 +289,7 @@ def _leaves(tree: dict, prefix: str = "") -> list[str]:
 
 
 def _validate_reliability(cfg: DictConfig) -> None:
-    from torchcore.privacy import noise_scale
+    from genfl_torch.privacy import noise_scale
 
     rel = cfg.reliability
     _check(rel.max_samples_per_node is None or (isinstance(rel.max_samples_per_node, int) and rel.max_samples_per_node >= 1),

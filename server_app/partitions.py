@@ -8,15 +8,15 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from client_app.contract import ClientConfig
+from genfl_protocol.contract import ClientConfig
 from server_app.config import load_config
 
 
 def export(out: Path, num_partitions: int, only: list[int] | None, overrides: list[str]) -> dict[int, list[int]]:
     """Write the partitions; returns each written partition's per-class counts."""
-    from torchcore.classes import class_names
-    from torchcore.imagefolder import write_image_folder
-    from torchcore.partition import client_partition
+    from genfl_torch.classes import class_names
+    from genfl_torch.imagefolder import write_image_folder
+    from genfl_torch.partition import client_partition
 
     cfg = load_config(overrides)
     # The exact data spec the server sends its clients.

@@ -2,7 +2,7 @@
 columns do not change results, reads its JSON files and writes metrics.json/csv and accuracy.png.
 
 metrics.json is rewritten atomically after every round, so a crashed run still leaves what it did.
-The operator's commands (cli/) import these names; nothing here imports them.
+The operator's commands (genfl_cli/) import these names; nothing here imports them.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-from client_app.contract import PROBE_QUERY
+from genfl_protocol.contract import PROBE_QUERY
 from strategy.grids import send
 from strategy.replies import cap_weight, evaluate_reply_problem, screen
 
@@ -81,7 +81,7 @@ class Queries:
 
     def ask(self, server_round: int, stream: str, fraction: float, records: dict, kind: str, what: str,
             problem: Callable[[Message, int], str | None]) -> list[Message]:
-        """``records`` as query ``kind`` (client_app/contract.py) to ``fraction`` of the nodes; the usable replies."""
+        """``records`` as query ``kind`` (genfl_protocol/contract.py) to ``fraction`` of the nodes; the usable replies."""
         nodes = sample([n for n in self.grid.get_node_ids() if n in self.survey.histograms], fraction, self.survey.order,
                        seed=self.seed, server_round=server_round, stream=stream)
         return ask(self.grid, nodes, RecordDict({**records, **self.config}), f"query.{kind}", self.timeout,

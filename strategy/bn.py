@@ -1,5 +1,5 @@
 """mix.bn_stats=reestimate: the mixed model's BatchNorm running statistics, recomputed by a sample of
-the nodes on their own data (query.bn_statistics) and combined (torchcore.mixing).
+the nodes on their own data (query.bn_statistics) and combined (genfl_protocol.mixing).
 
 Mixed like the weights, the statistics of a model trained on synthetic images drag the global
 model's away from the clients' real data; recomputed, they describe that data, and the server still
@@ -15,11 +15,11 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, Message
 from flwr.common.logger import log
 
-from client_app.contract import BN_QUERY, BN_RECORD
+from genfl_protocol.contract import BN_QUERY, BN_RECORD
 from strategy.probe import scores
 from strategy.replies import bn_reply_problem, cap_weight
 from strategy.stats import RoundStats
-from torchcore.mixing import bn_statistic_names, combine_bn_statistics
+from genfl_protocol.mixing import bn_statistic_names, combine_bn_statistics
 
 
 def reestimate(server_round: int, mixed: dict[str, np.ndarray], ask: Callable[..., list[Message]],

@@ -19,7 +19,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.exception import AggregationError, InconsistentMessageReplies
 from flwr.serverapp.strategy import FedAvgM, Strategy
 
-from strategy.aggregation import like
+from genfl_protocol.mixing import like
 from strategy.ask import seeded
 from strategy.bases import dp_wrapper, innermost
 from strategy.cooldown import Cooldown

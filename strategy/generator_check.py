@@ -20,7 +20,7 @@ from logging import INFO, WARNING
 from flwr.app import Message
 from flwr.common.logger import log
 
-from client_app.contract import MIX_ACC
+from genfl_protocol.contract import MIX_ACC
 from strategy.kappa import AdaptiveKappa, KappaSchedule
 from strategy.probe import Probe, scores
 

@@ -40,8 +40,8 @@ from strategy.probe import Probe
 from strategy.replies import Reliability, screen
 from strategy.rounds import Phases, TrueRounds
 from strategy.stats import RoundStats
-from torchcore.memory import release_memory
-from torchcore.mixing import bn_statistic_names, mix
+from genfl_torch.memory import release_memory
+from genfl_protocol.mixing import bn_statistic_names, mix
 
 
 class RoundFailedError(RuntimeError):
@@ -189,7 +189,7 @@ class GenFL(Strategy):
             self._choose_now(client_part, augmented, stats)
             mixed = self._mix(client_part, augmented, stats)
             cause = self._guard(mixed, stats)
-        release_memory()  # reference cycles, then the freed heap back to the OS (torchcore/memory.py)
+        release_memory()  # reference cycles, then the freed heap back to the OS (genfl_torch/memory.py)
         if cause is not None:
             return self._round_failed(server_round, cause, learnt), None
         self._accepted(client_part, augmented, stats)

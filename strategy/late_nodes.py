@@ -18,7 +18,7 @@ from flwr.app import RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
-from client_app.contract import PARTITION_QUERY as _PARTITION
+from genfl_protocol.contract import PARTITION_QUERY as _PARTITION
 from strategy.grids import send
 from strategy.cooldown import Cooldown
 from strategy.histograms import HistogramQuery, Survey, partition_of, survey

@@ -17,7 +17,7 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message
 from flwr.common.logger import log
 
-from client_app.contract import AUGMENTED, CLIENT_PART, MIX_ACC, MIX_LOSS, PROBE, PROBE_BN_STATS, PROBE_CANDIDATES
+from genfl_protocol.contract import AUGMENTED, CLIENT_PART, MIX_ACC, MIX_LOSS, PROBE, PROBE_BN_STATS, PROBE_CANDIDATES
 from strategy.kappa import AdaptiveKappa
 from strategy.stats import RoundStats
 
@@ -39,7 +39,7 @@ def _record(state: dict[str, np.ndarray]) -> ArrayRecord:
 
 @dataclass(frozen=True)
 class Probe:
-    """The candidates sent and the records that carry them (client_app/contract.py)."""
+    """The candidates sent and the records that carry them (genfl_protocol/contract.py)."""
 
     candidates: list[float]
     records: dict

@@ -7,7 +7,7 @@ from functools import lru_cache
 
 from server_app.config import load_config
 from strategy.replies import Reliability
-from torchcore.train import TrainSettings
+from genfl_torch.train import TrainSettings
 
 
 @lru_cache(maxsize=1)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import psutil
 
-from cli.run import signal_then_kill
+from genfl_cli.run import signal_then_kill
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # flower-superlink, flower-supernode and flwr of this environment
@@ -107,7 +107,7 @@ class Deployment:
     def make_credentials(self, *node_names: str) -> None:
         """genfl-certs as the guide runs it: the boxes' address as SAN (127.0.0.1 and localhost are
         always added); the admin's and a box's CLI connection, both named `edge`."""
-        self.run([sys.executable, "-m", "cli.certs", "tls", "--out", str(self.certs), "--san", BOX_HOST])
+        self.run([sys.executable, "-m", "genfl_cli.certs", "tls", "--out", str(self.certs), "--san", BOX_HOST])
         for name in node_names:
             self.make_key(name)
         for home, address in ((self.home, self.address), (self.box_home, self.box_address)):
@@ -117,13 +117,13 @@ class Deployment:
             )
 
     def make_key(self, name: str) -> None:
-        self.run([sys.executable, "-m", "cli.certs", "node-key", "--out", str(self.keys), "--name", name])
+        self.run([sys.executable, "-m", "genfl_cli.certs", "node-key", "--out", str(self.keys), "--name", name])
 
     def start_proxy(self) -> None:
         """The site `genfl-certs nginx` renders, in a private nginx (no root, its pid, logs and temp
         files under root/nginx), in the foreground so that it is stopped by PID like the rest."""
         prefix = self.root / "nginx"
-        self.run([sys.executable, "-m", "cli.certs", "nginx", "--certs", str(self.certs), "--out", str(prefix / "genfl-fleet.conf"),
+        self.run([sys.executable, "-m", "genfl_cli.certs", "nginx", "--certs", str(self.certs), "--out", str(prefix / "genfl-fleet.conf"),
                   "--listen", self.box_address, "--superlink-port", str(self.port), "--standalone", str(prefix)])
         proc = self._start("proxy", [nginx_binary(), "-p", str(prefix), "-c", str(prefix / "nginx.conf"),
                                      "-e", str(prefix / "error.log"), "-g", "daemon off;"])

@@ -21,7 +21,7 @@ from server_app.results import TIMING_COLUMNS
 
 def launch(run_dir: Path, *overrides: str, app_dir: Path = REPO, timeout: float = 900) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(app_dir))
-    return subprocess.run([sys.executable, "-m", "cli.run", f"output.dir={run_dir}", *overrides],
+    return subprocess.run([sys.executable, "-m", "genfl_cli.run", f"output.dir={run_dir}", *overrides],
                           cwd=app_dir, capture_output=True, text=True, timeout=timeout, env=env)
 
 

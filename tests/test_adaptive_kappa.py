@@ -1,7 +1,7 @@
 """Adaptive kappa and BatchNorm statistics under Eq. (1) (issue 16 items 1 and 2).
 
 The policy and the arithmetic by hand; the strategy through `GenFL.start` on the in-memory Grid with
-nodes that score the candidate mixes with the very function the ClientApp uses (torchcore.mixing);
+nodes that score the candidate mixes with the very function the ClientApp uses (genfl_protocol.mixing);
 the ClientApp's probe and BatchNorm handlers with real models and data (tests/test_client_app.py
 style); the real simulation is in tests/test_end_to_end.py (slow).
 """
@@ -18,7 +18,7 @@ from strategy.generator_check import Regime
 from strategy.genfl import GenFL
 from strategy.kappa import AdaptiveKappa, KappaError, KappaSchedule
 from test_genfl_strategy import FixedAugmenter, _numpy, _record, _state, genfl
-from torchcore.mixing import combine_bn_statistics, eq1
+from genfl_protocol.mixing import combine_bn_statistics, eq1
 
 
 # -- the policy ----------------------------------------------------------------------------------
@@ -133,7 +133,7 @@ def test_eq1_takes_batchnorm_statistics_from_the_clients_unless_mixed():
 
 @pytest.mark.parametrize("mode", ["mixed", "clients", "reestimate"])
 def test_the_probes_line_of_mixes_is_eq1_up_to_float32_rounding(mode):
-    from torchcore.mixing import eq1_along
+    from genfl_protocol.mixing import eq1_along
 
     rng = np.random.default_rng(0)
     client = {"w": rng.normal(size=(4, 3)).astype(np.float32), "bn.running_mean": rng.normal(size=3).astype(np.float32),
@@ -163,9 +163,9 @@ def test_combined_statistics_are_those_of_the_union_of_the_nodes_data():
 
 
 def test_bn_statistics_of_a_real_resnet_are_its_first_layers_batch_statistics_and_leave_the_model_alone():
-    from torchcore.bn import bn_statistics
-    from torchcore.data import Split
-    from torchcore.model import seeded_model
+    from genfl_torch.bn import bn_statistics
+    from genfl_torch.data import Split
+    from genfl_torch.model import seeded_model
 
     model = seeded_model(0, num_classes=10, in_channels=1, mean=[0.3], std=[0.38])
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -191,7 +191,7 @@ TARGET = np.array([3.0, 5.0], np.float32)  # the "real data" optimum the nodes' 
 
 
 def scoring_node(histogram, partition, update, loss_of=lambda w: float(np.sum((w - TARGET) ** 2)), probe_reply=None):
-    """A node that trains with ``update`` and scores mixes as the ClientApp does (torchcore.mixing.eq1)."""
+    """A node that trains with ``update`` and scores mixes as the ClientApp does (genfl_protocol.mixing.eq1)."""
     def handle(msg):
         kind = msg.metadata.message_type
         if kind == "query.label_histogram":
@@ -400,10 +400,10 @@ def test_the_clientapp_scores_every_candidate_mix_on_its_own_data():
     from server_app.build import client_config
     from server_app.config import load_config
     from test_client_app import _context, _message
-    from torchcore.model import seeded_model
-    from torchcore.partition import client_partition
-    from torchcore.train import evaluate, load_numpy_state, state_to_numpy
-    from client_app.contract import ClientConfig
+    from genfl_torch.model import seeded_model
+    from genfl_torch.partition import client_partition
+    from genfl_torch.train import evaluate, load_numpy_state, state_to_numpy
+    from genfl_protocol.contract import ClientConfig
 
     cfg = load_config(["federation.num_clients=4"])
     ds = cfg.dataset
@@ -435,8 +435,8 @@ def test_the_clientapp_reports_batchnorm_statistics_of_the_received_model():
     from server_app.build import client_config
     from server_app.config import load_config
     from test_client_app import _context, _message
-    from torchcore.model import seeded_model
-    from torchcore.train import state_to_numpy
+    from genfl_torch.model import seeded_model
+    from genfl_torch.train import state_to_numpy
 
     cfg = load_config(["federation.num_clients=4"])
     ds = cfg.dataset
@@ -506,9 +506,9 @@ def test_round_aware_weights_follow_the_classes_this_rounds_nodes_lack():
 
 
 def test_a_frozen_batchnorm_trains_the_weights_and_keeps_the_received_statistics():
-    from torchcore.data import Split
-    from torchcore.model import seeded_model
-    from torchcore.train import TrainSettings, state_to_numpy, train
+    from genfl_torch.data import Split
+    from genfl_torch.model import seeded_model
+    from genfl_torch.train import TrainSettings, state_to_numpy, train
 
     data = Split(torch.randint(0, 256, (32, 1, 8, 8), dtype=torch.uint8), torch.randint(0, 10, (32,)))
     settings = dict(epochs=1, batch_size=16, lr=0.05, momentum=0.0, weight_decay=0.0, augment=False, proximal_mu=0.0,

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from strategy.aggregation import weighted_mix
+from genfl_protocol.mixing import weighted_mix
 
 
 def _state(w, mean, count):

@@ -17,8 +17,8 @@ import torch
 
 from generation.augmented import AugmentedModelTrainer
 from test_filtering import CLASSES, LitPixelGenerator, confidence, linear_model, linear_state, trainer
-from torchcore.data import Split
-from torchcore.train import TrainSettings
+from genfl_torch.data import Split
+from genfl_torch.train import TrainSettings
 
 
 @pytest.fixture(autouse=True)

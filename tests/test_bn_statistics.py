@@ -8,11 +8,11 @@ import pytest
 import torch
 from torch import nn
 
-from torchcore.bn import bn_statistics
-from torchcore.data import Split
-from torchcore.digits import load_digits_arrays
-from torchcore.mixing import combine_bn_statistics
-from torchcore.model import seeded_model
+from genfl_torch.bn import bn_statistics
+from genfl_torch.data import Split
+from genfl_torch.digits import load_digits_arrays
+from genfl_protocol.mixing import combine_bn_statistics
+from genfl_torch.model import seeded_model
 
 CPU = torch.device("cpu")
 

@@ -23,12 +23,12 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, Metadata, Reco
 from flwr.serverapp.strategy import FedAvg
 
 from client_app.app import app
-from client_app.contract import (AUGMENTED, BN_QUERY, BN_RECORD, CLIENT_PART, CLIPPING_NORM, PARTITION_QUERY, PROBE,
+from genfl_protocol.contract import (AUGMENTED, BN_QUERY, BN_RECORD, CLIENT_PART, CLIPPING_NORM, PARTITION_QUERY, PROBE,
                                  PROBE_BN_STATS, PROBE_CANDIDATES, PROBE_QUERY, TIME_BUDGET)
 from local_grid import LocalGrid
 from server_app.build import client_config
-from torchcore.classes import class_names
-from torchcore.model import seeded_model
+from genfl_torch.classes import class_names
+from genfl_torch.model import seeded_model
 
 BUDGET = 0.3  # seconds: tiny, so every hung handler must be abandoned quickly
 GUARD = 30.0  # a reply later than this means the budget was not enforced at all

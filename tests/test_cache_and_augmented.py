@@ -11,10 +11,10 @@ from generation.augmented import AugmentedModelTrainer
 from generation.cache import generate_cached
 from generation.factory import build_generator
 from tiny_sd import build_tiny_sd_folder
-from torchcore.data import Split
-from torchcore.model import seeded_model
+from genfl_torch.data import Split
+from genfl_torch.model import seeded_model
 from conf_defaults import train_settings
-from torchcore.train import evaluate, load_numpy_state, state_to_numpy
+from genfl_torch.train import evaluate, load_numpy_state, state_to_numpy
 
 
 @pytest.fixture
@@ -123,7 +123,7 @@ def test_without_the_option_or_a_trust_the_cap_holds_and_a_bad_trust_is_refused(
 
 
 def test_pregenerate_fills_the_cache_that_the_run_reads(sd_config, capsys):
-    from cli.generate import main
+    from genfl_cli.generate import main
 
     cfg, folder = sd_config
     overrides = ["dataset=cifar10", "generator=stable_diffusion", f"generator.model={folder}", "generator.local_files_only=true",
@@ -264,7 +264,7 @@ def test_a_budget_that_scales_the_plan_is_reported(sd_config):
 
 
 def test_pregenerate_rejects_malformed_histograms_with_one_line(capsys):
-    from cli.generate import main
+    from genfl_cli.generate import main
 
     for bad in ("1,2,x", "1,,2", "a", "1,2", "-1,1,1,1,1,1,1,1,1,1"):
         assert main([f"--histogram={bad}"]) == 2

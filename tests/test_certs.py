@@ -12,8 +12,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_ssh_private_key, load_ssh_public_key
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cli import certs
-from cli.certs import main
+from genfl_cli import certs
+from genfl_cli.certs import main
 
 
 def test_tls_writes_a_ca_and_a_server_certificate_for_the_given_sans(tmp_path):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cli.check_data import check
+from genfl_cli.check_data import check
 from test_edge_install import SERVER_ONLY
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,7 +45,7 @@ def test_a_missing_folder_a_misspelt_class_and_a_broken_image_are_all_named(tmp_
 
 
 def test_it_runs_on_an_edge_box_install():
-    probe = ("import sys, cli.check_data; "
+    probe = ("import sys, genfl_cli.check_data; "
              f"print(sorted({{m.split('.')[0] for m in sys.modules}} & set({SERVER_ONLY!r})))")
     proc = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
@@ -54,8 +54,8 @@ def test_it_runs_on_an_edge_box_install():
 
 def test_an_unreadable_image_is_described_in_words_not_as_a_python_object(tmp_path, capsys):
     """Issue 26 item 15: PIL's message named an in-memory buffer ('<_io.BytesIO object at 0x...>')."""
-    from torchcore.classes import class_names
-    from torchcore.imagefolder import ImageFolderError, read_image_folder
+    from genfl_torch.classes import class_names
+    from genfl_torch.imagefolder import ImageFolderError, read_image_folder
 
     _png(tmp_path / "one" / "0.png", 1)
     (tmp_path / "one" / "broken.png").write_bytes(b"\x89PNG not really")

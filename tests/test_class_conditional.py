@@ -27,7 +27,7 @@ from generation.pretrain import (
     pretraining_settings,
     save_weights,
 )
-from torchcore.digits import digits_split_indices, load_digits_arrays
+from genfl_torch.digits import digits_split_indices, load_digits_arrays
 
 SPLIT = {"split_seed": 0, "test_fraction": 0.2, "public_fraction": 0.2}
 TINY = Architecture.from_mapping(

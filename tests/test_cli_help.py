@@ -2,7 +2,7 @@
 showed `nodes.expected=3`, which the config refuses).
 
 For each argparse command of pyproject's [project.scripts] (and its sub-commands) the help is captured
-and its examples extracted: command lines (`genfl-...`, `python -m cli.x ...`, `python cli/x.py ...`,
+and its examples extracted: command lines (`genfl-...`, `python -m genfl_cli.x ...`, `python genfl_cli/x.py ...`,
 on their own line or in backticks) and inline Hydra overrides (`key=value` in the help of a command
 that takes overrides). Each command line must parse with that command's own parser and its overrides
 must compose with `server_app.config.load_config`; nothing is run, except genfl-certs' examples,
@@ -29,7 +29,7 @@ SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scrip
 NOT_ARGPARSE = {"genfl-sweep"}
 ARGPARSE = sorted(set(SCRIPTS) - NOT_ARGPARSE)
 # A command on a line of its own (an epilog's example) or in backticks (a description's).
-_PREFIX = r"(?:genfl-[a-z-]+|python -m cli\.\w+|python cli/\w+\.py)"
+_PREFIX = r"(?:genfl-[a-z-]+|python -m genfl_cli\.\w+|python genfl_cli/\w+\.py)"
 _LINE = re.compile(rf"^\s*({_PREFIX}(?: [^\n]*)?)$", re.MULTILINE)
 _BACKTICKED = re.compile(rf"`({_PREFIX}[^`]*)`")
 _OVERRIDE = re.compile(r"(?<![\w.$/-])([a-z_]\w*(?:\.\w+)*=[^\s,()]+)")
@@ -45,7 +45,7 @@ def _main(module: str):
 
 
 def _module_of(command: str) -> tuple[str, list[str]]:
-    """``genfl-certs tls ...`` / ``python -m cli.certs ...`` / ``python cli/certs.py ...`` -> (module, argv)."""
+    """``genfl-certs tls ...`` / ``python -m genfl_cli.certs ...`` / ``python genfl_cli/certs.py ...`` -> (module, argv)."""
     words = shlex.split(command, comments=True)
     if words[0] == "python" and words[1] == "-m":
         return words[2], words[3:]

@@ -7,9 +7,9 @@ from flwr.app import ArrayRecord, Context, Message, Metadata, RecordDict
 
 from client_app.app import app
 from server_app.build import client_config as train_config
-from torchcore.data import load_splits
-from torchcore.model import seeded_model
-from torchcore.partition import dirichlet_partitions
+from genfl_torch.data import load_splits
+from genfl_torch.model import seeded_model
+from genfl_torch.partition import dirichlet_partitions
 
 
 def _message(message_type, content):
@@ -75,7 +75,7 @@ def test_train_is_reproducible_for_the_same_round(cfg):
 
 
 def test_evaluate_reports_the_global_models_loss_and_accuracy_on_this_partition(cfg):
-    from torchcore.train import evaluate
+    from genfl_torch.train import evaluate
 
     reply = app(_message("evaluate", RecordDict({"arrays": _global_arrays(cfg), "config": train_config(cfg)})), _context())
     metrics = reply.content["metrics"]

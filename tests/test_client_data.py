@@ -5,11 +5,11 @@ import pytest
 from flwr.app import ArrayRecord, Context, Message, Metadata, RecordDict
 
 from client_app.app import app
-from client_app.contract import ClientConfig
+from genfl_protocol.contract import ClientConfig
 from server_app.build import client_config as train_config
-from cli.export_partitions import export
-from torchcore.model import seeded_model
-from torchcore.partition import client_partition, label_histogram
+from genfl_cli.export_partitions import export
+from genfl_torch.model import seeded_model
+from genfl_torch.partition import client_partition, label_histogram
 
 
 def _message(message_type, content):

@@ -36,10 +36,10 @@ from generation.clip_filter import (
     score_clip,
 )
 from generation.filtering import FilterSettings, select
-from torchcore.classes import DIGITS_CLASS_NAMES
-from torchcore.data import Split, as_float
-from torchcore.digits import load_digits_arrays
-from torchcore.train import TrainSettings, state_to_numpy
+from genfl_torch.classes import DIGITS_CLASS_NAMES
+from genfl_torch.data import Split, as_float
+from genfl_torch.digits import load_digits_arrays
+from genfl_torch.train import TrainSettings, state_to_numpy
 
 CLASSES = 10
 CPU = torch.device("cpu")
@@ -237,7 +237,7 @@ def test_model_problems_are_named_before_anything_loads(clip_folder, tmp_path, m
     (["augmented.filter.threshold=most"], "augmented.filter.threshold"),
 ])
 def test_bad_clip_config_exits_2_with_one_line(tmp_path, capsys, make_config, overrides, says):
-    from cli.deploy_run import run as deploy_run
+    from genfl_cli.deploy_run import run as deploy_run
     from server_app.config import ConfigError
 
     overrides = ["augmented.filter.mode=clip", *[o.format(missing=tmp_path / "no-clip") for o in overrides]]

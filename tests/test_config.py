@@ -72,7 +72,7 @@ OLD_SPELLINGS = [
 
 @pytest.mark.parametrize("overrides, says", OLD_SPELLINGS)
 def test_an_earlier_spelling_is_one_line_naming_the_new_key(overrides, says, capsys):
-    from cli.run import run
+    from genfl_cli.run import run
 
     with pytest.raises(ConfigError) as info:
         load_config(overrides)
@@ -88,7 +88,7 @@ def test_flwr_runs_run_config_with_the_old_strategy_name_is_refused():
 
 
 def test_genfl_run_exits_2_on_the_old_strategy_name(capsys):
-    from cli.run import main
+    from genfl_cli.run import main
 
     with pytest.raises(SystemExit) as stop:
         main(["strategy=fedavg"])  # genfl-run's entry point

@@ -11,7 +11,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from cli.run import main, quiet
+from genfl_cli.run import main, quiet
 from server_app.config import load_config
 
 # The start of a real run's log stream as genfl-run received it (flwr 1.42, 2026-12-07), colours included.

@@ -1,11 +1,11 @@
-"""The server -> client contract (client_app/contract.py): what the ServerApp writes is exactly what
+"""The server -> client contract (genfl_protocol/contract.py): what the ServerApp writes is exactly what
 the ClientApp reads, and values a ConfigRecord cannot hold travel as documented."""
 
 import pytest
 from flwr.app import ConfigRecord
 from omegaconf import OmegaConf
 
-from client_app.contract import FLOWER_KEYS, GROUPS, RECORD_KEYS, ClientConfig, ContractError
+from genfl_protocol.contract import FLOWER_KEYS, GROUPS, RECORD_KEYS, ClientConfig, ContractError
 from server_app.build import client_config
 from server_app.config import load_config
 

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from torchcore.data import DatasetUnavailableError, as_float, load_splits
-from torchcore.digits import digits_split_indices
+from genfl_torch.data import DatasetUnavailableError, as_float, load_splits
+from genfl_torch.digits import digits_split_indices
 
 
 def test_digits_split_is_disjoint_and_complete():

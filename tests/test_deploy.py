@@ -35,7 +35,7 @@ def deployment(tmp_path_factory):
     dep = Deployment(root)
     try:
         dep.make_credentials(*NODES, "bad-data", "rogue", "late")
-        dep.run([sys.executable, "-m", "cli.export_partitions", "--num-partitions", "3", "--only", "0",
+        dep.run([sys.executable, "-m", "genfl_cli.export_partitions", "--num-partitions", "3", "--only", "0",
                  "--out", str(root / "data")])
         (root / "bad" / "giraffe").mkdir(parents=True)  # a class this federation does not have
         dep.start_superlink()
@@ -61,7 +61,7 @@ def _overrides(dep: Deployment, name: str, *extra: str) -> list[str]:
 
 def _deploy_run(dep: Deployment, overrides: list[str], on_line=None, timeout: float = 1500):
     """genfl-deploy-run on the `edge` connection; ``on_line(line)`` sees the streamed log as it comes."""
-    proc = subprocess.Popen([sys.executable, "-m", "cli.deploy_run", "edge", *overrides], cwd=REPO, env=dep.env,
+    proc = subprocess.Popen([sys.executable, "-m", "genfl_cli.deploy_run", "edge", *overrides], cwd=REPO, env=dep.env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     lines, deadline = [], time.monotonic() + timeout
     try:

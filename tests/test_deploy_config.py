@@ -4,8 +4,8 @@ and the deploy runner's connection checks, all failing early with one line that 
 import pytest
 
 from server_app.config import ConfigError, load_config, overrides_from_run_config
-from cli.deploy_run import check_transport, connection_settings, run as deploy_run
-from cli.flwr_runs import RunError
+from genfl_cli.deploy_run import check_transport, connection_settings, run as deploy_run
+from genfl_cli.flwr_runs import RunError
 
 
 def test_default_federation_is_the_nodes_that_are_there(make_config):
@@ -71,9 +71,9 @@ def test_deploy_run_hands_the_serverapp_a_results_folder_with_equals_and_commas(
     # A sweep job's folder name: unquoted, Hydra would read ',' as a sweep and '=' as a new key.
     from flwr.common.config import parse_config_args
 
-    from cli import deploy_run as deploy
+    from genfl_cli import deploy_run as deploy
     from server_app.config import run_directory
-    from cli.flwr_runs import quoted
+    from genfl_cli.flwr_runs import quoted
 
     folder = tmp_path / "x" / "partition.alpha=0.1,seed=0"
     monkeypatch.setenv("FLWR_HOME", str(tmp_path))
@@ -100,7 +100,7 @@ def test_deploy_run_hands_the_serverapp_a_results_folder_with_equals_and_commas(
 def test_without_app_the_command_line_leaves_the_app_folder_to_the_run(monkeypatch):
     import sys
 
-    from cli import deploy_run
+    from genfl_cli import deploy_run
 
     seen = {}
     monkeypatch.setattr(deploy_run, "run", lambda connection, overrides, app, *rest: seen.update(app=app) or 0)

@@ -19,9 +19,9 @@ from torch import nn
 from generation.augmented import AugmentedModelTrainer
 from server_app.app import _quality_report
 from server_app.results import METRICS, RunReport
-from torchcore.data import Split
-from torchcore.model import seeded_model
-from torchcore.train import TrainSettings, train
+from genfl_torch.data import Split
+from genfl_torch.model import seeded_model
+from genfl_torch.train import TrainSettings, train
 
 CPU = torch.device("cpu")
 SWAPPED = {1: 7, 7: 1, 3: 8, 8: 3}
@@ -30,7 +30,7 @@ SWAPPED = {1: 7, 7: 1, 3: 8, 8: 3}
 @pytest.fixture(scope="module")
 def judged(one_thread):
     """(final global model, real test split, held-out real digits standing in for a perfect generator)."""
-    from torchcore.digits import load_digits_arrays
+    from genfl_torch.digits import load_digits_arrays
 
     images, labels = load_digits_arrays()
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))

@@ -35,7 +35,7 @@ def _requirements() -> dict[str, str]:
 def test_clientapp_on_a_data_path_node_imports_no_server_only_package(tmp_path):
     from server_app.build import client_config as train_config
     from server_app.config import load_config
-    from cli.export_partitions import export
+    from genfl_cli.export_partitions import export
 
     export(tmp_path, 3, [0], [])
     config = {k: v for k, v in train_config(load_config([])).items()}

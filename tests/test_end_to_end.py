@@ -105,7 +105,7 @@ def test_a_generator_that_fails_the_default_check_runs_on_fails_settings_in_a_re
     generator_check.on_fail's settings run (+ steps_follow_kappa, a key added to on_fail on the command line):
     kappa_aug falls at mix.step's pace but climbs at most on_fail's max_rise per round; the augmented model's
     step cap (on_fail's: client.max_steps) follows kappa_aug / 0.3; statistics re-estimated on every node."""
-    from torchcore.train import batch_bounds
+    from genfl_torch.train import batch_bounds
 
     proc, run_dir = runs("untrusted", "strategy=genfl", "num_rounds=3", "seed=0",
                          "+generator_check.on_fail.augmented.steps_follow_kappa=true",
@@ -203,7 +203,7 @@ def _killed_after_round_1(runs):
     run_dir = runs.base / "K"
     if not (run_dir / "resumed.json").exists():
         app_dir = faulty_app(runs.base / "K-app", {p: "stall2" for p in range(3)})
-        command = [sys.executable, "-m", "cli.run", f"output.dir={run_dir}", *CLIENTS,
+        command = [sys.executable, "-m", "genfl_cli.run", f"output.dir={run_dir}", *CLIENTS,
                    f"generation.cache_dir={runs.cache}", "generation.per_class=20", *GENFL_A]
         launcher = subprocess.Popen(command, cwd=app_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                     env=dict(os.environ, PYTHONPATH=str(app_dir)))
@@ -223,7 +223,7 @@ def _killed_after_round_1(runs):
         np.savez(run_dir / "killed-checkpoint-arrays.npz", **checkpoint["arrays"])  # resuming overwrites it
         (run_dir / "killed.json").write_text(json.dumps(killed))
         assert_nothing_left_running(run_dir)
-        resumed = subprocess.run([sys.executable, "-m", "cli.run", "--resume", str(run_dir)], cwd=REPO,
+        resumed = subprocess.run([sys.executable, "-m", "genfl_cli.run", "--resume", str(run_dir)], cwd=REPO,
                                  capture_output=True, text=True, timeout=900)
         (run_dir / "resumed.json").write_text(json.dumps({"code": resumed.returncode, "output": resumed.stdout[-3000:] + resumed.stderr[-3000:],
                                                           "histogram_lines": _histogram_lines(resumed.stdout + resumed.stderr)}))
@@ -257,9 +257,9 @@ def test_round_1_of_genfl_is_exactly_eq1_of_the_client_average_and_the_augmented
     from generation.augmented import AugmentedModelTrainer
     from server_app.build import augmenter as _augmenter
     from server_app.config import load_config
-    from torchcore.data import load_splits
-    from torchcore.model import seeded_model
-    from torchcore.train import resolve_device, state_to_numpy
+    from genfl_torch.data import load_splits
+    from genfl_torch.model import seeded_model
+    from genfl_torch.train import resolve_device, state_to_numpy
 
     proc, fedavg_dir = runs("F", "strategy=base_only", "num_rounds=1", "seed=0")
     assert proc.returncode == 0, proc.stdout[-3000:]

@@ -1,9 +1,9 @@
 """genfl-export-partitions: the files an edge node gets are exactly its built-in partition."""
 
-from cli.export_partitions import main
-from torchcore.classes import class_names
-from torchcore.imagefolder import read_image_folder
-from torchcore.partition import label_histogram
+from genfl_cli.export_partitions import main
+from genfl_torch.classes import class_names
+from genfl_torch.imagefolder import read_image_folder
+from genfl_torch.partition import label_histogram
 
 
 def test_export_writes_each_partition_as_class_folders(tmp_path, capsys):

@@ -16,9 +16,9 @@ from torch import nn
 from generation.augmented import AugmentedModelTrainer
 from generation.filtering import FilterSettings, per_class, score_confidence, select
 from strategy.round_aware import lack_weights
-from torchcore.data import Split
-from torchcore.model import seeded_model
-from torchcore.train import TrainSettings, load_numpy_state, state_to_numpy
+from genfl_torch.data import Split
+from genfl_torch.model import seeded_model
+from genfl_torch.train import TrainSettings, load_numpy_state, state_to_numpy
 
 CLASSES = 10
 PER_CLASS = 8
@@ -89,7 +89,7 @@ class DigitsGenerator:
         return {"backend": "digits"}
 
     def generate(self, plan, *, seed):
-        from torchcore.digits import load_digits_arrays
+        from genfl_torch.digits import load_digits_arrays
 
         images, labels = load_digits_arrays()
         idx = torch.cat([torch.nonzero(labels == c).squeeze(1)[: plan[c]] for c in sorted(plan)])
@@ -349,7 +349,7 @@ def test_bad_histograms_for_lack_weights_raise(args, says):
 
 
 def test_train_rejects_sample_weights_that_do_not_fit_the_data():
-    from torchcore.train import train
+    from genfl_torch.train import train
 
     data = Split(torch.rand(4, 1, 8, 8), torch.arange(4))
     for bad in (torch.ones(3), torch.tensor([1.0, -1.0, 1.0, 1.0]), torch.zeros(4)):

@@ -309,7 +309,7 @@ def test_bad_on_fail_settings_are_one_line_config_errors(make_config, overrides,
 def test_resume_takes_the_runs_own_overrides_then_the_ones_given(tmp_path):
     import json
 
-    from cli.run import resumed_command
+    from genfl_cli.run import resumed_command
     from server_app.config import ConfigError, load_config
     from server_app.results import RUN_CONFIG
 

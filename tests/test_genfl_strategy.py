@@ -461,10 +461,10 @@ def test_training_does_not_depend_on_the_global_random_state_so_a_checkpoint_nee
 
     import torch
 
-    from torchcore.data import Split
-    from torchcore.model import seeded_model
+    from genfl_torch.data import Split
+    from genfl_torch.model import seeded_model
     from conf_defaults import train_settings
-    from torchcore.train import state_to_numpy, train
+    from genfl_torch.train import state_to_numpy, train
 
     data = Split(torch.rand(40, 1, 8, 8), torch.arange(40) % 3)
     settings = train_settings(epochs=1, batch_size=8, lr=0.05, momentum=0.9, weight_decay=0.0, augment=True)

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import torch
 
-from torchcore.data import load_splits
-from torchcore.digits import EXPORT_ENV, export_digits
+from genfl_torch.data import load_splits
+from genfl_torch.digits import EXPORT_ENV, export_digits
 
 REPO = Path(__file__).resolve().parents[1]
 # bench/gpu_check/run.py under its own name: its folder on sys.path would shadow modules named run/build

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from generation.corpus import image_folder
-from torchcore.imagefolder import read_image_folder
+from genfl_torch.imagefolder import read_image_folder
 
 NAMES = ("airplane", "cat", "dog")
 
@@ -38,7 +38,7 @@ def test_both_paths_read_and_skip_the_same_files(tmp_path, caplog):
     _write(tmp_path / "cat" / "nested" / "b.PNG", _noise((8, 8, 3), 1))  # nested, upper-case suffix: read
     (tmp_path / "cat" / "labels.csv").write_text("a.png,cat\n")  # not an image: skipped with a warning
     (tmp_path / "cat" / "._a.png").write_bytes(b"macOS resource fork")  # hidden: skipped
-    caplog.set_level(logging.WARNING, logger="torchcore.imagefolder")
+    caplog.set_level(logging.WARNING, logger="genfl_torch.imagefolder")
     client = read_image_folder(tmp_path, NAMES, channels=3, image_size=8)
     corpus = image_folder(tmp_path, NAMES, image_size=8, channels=3)
     assert len(client) == len(corpus.labels) == 2

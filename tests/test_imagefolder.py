@@ -5,10 +5,10 @@ import pytest
 import torch
 from PIL import Image
 
-from torchcore.classes import class_names
-from torchcore.data import Split
-from torchcore.imagefolder import ImageFolderError, read_image_folder, write_image_folder
-from torchcore.partition import label_histogram
+from genfl_torch.classes import class_names
+from genfl_torch.data import Split
+from genfl_torch.imagefolder import ImageFolderError, read_image_folder, write_image_folder
+from genfl_torch.partition import label_histogram
 
 DIGITS = class_names("digits")
 

@@ -38,7 +38,7 @@ def _read(run_dir: Path) -> dict:
 
 
 def test_a_stopped_runs_metrics_say_interrupted_and_other_runs_metrics_are_left_alone(tmp_path):
-    from cli.flwr_runs import mark_interrupted
+    from genfl_cli.flwr_runs import mark_interrupted
 
     running = _metrics(tmp_path / "running", status="running")
     assert mark_interrupted(running, 7, was_running=True)["status"] == "interrupted"
@@ -87,7 +87,7 @@ def test_ctrl_c_marks_the_run_interrupted_says_how_to_resume_and_its_copy_resume
 
     app_dir = faulty_app(tmp_path, {p: "stall2" for p in range(2)})
     run_dir, out, err = tmp_path / "run", tmp_path / "out.txt", tmp_path / "err.txt"
-    launcher = _start([sys.executable, "-m", "cli.run", f"output.dir={run_dir}", *TINY], app_dir, out, err)
+    launcher = _start([sys.executable, "-m", "genfl_cli.run", f"output.dir={run_dir}", *TINY], app_dir, out, err)
     code = _interrupt_when(launcher, lambda: (run_dir / "checkpoint" / "latest.pkl").is_file(), "checkpoint", err)
     stdout, stderr = out.read_text(), err.read_text()
     assert code == 130, stderr[-3000:]
@@ -103,7 +103,7 @@ def test_ctrl_c_marks_the_run_interrupted_says_how_to_resume_and_its_copy_resume
     copy = tmp_path / "moved" / "seed=0,strategy=base_only"
     shutil.copytree(run_dir, copy)
     original = _files(run_dir)
-    resumed = subprocess.run([sys.executable, "-m", "cli.run", "--resume", str(copy)], cwd=REPO,
+    resumed = subprocess.run([sys.executable, "-m", "genfl_cli.run", "--resume", str(copy)], cwd=REPO,
                              capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert f"results in {copy}" in resumed.stdout
@@ -116,12 +116,12 @@ def test_ctrl_c_marks_the_run_interrupted_says_how_to_resume_and_its_copy_resume
 
 @pytest.mark.slow
 def test_ctrl_c_in_a_sweep_is_one_line_without_traceback_and_the_job_continues_later(tmp_path):
-    from cli.sweep import should_resume
+    from genfl_cli.sweep import should_resume
     from tests.sim import assert_nothing_left_running, faulty_app
 
     app_dir = faulty_app(tmp_path, {p: "stall2" for p in range(2)})
     sweep, out, err = tmp_path / "sweep", tmp_path / "out.txt", tmp_path / "err.txt"
-    launcher = _start([sys.executable, "-m", "cli.sweep", *TINY, "seed=0,1", f"hydra.sweep.dir={sweep}"],
+    launcher = _start([sys.executable, "-m", "genfl_cli.sweep", *TINY, "seed=0,1", f"hydra.sweep.dir={sweep}"],
                       app_dir, out, err)
     code = _interrupt_when(launcher, lambda: any(sweep.glob("*/checkpoint/latest.pkl")), "job checkpoint", out)
     stdout, stderr = out.read_text(), err.read_text()
@@ -145,7 +145,7 @@ def test_jobs_that_other_processes_ran_are_stopped_and_marked_interrupted_when_t
     can stop what they started or record it: the sweep does both for every job still marked running."""
     import psutil
 
-    from cli.sweep import stop_jobs_left_running
+    from genfl_cli.sweep import stop_jobs_left_running
 
     sweep = tmp_path / "sweep"
     running, done = sweep / "seed=0", sweep / "seed=1"
@@ -169,12 +169,12 @@ def test_jobs_that_other_processes_ran_are_stopped_and_marked_interrupted_when_t
 
 @pytest.mark.slow
 def test_ctrl_c_of_a_sweep_under_joblib_stops_and_marks_every_running_job(tmp_path):
-    from cli.sweep import should_resume
+    from genfl_cli.sweep import should_resume
     from tests.sim import assert_nothing_left_running, faulty_app
 
     app_dir = faulty_app(tmp_path, {p: "stall2" for p in range(2)})
     sweep, out, err = tmp_path / "sweep", tmp_path / "out.txt", tmp_path / "err.txt"
-    launcher = _start([sys.executable, "-m", "cli.sweep", *TINY, "seed=0,1", f"hydra.sweep.dir={sweep}",
+    launcher = _start([sys.executable, "-m", "genfl_cli.sweep", *TINY, "seed=0,1", f"hydra.sweep.dir={sweep}",
                        "hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], app_dir, out, err)
     code = _interrupt_when(launcher, lambda: len(list(sweep.glob("*/checkpoint/latest.pkl"))) == 2,
                            "two job checkpoints", out)

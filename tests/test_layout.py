@@ -5,20 +5,22 @@ import ast
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("cli", "server_app", "strategy", "client_app", "generation", "torchcore", "conf")
+PACKAGES = ("genfl_cli", "server_app", "strategy", "client_app", "generation", "genfl_torch", "genfl_protocol", "conf")
 # What each layer may import from the project (besides itself). Lower layers never import upper ones.
 ALLOWED = {
     "conf": set(),
-    "torchcore": set(),
-    "generation": {"torchcore", "conf"},
-    "client_app": {"torchcore"},
-    # The Flower layer uses two plain modules the clients share: the message contract and Eq. (1)'s
-    # arithmetic (NumPy only, so the strategy still never imports torch).
-    "strategy": {"client_app.contract", "torchcore.mixing", "torchcore.memory"},  # memory: ctypes, no torch
-    "server_app": {"strategy", "generation", "torchcore", "client_app", "conf"},
-    "cli": {"server_app", "strategy", "generation", "torchcore", "client_app", "conf"},
+    # The ground floor: the message contract and Eq. (1)'s arithmetic (NumPy only), shared by the
+    # ServerApp's strategy and the ClientApp, so neither imports the other's room.
+    "genfl_protocol": set(),
+    "genfl_torch": {"genfl_protocol"},
+    "generation": {"genfl_torch", "genfl_protocol", "conf"},
+    "client_app": {"genfl_torch", "genfl_protocol"},
+    # The Flower layer never imports torch: the protocol, plus the heap trimming (ctypes, no torch).
+    "strategy": {"genfl_protocol", "genfl_torch.memory"},
+    "server_app": {"strategy", "generation", "genfl_torch", "genfl_protocol", "client_app", "conf"},
+    "genfl_cli": {"server_app", "strategy", "generation", "genfl_torch", "genfl_protocol", "client_app", "conf"},
 }
-NO_FLOWER = ("torchcore", "generation", "conf")  # plain PyTorch / diffusers: usable without Flower
+NO_FLOWER = ("genfl_protocol", "genfl_torch", "generation", "conf")  # plain NumPy / PyTorch / diffusers: no Flower
 
 
 def _module(path: Path) -> str:
@@ -73,9 +75,22 @@ def test_no_module_imports_itself_through_others():
 
 
 def test_the_benchmarks_use_the_library_not_the_commands():
-    """bench/ imports no module of cli/ (the operator's commands): what a benchmark shares with a command
+    """bench/ imports no module of genfl_cli/ (the operator's commands): what a benchmark shares with a command
     (reading results, a sweep's grid, a run's processes) lives in a layer below it; a benchmark that needs a
-    command runs it (`python -m cli.run ...`)."""
+    command runs it (`python -m genfl_cli.run ...`)."""
     wrong = sorted((str(p.relative_to(REPO)), i) for p in (REPO / "bench").rglob("*.py") for i in _imports(p)
-                   if i.split(".")[0] == "cli")
+                   if i.split(".")[0] == "genfl_cli")
     assert wrong == []
+
+
+def test_the_protocol_is_numpy_only():
+    """Both sides import it: torch in it would put torch under the strategy (and on the server's Flower layer)."""
+    heavy = sorted((p.name, i) for p in (REPO / "genfl_protocol").rglob("*.py") for i in _imports(p)
+                   if i.split(".")[0] in ("torch", "flwr", "diffusers"))
+    assert heavy == []
+
+
+def test_no_re_export_shims():
+    """A module that only re-exports another's names hides where code lives (strategy/aggregation.py was one)."""
+    assert not (REPO / "strategy" / "aggregation.py").exists()
+    assert not (REPO / "client_app" / "contract.py").exists() and not (REPO / "genfl_torch" / "mixing.py").exists()

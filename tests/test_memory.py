@@ -87,7 +87,7 @@ def test_trim_heap_gives_freed_heap_pages_back_to_the_os():
     """glibc keeps freed heap memory that a live block above it pins; malloc_trim returns it."""
     out = _python("""
         import json
-        from torchcore.memory import trim_heap
+        from genfl_torch.memory import trim_heap
         def rss():
             return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
         blocks = [bytearray(100_000) for _ in range(3000)]   # ~290 MB below the mmap threshold: the heap
@@ -137,19 +137,19 @@ def test_a_client_loads_and_splits_the_data_without_importing_the_data_libraries
     out = _python(f"""
         import json, sys
         import numpy as np
-        from torchcore.partition import client_partition
+        from genfl_torch.partition import client_partition
         spec = {SPEC!r}
         parts = [client_partition(spec, i, 20) for i in range(20)]
         loaded = sorted(m for m in ("sklearn", "scipy", "pandas", "datasets", "pyarrow", "flwr_datasets") if m in sys.modules)
-        from torchcore.data import load_splits
-        from torchcore.partition import dirichlet_partitions
+        from genfl_torch.data import load_splits
+        from genfl_torch.partition import dirichlet_partitions
         from types import SimpleNamespace
         dataset = SimpleNamespace(**{{k.split(".", 1)[1]: v for k, v in spec.items() if k.startswith("dataset.")}})
         federation = load_splits(dataset)["federation"]
         expected = dirichlet_partitions(federation.labels.numpy(), 20, 0.3, 0, 2, True)
         same = all(np.array_equal(p.images.numpy(), federation.images.numpy()[e])
                    and np.array_equal(p.labels.numpy(), federation.labels.numpy()[e]) for p, e in zip(parts, expected))
-        from torchcore.partition import PartitionError
+        from genfl_torch.partition import PartitionError
         try:  # an error in the child reaches the caller with its message
             client_partition({{**spec, "partition.min_partition_size": 500, "partition.self_balancing": False}}, 0, 100)
             error = None
@@ -169,8 +169,8 @@ def test_training_leaves_no_gradients_behind():
     import torch
 
     from conf_defaults import train_settings
-    from torchcore.data import Split
-    from torchcore.train import train
+    from genfl_torch.data import Split
+    from genfl_torch.train import train
 
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
     data = Split(torch.rand(40, 1, 8, 8), torch.arange(40) % 10)

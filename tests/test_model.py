@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from torchcore.model import build_resnet18, seeded_model
+from genfl_torch.model import build_resnet18, seeded_model
 
 
 def test_digits_model_maps_8x8_grayscale_to_10_logits():
@@ -44,10 +44,10 @@ def test_group_norm_model_has_no_batch_norm_and_no_running_statistics():
 
 
 def test_group_norm_model_trains_on_digits():
-    from torchcore.data import Split
-    from torchcore.digits import load_digits_arrays
+    from genfl_torch.data import Split
+    from genfl_torch.digits import load_digits_arrays
     from conf_defaults import train_settings
-    from torchcore.train import evaluate, train
+    from genfl_torch.train import evaluate, train
 
     images, labels = load_digits_arrays()
     data = Split(images[:128], labels[:128])
@@ -64,7 +64,7 @@ def test_unknown_norm_is_rejected_and_config_accepts_exactly_the_models_norms():
     import pytest
 
     from server_app.config import ConfigError, load_config
-    from torchcore.model import NORMS
+    from genfl_torch.model import NORMS
 
     with pytest.raises(ValueError, match="model.norm: unknown normalisation 'layer'"):
         build_resnet18(num_classes=10, in_channels=1, mean=[0.3], std=[0.38], norm="layer")
@@ -75,9 +75,9 @@ def test_unknown_norm_is_rejected_and_config_accepts_exactly_the_models_norms():
 
 
 def test_max_steps_caps_the_optimiser_steps_of_a_round():
-    from torchcore.data import Split
+    from genfl_torch.data import Split
     from conf_defaults import train_settings
-    from torchcore.train import train
+    from genfl_torch.train import train
 
     data = Split(torch.rand(100, 1, 8, 8), torch.arange(100) % 10)
     steps = []
@@ -103,7 +103,7 @@ def test_max_steps_caps_the_optimiser_steps_of_a_round():
 
 
 def test_a_short_last_batch_joins_the_previous_one():
-    from torchcore.train import batch_bounds
+    from genfl_torch.train import batch_bounds
 
     assert batch_bounds(66, 16) == [(0, 16), (16, 32), (32, 48), (48, 66)]  # a tail of 2 would explode BatchNorm
     assert batch_bounds(72, 16) == [(0, 16), (16, 32), (32, 48), (48, 64), (64, 72)]  # a tail of 8 is half a batch

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.certs import main
+from genfl_cli.certs import main
 
 NGINX = shutil.which("nginx") or shutil.which("nginx", path="/usr/sbin:/usr/local/sbin")
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed (apt-get install -y nginx; .ci/run does it)")

@@ -14,9 +14,9 @@ from local_grid import LocalGrid, client_app_node
 from server_app.build import augmenter as _augmenter, base_strategy, kappa_schedule, reliability
 from server_app.build import client_config as train_config
 from strategy.genfl import GenFL
-from torchcore.data import load_splits
-from torchcore.model import seeded_model
-from torchcore.train import resolve_device
+from genfl_torch.data import load_splits
+from genfl_torch.model import seeded_model
+from genfl_torch.train import resolve_device
 
 
 def _run(cfg, cache_dir):

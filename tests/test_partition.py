@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from torchcore.data import load_splits
-from torchcore.partition import PartitionError, client_partition, dirichlet_partitions, label_histogram
+from genfl_torch.data import load_splits
+from genfl_torch.partition import PartitionError, client_partition, dirichlet_partitions, label_histogram
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_client_partition_matches_the_partitioner_and_its_histogram(federation_l
 
 def test_client_partition_splits_the_federation_once_for_all_its_partitions(federation, monkeypatch):
     """A simulation worker serves many nodes in turn: the Dirichlet split must not be redone per node."""
-    import torchcore.partition as partition
+    import genfl_torch.partition as partition
 
     spec = {"seed": 11, "dataset.name": "digits", "dataset.split_seed": 0, "dataset.test_fraction": 0.2,
             "dataset.public_fraction": 0.2, "dataset.mean": [0.3], "dataset.std": [0.38], "partition.alpha": 0.1,

@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from server_app.config import CONF_DIR, load_config
-from cli.sweep import config_errors, expand
+from genfl_cli.sweep import config_errors, expand
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = sorted(str(p.relative_to(CONF_DIR / "experiment").with_suffix(""))
@@ -70,7 +70,7 @@ def test_the_kappa_piece_sweeps_strategy_kappa_aug():
 
 
 def _genfl_run(*overrides: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli.run", *overrides], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "genfl_cli.run", *overrides], cwd=REPO,
                           capture_output=True, text=True, timeout=900)
 
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from generation.planning import plan_generation, requested_images
 from local_grid import LocalGrid
-from strategy.aggregation import weighted_mix
+from genfl_protocol.mixing import weighted_mix
 from conf_defaults import reliability
 from strategy.genfl import GenFL
 from strategy.histograms import capped_histograms, histogram_problem, node_cap

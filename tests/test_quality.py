@@ -21,9 +21,9 @@ from generation.quality import (
     separability,
     synthetic_quality,
 )
-from torchcore.data import Split
-from torchcore.model import seeded_model
-from torchcore.train import TrainSettings, train
+from genfl_torch.data import Split
+from genfl_torch.model import seeded_model
+from genfl_torch.train import TrainSettings, train
 
 CPU = torch.device("cpu")
 
@@ -32,7 +32,7 @@ CPU = torch.device("cpu")
 def digits(one_thread):
     """A ResNet-18 after three epochs on 800 real digits (well above 80% test accuracy on any CPU: after one epoch it was 70% on one machine type and 40% on another), 200 held-out real digits
     (the "server test split") and 200 other real digits standing in for perfect synthetic images."""
-    from torchcore.digits import load_digits_arrays
+    from genfl_torch.digits import load_digits_arrays
 
     images, labels = load_digits_arrays()
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))
@@ -203,7 +203,7 @@ def test_the_grid_caps_its_rows_skips_empty_classes_and_draws_colour_and_no_imag
 
 
 def test_genfl_report_lists_the_quality_scores_per_configuration(tmp_path):
-    from cli.report import main
+    from genfl_cli.report import main
     from server_app.report import QUALITY_KEY
 
     assert QUALITY_KEY == METRICS_KEY

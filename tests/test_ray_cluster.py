@@ -24,7 +24,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from cli.run import ray_env, signal_then_kill, simulation_config
+from genfl_cli.run import ray_env, signal_then_kill, simulation_config
 from server_app.config import ConfigError
 from sim import IGNORED, REPO, assert_nothing_left_running, launch, metrics
 

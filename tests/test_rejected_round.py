@@ -18,7 +18,7 @@ from local_grid import LocalGrid
 from conf_defaults import reliability
 from server_app.build import adaptive_kappa, base_strategy
 from server_app.config import load_config
-from client_app.contract import MIX_ACC, MIX_LOSS, PROBE, PROBE_CANDIDATES
+from genfl_protocol.contract import MIX_ACC, MIX_LOSS, PROBE, PROBE_CANDIDATES
 from strategy.bases import base_state
 from strategy.generator_check import Regime
 from strategy.genfl import GenFL

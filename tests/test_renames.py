@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
-from cli.flwr_runs import quoted
-from cli.run import resumed_command
+from genfl_cli.flwr_runs import quoted
+from genfl_cli.run import resumed_command
 from server_app import checkpoint
 from server_app.config import load_config
 from server_app.results import METRICS, RUN_CONFIG

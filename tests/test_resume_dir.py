@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from cli.flwr_runs import quoted, validated
-from cli.run import resumed_command
+from genfl_cli.flwr_runs import quoted, validated
+from genfl_cli.run import resumed_command
 from server_app import tracking
 from server_app.checkpoint import checkpoint_path
 from server_app.config import ConfigError, load_config

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.flwr_runs import COMPLETED, outcome, results_of
+from genfl_cli.flwr_runs import COMPLETED, outcome, results_of
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def test_genfl_run_reusing_a_folder_does_not_report_the_older_runs_success(tmp_p
     (run_dir / "metrics.json.tmp").mkdir()
     (run_dir / "metrics.json.tmp" / "keep").write_text("x")
     proc = subprocess.run(
-        [sys.executable, "-m", "cli.run", f"output.dir={run_dir}", "strategy=base_only",
+        [sys.executable, "-m", "genfl_cli.run", f"output.dir={run_dir}", "strategy=base_only",
          "federation.num_clients=2", "num_rounds=1"],
         cwd=REPO, capture_output=True, text=True, timeout=900,
     )
@@ -78,7 +78,7 @@ def test_flower_executables_come_from_this_interpreters_environment(tmp_path, mo
     `No such file or directory: 'flower-superlink'`: the launcher must find Flower's tools beside its Python."""
     import shutil
 
-    from cli.flwr_runs import flower_env
+    from genfl_cli.flwr_runs import flower_env
 
     monkeypatch.setenv("PATH", "/usr/bin:/bin")
     env = flower_env(tmp_path)

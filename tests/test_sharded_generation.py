@@ -1,4 +1,4 @@
-"""`accelerate launch -m cli.generate` with two CPU processes writes the very cache entry
+"""`accelerate launch -m genfl_cli.generate` with two CPU processes writes the very cache entry
 that one process writes: the plan is split by class and a class's images depend on nothing else."""
 
 import os
@@ -22,12 +22,12 @@ def _entry(cache: Path) -> dict:
 
 def test_two_processes_write_the_entry_one_process_writes(tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS="1")
-    single = subprocess.run([sys.executable, "-m", "cli.generate", f"generation.cache_dir={tmp_path / 'one'}", *OVERRIDES],
+    single = subprocess.run([sys.executable, "-m", "genfl_cli.generate", f"generation.cache_dir={tmp_path / 'one'}", *OVERRIDES],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-2000:]
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or "accelerate"
     sharded = subprocess.run([accelerate, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-                              "--dynamo_backend", "no", "-m", "cli.generate", f"generation.cache_dir={tmp_path / 'two'}",
+                              "--dynamo_backend", "no", "-m", "genfl_cli.generate", f"generation.cache_dir={tmp_path / 'two'}",
                               *OVERRIDES], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert sharded.returncode == 0, sharded.stderr[-2000:]
     assert sharded.stdout.count("120 images (1, 8, 8) generated into") == 1  # reported once, by the main process

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.report import main
+from genfl_cli.report import main
 from server_app.report import read_runs
 
 # Two seeds of FedAvg at alpha 0.1: accuracy and server wall time per round (round 0 = initial model).

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from cli.sweep import BASIC_SWEEPER, SweepCallback, expand
+from genfl_cli.sweep import BASIC_SWEEPER, SweepCallback, expand
 from server_app.results import JOB_RECORD
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ GOOD = ("client.device=cpu", "federation.num_clients=2", "num_rounds=1", "strate
 
 
 def _sweep(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "cli.run", "-m", *args], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "genfl_cli.run", "-m", *args], cwd=REPO,
                           capture_output=True, text=True, timeout=900)
 
 
@@ -126,7 +126,7 @@ def test_rerun_skips_the_completed_job_and_retries_the_failed_one_on_another_lau
 @pytest.mark.slow
 def test_report_of_the_sweep_uses_the_completed_job_and_names_the_failed_one(tiny_sweep, tmp_path):
     sweep_dir = tiny_sweep[0]
-    proc = subprocess.run([sys.executable, "-m", "cli.report", str(sweep_dir), "--out", str(tmp_path)],
+    proc = subprocess.run([sys.executable, "-m", "genfl_cli.report", str(sweep_dir), "--out", str(tmp_path)],
                           cwd=REPO, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "1 configuration(s) from 1 run(s)" in proc.stdout
@@ -143,7 +143,7 @@ def _attempt(job_dir: Path, overrides, checkpoint=True, **record):
 
 
 def test_a_stopped_job_continues_from_its_checkpoint_but_a_failed_one_starts_afresh(tmp_path):
-    from cli.sweep import is_complete, should_resume
+    from genfl_cli.sweep import is_complete, should_resume
 
     job = ["strategy=genfl", "seed=1"]
     _attempt(tmp_path / "stopped", job, status="running")  # killed mid-run: the record still says running
@@ -158,12 +158,12 @@ def test_a_stopped_job_continues_from_its_checkpoint_but_a_failed_one_starts_afr
 
 
 def test_an_exception_in_a_job_leaves_its_traceback_in_the_job_folder(tmp_path, monkeypatch, capsys):
-    from cli.sweep import run_job, summarize
+    from genfl_cli.sweep import run_job, summarize
 
     def superlink_that_dies(overrides, **_):
         raise RuntimeError("flower-superlink exited with code 1")
 
-    monkeypatch.setattr("cli.sweep.run", superlink_that_dies)
+    monkeypatch.setattr("genfl_cli.sweep.run", superlink_that_dies)
     job_dir = tmp_path / "seed=1"
     job_dir.mkdir()
     assert run_job(["seed=1"], job_dir) == 1
@@ -177,13 +177,13 @@ def test_an_exception_in_a_job_leaves_its_traceback_in_the_job_folder(tmp_path, 
 
 def _launcher_that_must_not_run(monkeypatch) -> list:
     calls = []
-    monkeypatch.setattr("cli.sweep.run", lambda overrides, **_: calls.append(overrides) or 0)
+    monkeypatch.setattr("genfl_cli.sweep.run", lambda overrides, **_: calls.append(overrides) or 0)
     return calls
 
 
 def test_a_corrupt_job_record_fails_the_job_and_keeps_its_checkpoint(tmp_path, monkeypatch, caplog, capsys):
     # Unreadable, the record cannot say whether the attempt completed, failed or stopped: nothing is guessed.
-    from cli.sweep import run_job, summarize
+    from genfl_cli.sweep import run_job, summarize
 
     calls = _launcher_that_must_not_run(monkeypatch)
     job_dir = tmp_path / "seed=1"
@@ -201,7 +201,7 @@ def test_a_corrupt_job_record_fails_the_job_and_keeps_its_checkpoint(tmp_path, m
 
 
 def test_a_corrupt_metrics_json_fails_the_job_instead_of_being_cleared_as_missing(tmp_path, monkeypatch):
-    from cli.sweep import run_job
+    from genfl_cli.sweep import run_job
 
     calls = _launcher_that_must_not_run(monkeypatch)
     job_dir = tmp_path / "seed=1"

@@ -403,8 +403,8 @@ def test_an_old_command_line_setting_another_backends_key_fails_in_one_line_nami
 def test_an_older_sweep_jobs_saved_tracking_settings_its_backend_lacks_do_not_stop_its_resume(tmp_path):
     """genfl-sweep gave every job tracking.group and tracking.root, also with tracking=none: genfl-run
     --resume drops those saved overrides (they were never used) and keeps the ones the backend has."""
-    from cli.flwr_runs import quoted
-    from cli.run import resumed_command
+    from genfl_cli.flwr_runs import quoted
+    from genfl_cli.run import resumed_command
     from server_app.checkpoint import checkpoint_path
 
     sweep = tmp_path / "sweep"
@@ -491,7 +491,7 @@ def test_a_sweep_refuses_bad_tracking_settings_before_the_first_job(tmp_path, ca
 
 
 def test_a_sweep_job_says_which_of_how_many_it_is_with_skipped_continued_and_eta(tmp_path):
-    from cli.sweep import Position
+    from genfl_cli.sweep import Position
     from server_app.results import JOB_RECORD
 
     for name, record in {"a": {"skipped": True}, "b": {"resumed": True, "seconds": 100.0}, "c": {"seconds": 300.0},
@@ -513,7 +513,7 @@ def test_a_sweep_job_says_which_of_how_many_it_is_with_skipped_continued_and_eta
 
 
 def test_trackers_copies_of_results_files_are_not_taken_for_runs(tmp_path, capsys):
-    from cli.sweep import summarize
+    from genfl_cli.sweep import summarize
     from server_app.results import JOB_RECORD, results_files
 
     job = tmp_path / "seed=0"
@@ -530,7 +530,7 @@ def test_trackers_copies_of_results_files_are_not_taken_for_runs(tmp_path, capsy
 def test_the_default_run_tracks_nothing_and_needs_no_tracking_library(make_config, tmp_path):
     config = _config(make_config, "none", tmp_path / "run")
     assert config["tracking"]["backend"] == "none" and tracking.build(config, tmp_path / "run") is None
-    code = ("import sys, server_app.app, server_app.results, cli.sweep, generation.class_conditional; "
+    code = ("import sys, server_app.app, server_app.results, genfl_cli.sweep, generation.class_conditional; "
             "print(sorted(m for m in ('mlflow', 'wandb', 'tensorboard') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert out.stdout.strip() == "[]", out.stderr[-2000:]
@@ -627,7 +627,7 @@ def test_a_two_job_sweep_is_one_mlflow_experiment_with_each_jobs_rounds(tmp_path
     from tests.sim import assert_nothing_left_running
 
     sweep_dir = tmp_path / "sweep"
-    proc = subprocess.run([sys.executable, "-m", "cli.run", "-m", "strategy=base_only", "federation.num_clients=2",
+    proc = subprocess.run([sys.executable, "-m", "genfl_cli.run", "-m", "strategy=base_only", "federation.num_clients=2",
                            "num_rounds=2", "seed=0,1", "tracking=mlflow", f"hydra.sweep.dir={sweep_dir}"],
                           cwd=REPO, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

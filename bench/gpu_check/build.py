@@ -15,7 +15,7 @@ and no flwr, diffusers, Hydra, matplotlib or scikit-learn. This writes the folde
   an sdist and is built into a pure-Python wheel here.
 - data/: the digits partitions of two SuperNodes as image folders (genfl-export-partitions) and the
   server's digits (pixels, labels, the fixed split) as digits.npz: scikit-learn and its SciPy are 45 MB
-  of wheels, too much to carry (torchcore/digits.py reads the file named by $GENFL_DIGITS_EXPORT).
+  of wheels, too much to carry (genfl_torch/digits.py reads the file named by $GENFL_DIGITS_EXPORT).
 - manifest.json: the Python version and platforms built for, the wheels, the data, and the carried size.
 
 It prints the carried size and exits non-zero if it exceeds the 64 MiB that may travel with the working
@@ -125,7 +125,7 @@ def export_data(data: Path) -> dict:
     """Two SuperNodes' partitions as image folders and the server's digits as digits.npz (default split)."""
     from server_app.partitions import export
     from server_app.config import load_config
-    from torchcore.digits import export_digits
+    from genfl_torch.digits import export_digits
 
     data.mkdir(parents=True)
     counts = export(data, NUM_NODES, None, [])

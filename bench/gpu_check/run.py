@@ -116,7 +116,7 @@ def environment(site: Path, extra: dict | None = None) -> dict:
 
 _VERSIONS = """
 import importlib.metadata as m, json, sys, torch
-import flwr, diffusers, hydra, matplotlib, cli.deploy_run  # what the run imports, from where
+import flwr, diffusers, hydra, matplotlib, genfl_cli.deploy_run  # what the run imports, from where
 try:
     import sklearn; sk = sklearn.__version__
 except ImportError:
@@ -301,7 +301,7 @@ def deploy_and_run(device: str, carry: Path, site: Path, root: Path, args) -> di
             say(f"{device}: SuperLink on 127.0.0.1:{port}, 2 SuperNodes; running {args.rounds} rounds")
             with open(root / "deploy-run.log", "w") as log:
                 try:
-                    proc = subprocess.run([sys.executable, "-m", "cli.deploy_run", CONNECTION, *overrides], cwd=REPO,
+                    proc = subprocess.run([sys.executable, "-m", "genfl_cli.deploy_run", CONNECTION, *overrides], cwd=REPO,
                                           env=env, stdout=log, stderr=subprocess.STDOUT, timeout=args.timeout)
                     code = proc.returncode
                 except subprocess.TimeoutExpired:

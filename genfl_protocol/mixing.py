@@ -105,7 +105,7 @@ def combine_bn_statistics(reports: Sequence[tuple[dict[str, np.ndarray], float]]
     """Per-channel mean and variance over the union of the nodes' data from each node's own
     (mean, variance, sample count): the law of total variance, weighted by sample count (the nodes'
     variances plus the spread of their means). A node's variance is unbiased over its own activation
-    positions (torchcore.bn); taking it as a population variance here errs by O(1 / positions)."""
+    positions (genfl_torch.bn); taking it as a population variance here errs by O(1 / positions)."""
     total = float(sum(n for _, n in reports))
     if not reports or total <= 0:
         raise ValueError("no BatchNorm statistics to combine")
@@ -121,4 +121,13 @@ def combine_bn_statistics(reports: Sequence[tuple[dict[str, np.ndarray], float]]
                 variances = [np.asarray(s[var_key], dtype=np.float64) for s, _ in reports]
                 second = sum(w * (v + m * m) for w, v, m in zip(weights, variances, means))
                 out[var_key] = np.maximum(second - mean * mean, 0.0).astype(reports[0][0][var_key].dtype)
+    return out
+
+
+def like(state: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Cast a base strategy's output back to the global model's dtypes (averaging makes counters float)."""
+    out = {}
+    for key, array in state.items():
+        dtype, array = reference[key].dtype, np.asarray(array)
+        out[key] = np.asarray(np.rint(array), dtype=dtype) if np.issubdtype(dtype, np.integer) else array.astype(dtype, copy=False)
     return out

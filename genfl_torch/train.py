@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchcore.data import Split, as_float
+from genfl_torch.data import Split, as_float
 
 
 @dataclass(frozen=True)

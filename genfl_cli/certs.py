@@ -6,13 +6,13 @@
         -> edge-0.key (stays on that edge box), edge-0.pub (registered with `flwr supernode register`)
     genfl-certs nginx --certs certificates
         -> certificates/genfl-fleet.conf: the nginx site that puts the SuperLink (on 127.0.0.1:9093) behind a proxy on port 9092 that
-           forwards only the Fleet API to the boxes (template: cli/nginx/genfl-fleet.conf.template)
+           forwards only the Fleet API to the boxes (template: genfl_cli/nginx/genfl-fleet.conf.template)
 
 The server certificate is always also valid for 127.0.0.1 and localhost: the SuperLink's own
 processes (SuperExec, ServerApp), the admin `flwr` CLI and the proxy all reach it there.
 
 Needs only the `cryptography` package (which flwr itself depends on), so it also runs on an edge box as
-`python cli/certs.py node-key ...`. Private keys are written owner-only and never overwritten
+`python genfl_cli/certs.py node-key ...`. Private keys are written owner-only and never overwritten
 without --force; the repo git-ignores certificates/ and keys/ so they are never committed.
 """
 
@@ -232,7 +232,7 @@ def render_nginx(certs: Path, out: Path, listen: str = str(PROXY_PORT), superlin
 EXAMPLES = """examples (docs/deploy.md, steps 2-4):
   genfl-certs tls --out certificates --san 192.168.1.10 --san gpu-server.lan
   genfl-certs node-key --out keys --name edge-0
-  python cli/certs.py node-key --out keys --name edge-1   # on an edge box, from its clone
+  python genfl_cli/certs.py node-key --out keys --name edge-1   # on an edge box, from its clone
   genfl-certs nginx --certs certificates --listen 9092 --superlink-port 9093
   genfl-certs nginx --certs certificates --listen 192.168.1.10:9092 --out proxy/genfl-fleet.conf --standalone proxy
 """

@@ -135,7 +135,7 @@ def flower_env(flwr_home: Path) -> dict:
         PYTHONUNBUFFERED="1",
     )
     # Flower's executables (flower-superlink, flwr, flwr-serverapp, ...) from this interpreter's
-    # environment, even when it was not activated (`.venv/bin/python -m cli.run`).
+    # environment, even when it was not activated (`.venv/bin/python -m genfl_cli.run`).
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
     # Few malloc arenas: each ClientApp message runs in a fresh thread (client_app/mods.py), and glibc
     # would give every thread its own arena; this keeps each worker's memory flat (bench/simulation_scale.py).

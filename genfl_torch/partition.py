@@ -16,7 +16,7 @@ from types import SimpleNamespace
 import numpy as np
 import torch
 
-from torchcore.data import Split, load_splits
+from genfl_torch.data import Split, load_splits
 
 
 class PartitionError(ValueError):

@@ -27,7 +27,7 @@ def _export():
         return np.load(path)
     except (OSError, ValueError) as err:
         raise FileNotFoundError(f"${EXPORT_ENV}={path}: not a digits export ({err}); write one with "
-                                "torchcore.digits.export_digits where scikit-learn is installed") from err
+                                "genfl_torch.digits.export_digits where scikit-learn is installed") from err
 
 
 def _sklearn():
@@ -36,7 +36,7 @@ def _sklearn():
         import sklearn.model_selection
     except ImportError as err:
         raise ImportError(f"the digits data set needs scikit-learn (pip install scikit-learn), or ${EXPORT_ENV} "
-                          "naming a file written by torchcore.digits.export_digits") from err
+                          "naming a file written by genfl_torch.digits.export_digits") from err
     return sklearn
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from torchcore.data import Split
+from genfl_torch.data import Split
 
 logger = logging.getLogger(__name__)
 

@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.histogram is not None:
             histogram = parse_histogram(args.histogram, cfg.dataset.num_classes)
         else:
-            from torchcore.data import load_splits
+            from genfl_torch.data import load_splits
 
             labels = load_splits(cfg.dataset)["federation"].labels.numpy()
             histogram = np.bincount(labels, minlength=cfg.dataset.num_classes).tolist()

@@ -2,7 +2,7 @@
 
 After Eq. (1) the global model's running statistics belong to no data set: a node re-estimates them
 for the new weights on its own data, and the server combines the nodes' estimates
-(torchcore.mixing.combine_bn_statistics, the law of total variance across nodes).
+(genfl_protocol.mixing.combine_bn_statistics, the law of total variance across nodes).
 
 Within a node the statistics are those of every activation position of the node's data, whatever
 its order: each BatchNorm layer's input is summed per channel in float64 over one pass (count, mean
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchcore.data import Split, as_float
-from torchcore.train import batch_bounds
+from genfl_torch.data import Split, as_float
+from genfl_torch.train import batch_bounds
 
 
 class _Moments:

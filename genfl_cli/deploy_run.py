@@ -19,7 +19,7 @@ import tempfile
 import tomllib
 from pathlib import Path
 
-from cli.flwr_runs import RunError, flower_app, outcome, run_status, start_run, stop_run, stream_logs, validated
+from genfl_cli.flwr_runs import RunError, flower_app, outcome, run_status, start_run, stop_run, stream_logs, validated
 from server_app.config import ConfigError
 from server_app.results import RUN_CONFIG
 

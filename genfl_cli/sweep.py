@@ -4,7 +4,7 @@
 
 Hydra's sweeper expands the grid and its launcher runs the jobs (the basic launcher: one at a time;
 ``hydra/launcher=joblib`` or ``submitit_slurm`` switch that by config). Each job goes through
-`cli.run.run` (private SuperLink, fail-loudly outcome check) with its results in the job's
+`genfl_cli.run.run` (private SuperLink, fail-loudly outcome check) with its results in the job's
 folder, ``<hydra.sweep.dir>/<its overrides>/``. Around that:
 
 - every job's config is composed and validated before the first job starts;
@@ -43,9 +43,9 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from cli.flwr_runs import quoted
-from cli.flwr_runs import mark_interrupted
-from cli.run import SIGINT_EXIT, RunInterrupted, run
+from genfl_cli.flwr_runs import quoted
+from genfl_cli.flwr_runs import mark_interrupted
+from genfl_cli.run import SIGINT_EXIT, RunInterrupted, run
 from conf import CONF_DIR
 from generation.progress import duration
 from server_app.grid import config_errors, expand, outside_hydra
@@ -376,7 +376,7 @@ def cli() -> None:
     sys.exit(main())
 
 
-if __name__ == "__main__":  # Hydra instantiates the callback from cli.sweep: share its state
-    from cli.sweep import cli as imported_cli
+if __name__ == "__main__":  # Hydra instantiates the callback from genfl_cli.sweep: share its state
+    from genfl_cli.sweep import cli as imported_cli
 
     imported_cli()

@@ -97,7 +97,7 @@ class ClientConfig:
         return cls(**values)
 
     def data_spec(self) -> dict:
-        """What fixes a built-in partition's data: ``dataset.*``, ``partition.*`` and ``seed`` (torchcore.partition)."""
+        """What fixes a built-in partition's data: ``dataset.*``, ``partition.*`` and ``seed`` (genfl_torch.partition)."""
         spec = {f"{group}.{k}": v for group in ("dataset", "partition") for k, v in getattr(self, group).items()}
         return {**spec, "seed": self.seed}
 
@@ -117,7 +117,7 @@ ADAPTIVE_CLIPPING = RECORD_KEYS["adaptive_clipping"]
 # its own data and replies with one loss and one accuracy per candidate, in the candidates' order.
 PROBE = "genfl-probe"  # ConfigRecord: PROBE_CANDIDATES, PROBE_BN_STATS
 PROBE_CANDIDATES = "candidates"  # list of kappa_aug values
-PROBE_BN_STATS = "bn-stats"  # how the mix forms BatchNorm statistics (torchcore.mixing.BN_MODES)
+PROBE_BN_STATS = "bn-stats"  # how the mix forms BatchNorm statistics (genfl_protocol.mixing.BN_MODES)
 CLIENT_PART = "genfl-client-part"  # ArrayRecord: the base strategy's aggregate of the client models
 AUGMENTED = "genfl-augmented"  # ArrayRecord: the server's augmented model
 MIX_LOSS, MIX_ACC = "mix-loss", "mix-acc"  # MetricRecord keys of the reply (lists)

@@ -49,7 +49,7 @@ def as_float(images: torch.Tensor) -> torch.Tensor:
 def load_splits(cfg) -> dict[str, Split]:
     """``{"federation": Split, "test": Split}`` (+ ``"public"`` for digits) for the data set config ``cfg``."""
     if cfg.name == "digits":
-        from torchcore.digits import digits_split_indices, load_digits_arrays  # scikit-learn: not on edge nodes
+        from genfl_torch.digits import digits_split_indices, load_digits_arrays  # scikit-learn: not on edge nodes
 
         images, labels = load_digits_arrays()
         parts = digits_split_indices(cfg.split_seed, cfg.test_fraction, cfg.public_fraction)

@@ -1,12 +1,12 @@
 """`genfl-check-data FOLDER --dataset digits`: check a box's image folder before its SuperNode starts.
 
-Reads the folder the way the ClientApp will (`torchcore.imagefolder`, the data set's classes, image
+Reads the folder the way the ClientApp will (`genfl_torch.imagefolder`, the data set's classes, image
 size and channels from conf/dataset/), lists every problem at once (a missing folder, a class folder
 whose name is not a class, with the class it is a close misspelling of, a file outside the class
 folders, an unreadable image), always names the files skipped for their suffix, prints the image
 sizes found and the label histogram the box would report, and exits 1 if anything would fail.
 It needs only what an edge box has (requirements/edge.txt): run it from the clone there with
-``python -m cli.check_data ~/genfl-data --dataset digits``.
+``python -m genfl_cli.check_data ~/genfl-data --dataset digits``.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import yaml  # comes with flwr, so it is on every box
 
-from torchcore.classes import BUILTIN_CLASS_NAMES
-from torchcore.imagefolder import IMAGE_SUFFIXES, ImageFolderError, _files, folder_problems, read_image_folder
-from torchcore.partition import label_histogram
+from genfl_torch.classes import BUILTIN_CLASS_NAMES
+from genfl_torch.imagefolder import IMAGE_SUFFIXES, ImageFolderError, _files, folder_problems, read_image_folder
+from genfl_torch.partition import label_histogram
 
 
 def _dataset(name: str) -> dict:
@@ -83,7 +83,7 @@ def check(folder: Path, dataset: str) -> int:
 
 EXAMPLES = """examples:
   genfl-check-data ~/genfl-data --dataset digits
-  python -m cli.check_data ~/genfl-data --dataset cifar10   # on an edge box, from its clone
+  python -m genfl_cli.check_data ~/genfl-data --dataset cifar10   # on an edge box, from its clone
 """
 
 

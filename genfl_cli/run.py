@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cli.flwr_runs import (RunError, flower_app, flower_env, is_running, mark_interrupted, outcome, quoted, run_status,
+from genfl_cli.flwr_runs import (RunError, flower_app, flower_env, is_running, mark_interrupted, outcome, quoted, run_status,
                            start_run, validated)
 from server_app import tracking
 from server_app.checkpoint import checkpoint_path
@@ -361,7 +361,7 @@ def show_config(args: list[str]) -> int:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if {"-m", "--multirun"} & set(argv):  # a Hydra multirun is genfl-sweep (which imports this module)
-        os.execv(sys.executable, [sys.executable, "-m", "cli.sweep", *argv])
+        os.execv(sys.executable, [sys.executable, "-m", "genfl_cli.sweep", *argv])
     args = _parser().parse_args(argv)
     given = (["--resume", args.resume] if args.resume is not None else []) + args.overrides
     sys.exit(show_config(given) if args.show_config else run(given))
