@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT / "tests"))  # the offline SD folder builders live w
 
 from generation.cache import generate_cached  # noqa: E402
 from generation.prompts import CIFAR10_CLASS_NAMES  # noqa: E402
-from generation.text_to_image import TextToImageGenerator, image_seed  # noqa: E402
+from generation.sd_draws import image_seed  # noqa: E402
+from generation.text_to_image import TextToImageGenerator  # noqa: E402
 from genfl_torch.data import Split, as_float  # noqa: E402
 from genfl_torch.model import seeded_model  # noqa: E402
 from genfl_torch.train import TrainSettings, evaluate, train  # noqa: E402

@@ -10,10 +10,7 @@ images, and the very cache key, of the single-prompt generator this backend was 
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -31,6 +28,8 @@ from diffusers import (
 from generation.base import backend_settings, checked_plan, looks_like_path
 from generation.cache import runtime_fingerprint
 from generation.progress import Progress
+from generation.sd_draws import BLACK_THRESHOLD, PerImageGuidance, _hash64, image_seed, unusable_images
+from generation.sd_weights import weights_identity
 from generation.prompts import (
     builtin_class_names,
     checked_guidance_range,
@@ -60,11 +59,6 @@ SCHEDULERS = {
     "euler_a": EulerAncestralDiscreteScheduler,
 }
 
-# An image whose every pixel is below one 8-bit step is pure black once stored as 8 bits: it carries
-# no class information. That is what the safety checker puts in place of a flagged image (exact 0),
-# and what a float16 VAE overflow leaves after clamping; a real dark photo always has some brighter pixel.
-BLACK_THRESHOLD = 1 / 255
-
 # Rounds of replacements for dropped images before giving up on a class: bounds the cost when a
 # prompt keeps being flagged.
 MAX_REPLACEMENT_ROUNDS = 3
@@ -75,53 +69,6 @@ _LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
 
 class GeneratorUnavailableError(RuntimeError):
     """The model cannot be loaded here; the message says what the user must do."""
-
-
-def unusable_images(images: torch.Tensor) -> torch.Tensor:
-    """Boolean mask (N,) of images that must not become training data: (near-)black or not finite."""
-    flat = images.flatten(1)
-    return ~torch.isfinite(flat).all(dim=1) | (flat.amax(dim=1) < BLACK_THRESHOLD)
-
-
-def image_seed(seed: int, class_id: int, index: int) -> int:
-    """The seed of the ``index``-th candidate image of ``class_id``.
-
-    A hash of the triple, so an image depends on nothing else: not on the other classes in the plan,
-    not on its position in a batch, not on the batch size.
-    """
-    digest = hashlib.blake2b(f"{seed}:{class_id}:{index}".encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") >> 1  # torch seeds must fit in int64
-
-
-def _hash64(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "little")
-
-
-class PerImageGuidance(float):
-    """One guidance scale per image for a single pipeline call (diffusers takes one ``guidance_scale``).
-
-    Its float value is the largest scale, which turns classifier-free guidance on; diffusers'
-    ``noise_uncond + guidance_scale * (noise_text - noise_uncond)`` then lands in ``__mul__``, which
-    scales each image's row by its own value in float32, as a Python float scale is applied. ``uses``
-    counts those products, so that the caller can check diffusers guided this way at every step (a
-    version that applies the scale otherwise would silently use the largest scale for every image).
-    """
-
-    def __new__(cls, scales: Sequence[float]):
-        guidance = super().__new__(cls, max(scales))
-        guidance.scales = torch.tensor([float(s) for s in scales], dtype=torch.float32)
-        guidance.uses = 0
-        guidance._on_device = guidance.scales
-        return guidance
-
-    def __mul__(self, other):
-        if isinstance(other, torch.Tensor) and other.dim() > 0 and other.shape[0] == len(self.scales):
-            self.uses += 1
-            if self._on_device.device != other.device:  # copied once per call, not at every step
-                self._on_device = self.scales.to(other.device)
-            scales = self._on_device.view(-1, *[1] * (other.dim() - 1))
-            return (other.float() * scales).to(other.dtype)
-        return float(self) * other
 
 
 class TextToImageGenerator:
@@ -404,58 +351,3 @@ class TextToImageGenerator:
                 "use a model that ships one, or set generator.safety_checker=false."
             )
         return pipe
-
-
-def folder_digest(folder: Path, sample: int = 1 << 20) -> str:
-    """A hash of every file's name and size plus its first and last MiB: cheap for 4 GB of weights,
-    stable when the folder is copied elsewhere, different for other weights (tensor data differs
-    right after the safetensors header)."""
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        size = path.stat().st_size
-        digest.update(f"{path.relative_to(folder).as_posix()}:{size}\n".encode())
-        with open(path, "rb") as handle:
-            digest.update(handle.read(sample))
-            if size > 2 * sample:
-                handle.seek(-sample, os.SEEK_END)
-                digest.update(handle.read(sample))
-    return digest.hexdigest()[:24]
-
-
-def weights_identity(model: str, revision: str) -> tuple[str, str | None]:
-    """What identifies the weights behind ``model``, read from disk only (no model, no network), and
-    the Hub commit to load (None: a folder, or a revision nothing resolves).
-
-    A folder: ``folder:<sampled content hash>``. A Hub id: ``hub:<id>@<commit>``, the commit being
-    ``revision`` itself when it is one (pinned), else what the local Hub cache's ``refs/<revision>``
-    says; ``hub-unpinned:<id>@<revision>`` when neither, with a WARNING naming the cause (such a key
-    matches no entry made with resolved weights; once downloaded, later runs key on the commit).
-    """
-    folder = Path(model).expanduser()
-    if folder.is_dir():
-        return f"folder:{folder_digest(folder)}", None
-    if looks_like_path(model):
-        return f"folder-missing:{folder.resolve()}", None
-    from huggingface_hub import constants
-    from huggingface_hub.file_download import repo_folder_name
-
-    if _is_commit(revision):
-        return f"hub:{model}@{revision}", revision
-    ref = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=model, repo_type="model") / "refs" / revision
-    try:
-        commit = ref.read_text().strip()
-    except OSError as error:
-        cause = f"cannot read {ref}: {type(error).__name__}: {error.strerror or error}"
-    else:
-        if _is_commit(commit):
-            return f"hub:{model}@{commit}", commit
-        cause = f"{ref} holds {commit[:60]!r}, not a commit"
-    # A WARNING, not info: the image cache key cannot name the weights, and the reader must know why.
-    logger.warning("generator.revision=%r of %s is not a commit and the local Hub cache does not resolve it (%s): "
-                   "the image cache key says 'hub-unpinned', so images cached under a resolved commit are not found "
-                   "and are generated anew; pin generator.revision to a commit to avoid this", revision, model, cause)
-    return f"hub-unpinned:{model}@{revision}", None
-
-
-def _is_commit(revision: str) -> bool:
-    return re.fullmatch(r"[0-9a-f]{40}", revision) is not None

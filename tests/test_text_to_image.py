@@ -20,13 +20,8 @@ from generation.prompts import (
     class_prompts,
     resolve_class_names,
 )
-from generation.text_to_image import (
-    SCHEDULERS,
-    GeneratorUnavailableError,
-    TextToImageGenerator,
-    image_seed,
-    unusable_images,
-)
+from generation.sd_draws import image_seed, unusable_images
+from generation.text_to_image import SCHEDULERS, GeneratorUnavailableError, TextToImageGenerator
 from tiny_sd import build_tiny_sd_folder  # tests/ is on sys.path: pytest puts it there (no __init__.py)
 
 CONFIG_FILE = Path(__file__).resolve().parents[1] / "conf" / "generator" / "stable_diffusion.yaml"
@@ -200,7 +195,7 @@ def test_per_image_choices_do_not_depend_on_batch_size_or_plan(tiny_sd):
 
 
 def test_a_diffusers_that_ignores_per_image_scales_gets_one_call_per_image(tiny_sd, monkeypatch, caplog):
-    from generation.text_to_image import PerImageGuidance
+    from generation.sd_draws import PerImageGuidance
 
     ranged = make_generator(tiny_sd, guidance_scale_range=[1, 5])
     monkeypatch.setattr(PerImageGuidance, "__mul__", lambda self, other: float(self) * other)  # as a plain float
