@@ -129,6 +129,23 @@ def downsample(points: list[dict], most: int = 120) -> list[dict]:
     return [max(points[int(i * step):int((i + 1) * step)] or [points[-1]], key=lambda p: p["total"]) for i in range(most)]
 
 
+def summary_table(runs: dict) -> dict:
+    """One line per stored run: what the comparisons in docs/performance.md quote."""
+    table = {}
+    for label, run in runs.items():
+        state = run.get("server_node_state") or {}
+        table[label] = {
+            "clients": next((int(o.split("=")[1]) for o in (run.get("genfl_run") or "").split() if o.startswith("federation.num_clients=")), None),
+            "peak_pss_gib": run.get("peak_pss_gib"), "peak_pss_by_role_mib": run.get("peak_pss_by_role_mib"),
+            "median_seconds_per_round": run.get("median_seconds_per_round"),
+            "load_average_1min_mean": (run.get("load_average_1min") or {}).get("mean"),
+            "final_test_accuracy": run.get("final_test_accuracy"), "status": run.get("status"),
+            "server_per_node_state_pickled_bytes": {k: state[k]["pickled_bytes"] for k in ("survey", "nodes", "benched_until")
+                                                    if isinstance(state.get(k), dict)} or None,
+        }
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--label", required=True, help="key of this run in the results file")
@@ -228,7 +245,7 @@ def main() -> None:
     stored = json.loads(OUT.read_text()) if OUT.is_file() else {}
     runs = stored.get("runs", {}) if isinstance(stored.get("runs"), dict) else {}
     runs[args.label] = result
-    OUT.write_text(compact_json({"what": __doc__.split("\n\n")[0], "runs": runs}))
+    OUT.write_text(compact_json({"what": __doc__.split("\n\n")[0], "summary": summary_table(runs), "runs": runs}))
     summary = {k: v for k, v in result.items() if k not in ("memory_timeline_mib", "processes_at_peak")}
     print(json.dumps(summary, indent=2))
     if code != 0:
