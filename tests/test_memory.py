@@ -196,3 +196,32 @@ def test_a_cache_hit_of_the_offline_generator_loads_no_model_code(tmp_path):
         print(hit, len(labels), sorted(m for m in ("diffusers", "transformers", "matplotlib") if m in sys.modules))
     """)
     assert out.split() == ["True", "5", "[]"]
+
+
+def test_a_client_drops_the_received_model_once_loaded(make_config):
+    """A simulation worker got its own copy of the global model with each training message and held it
+    (~45 MB) beside the local model, its gradients and the reply until the message was done. The message
+    given to the handler no longer carries it afterwards; the RecordDict the server shares among its
+    messages (in-process grids) is left as it was."""
+    import torch
+
+    from client_app.app import app
+    from genfl_torch.model import seeded_model
+    from server_app.build import client_config
+
+    cfg = make_config("federation.num_clients=4")
+    ds = cfg.dataset
+    model = seeded_model(0, num_classes=ds.num_classes, in_channels=ds.channels, mean=list(ds.mean), std=list(ds.std))
+    config = client_config(cfg)
+    config["server-round"] = 1
+    shared = RecordDict({"arrays": ArrayRecord(model.state_dict()), "config": config})
+    context = Context(run_id=1, node_id=7, node_config={"partition-id": 1, "num-partitions": 4}, state=RecordDict(),
+                      run_config={})
+    with torch.no_grad():
+        msg = _message("train", shared)
+        reply = app(msg, context)
+        again = app(_message("train", shared), context)  # a second node of the same round, in-process
+    assert not reply.has_error() and not again.has_error()
+    assert list(msg.content.array_records) == [] and "config" in msg.content
+    assert list(shared.array_records) == ["arrays"]
+    np.testing.assert_array_equal(reply.content["arrays"]["1.fc.weight"].numpy(), again.content["arrays"]["1.fc.weight"].numpy())
