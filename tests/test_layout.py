@@ -94,3 +94,10 @@ def test_no_re_export_shims():
     """A module that only re-exports another's names hides where code lives (strategy/aggregation.py was one)."""
     assert not (REPO / "strategy" / "aggregation.py").exists()
     assert not (REPO / "client_app" / "contract.py").exists() and not (REPO / "genfl_torch" / "mixing.py").exists()
+
+
+def test_no_module_overfills():
+    """A module past 400 lines is two rooms in one (issue 27): split it by what each part is for."""
+    big = sorted((str(p.relative_to(REPO)), n) for package in PACKAGES for p in (REPO / package).rglob("*.py")
+                 if (n := len(p.read_text().splitlines())) > 400)
+    assert big == []
