@@ -91,6 +91,10 @@ def _ray_address(address: str) -> bool:
 
 def validate(cfg: DictConfig) -> None:
     """Value checks Hydra's types cannot express. Each failure names its key."""
+    # conf/experiment/robustness/*.yaml are benchmark plans (lists of jobs), not presets: composed as
+    # +experiment=robustness/<plan> they would land under an `experiment` key and the default would run.
+    _check("experiment" not in cfg, "experiment", "is a benchmark plan, not a preset: run it with "
+           "`python bench/robustness.py run <plan>`", "+experiment=robustness/...")
     _check(isinstance(cfg.seed, int), "seed", "must be an integer", cfg.seed)
     _check(isinstance(cfg.num_rounds, int) and cfg.num_rounds >= 1, "num_rounds", "must be an integer >= 1", cfg.num_rounds)
     fed = cfg.federation

@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from server_app.config import CONF_DIR, load_config
+from server_app.config import CONF_DIR, ConfigError, load_config
 from genfl_cli.sweep import config_errors, expand
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = sorted(str(p.relative_to(CONF_DIR / "experiment").with_suffix(""))
-                 for p in (CONF_DIR / "experiment").rglob("*.yaml"))
+                 for p in (CONF_DIR / "experiment").rglob("*.yaml") if p.parent.name != "robustness")
 
 
 def test_the_expected_presets_exist():
@@ -92,3 +92,10 @@ def test_paper_preset_without_stable_diffusion_weights_stops_with_the_missing_we
     with pytest.raises(GeneratorUnavailableError, match="'stable-diffusion-v1-5/stable-diffusion-v1-5' is neither a "
                        "local folder nor available from the Hugging Face Hub here.*hf download"):
         generator.load()
+
+
+def test_a_robustness_plan_named_as_a_preset_is_refused_in_one_line():
+    """conf/experiment/robustness/ holds bench/robustness.py's plans (lists of jobs): as +experiment= they
+    composed silently and the default config ran instead."""
+    with pytest.raises(ConfigError, match="benchmark plan, not a preset"):
+        load_config(["+experiment=robustness/screen"])
