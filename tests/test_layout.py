@@ -101,3 +101,13 @@ def test_no_module_overfills():
     big = sorted((str(p.relative_to(REPO)), n) for package in PACKAGES for p in (REPO / package).rglob("*.py")
                  if (n := len(p.read_text().splitlines())) > 400)
     assert big == []
+
+
+def test_every_package_is_shipped_in_the_wheel():
+    """pyproject.toml lists packages by name: a new subpackage left off it is missing from an installed
+    wheel (server_app.tracking was), which only the slow wheel test would notice."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for package in PACKAGES for p in (REPO / package).rglob("__init__.py")}
+    assert found - listed == set() and set(PACKAGES) <= listed
